@@ -1,0 +1,15 @@
+//! webgguf: run quantized GGUF language models natively and in the browser.
+//!
+//! Data flows one way: bytes → [`gguf`] (what is where) → loader → model → sampler →
+//! tokenizer → engine. See ARCHITECTURE.md.
+
+// GGUF and every block format are little-endian; so are x86, ARM and wasm32 hosts.
+#[cfg(target_endian = "big")]
+compile_error!("webgguf reads little-endian GGUF blocks in place and supports little-endian hosts only");
+
+pub mod error;
+pub mod gguf;
+pub mod quant;
+
+pub use error::QuantError;
+pub use quant::GgmlType;
