@@ -14,3 +14,113 @@ pub enum QuantError {
     #[error("{op} is not supported for tensor type {ty}")]
     Unsupported { ty: GgmlType, op: &'static str },
 }
+
+/// Errors of the GGUF reader (`gguf/`): one variant per validation rule.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum GgufError {
+    // --- framing ---
+    #[error("not a GGUF file: magic bytes {found:02x?} (hex), expected \"GGUF\"")]
+    BadMagic { found: [u8; 4] },
+    #[error("big-endian GGUF (version field reads {version_le:#x} little-endian) is not supported")]
+    BigEndian { version_le: u32 },
+    #[error("unsupported GGUF version {version} (supported: 2, 3)")]
+    UnsupportedVersion { version: u32 },
+    #[error("file ends at byte {file_size} but {what} needs bytes up to {needed}")]
+    Truncated { what: &'static str, needed: u64, file_size: u64 },
+    #[error("header needs at least {needed} bytes, over the limit of {limit}")]
+    HeaderTooLarge { needed: u64, limit: u64 },
+    #[error("{n_tensors} tensors and {n_kv} metadata entries need at least {min_bytes} bytes, the file has {file_size}")]
+    CountsExceedFile { n_tensors: u64, n_kv: u64, min_bytes: u64, file_size: u64 },
+    #[error("tensor count {count} exceeds the limit of {limit}")]
+    TooManyTensors { count: u64, limit: u64 },
+    #[error("metadata entry count {count} exceeds the limit of {limit}")]
+    TooManyKv { count: u64, limit: u64 },
+
+    // --- metadata values ---
+    #[error("string of {len} bytes at offset {offset} exceeds the limit of {limit}")]
+    StringTooLong { len: u64, limit: u64, offset: u64 },
+    #[error("string at offset {offset} is not valid UTF-8")]
+    InvalidUtf8 { offset: u64 },
+    #[error("array of {len} elements at offset {offset} exceeds the limit of {limit}")]
+    ArrayTooLong { len: u64, limit: u64, offset: u64 },
+    #[error("arrays nested {depth} deep at offset {offset}, over the limit of {limit}")]
+    ArrayTooDeep { depth: u32, limit: u32, offset: u64 },
+    #[error("unknown metadata value type {type_id} at offset {offset}")]
+    UnknownValueType { type_id: u32, offset: u64 },
+    #[error("array at offset {offset} has unknown element type {type_id}")]
+    UnknownArrayType { type_id: u32, offset: u64 },
+    #[error("bool at offset {offset} is {byte}, expected 0 or 1")]
+    InvalidBool { byte: u8, offset: u64 },
+    #[error("metadata entry {index} has an empty key")]
+    EmptyKey { index: u64 },
+    #[error("metadata key {key:?} appears twice")]
+    DuplicateKey { key: String },
+
+    // --- alignment ---
+    #[error("general.alignment has type {found}, expected u32")]
+    AlignmentWrongType { found: &'static str },
+    #[error("general.alignment is 0")]
+    AlignmentZero,
+    #[error("general.alignment {alignment} is not a power of two")]
+    AlignmentNotPowerOfTwo { alignment: u64 },
+    #[error("general.alignment {alignment} exceeds the limit of {limit}")]
+    AlignmentTooLarge { alignment: u64, limit: u64 },
+
+    // --- tensor infos ---
+    #[error("tensor {index} has an empty name")]
+    EmptyTensorName { index: u64 },
+    #[error("tensor {tensor:?} has {n_dims} dimensions, at most {limit} are allowed")]
+    TooManyDims { tensor: String, n_dims: u32, limit: u32 },
+    #[error("tensor {tensor:?} has size 0 in dimension {dim}")]
+    ZeroDimension { tensor: String, dim: usize },
+    #[error("tensor {tensor:?} has negative size {value} in dimension {dim}")]
+    NegativeDimension { tensor: String, dim: usize, value: i64 },
+    #[error("tensor {tensor:?}: element count of shape {shape:?} overflows")]
+    ElementCountOverflow { tensor: String, shape: Vec<u64> },
+    #[error("tensor {tensor:?}: byte size of {n_elements} elements of {ty} overflows")]
+    ByteSizeOverflow { tensor: String, n_elements: u64, ty: GgmlType },
+    #[error("tensor {tensor:?} has unknown ggml type id {type_id}")]
+    UnknownTensorType { tensor: String, type_id: u32 },
+    #[error("tensor {tensor:?}: row of {row} elements is not a multiple of {ty}'s block size {block}")]
+    RowNotBlockMultiple { tensor: String, ty: GgmlType, row: u64, block: usize },
+    #[error("tensor {tensor:?} at data offset {offset} is not aligned to {alignment}")]
+    MisalignedOffset { tensor: String, offset: u64, alignment: u64 },
+    #[error("tensors {first:?} (bytes {first_start}..{first_end}) and {second:?} (from {second_start}) overlap")]
+    OverlappingTensors { first: String, first_start: u64, first_end: u64, second: String, second_start: u64 },
+    #[error("tensor {tensor:?} ends at data byte {end}, past the {data_size} bytes of tensor data")]
+    TensorPastEnd { tensor: String, end: u64, data_size: u64 },
+    #[error("tensor name {name:?} appears twice{}", shard.map(|s| format!(" (again in shard {s})")).unwrap_or_default())]
+    DuplicateTensor { name: String, shard: Option<u32> },
+    #[error("tensor data totals {bytes} bytes, over the limit of {limit}")]
+    TotalBytesTooLarge { bytes: u64, limit: u64 },
+
+    // --- split GGUF ---
+    #[error("split key {key} has type {found}, expected {expected}")]
+    SplitWrongType { key: &'static str, expected: &'static str, found: &'static str },
+    #[error("split metadata incomplete: {key} is missing")]
+    SplitKeyMissing { key: &'static str },
+    #[error("split.count is 0")]
+    SplitCountZero,
+    #[error("split.no {no} is not below split.count {count}")]
+    SplitIndexOutOfRange { no: u64, count: u64 },
+    #[error("shard {shard} says split.count {found}, shard 0 says {expected}")]
+    SplitCountMismatch { shard: u64, expected: u64, found: u64 },
+    #[error("shard {shard} says split.tensors.count {found}, shard 0 says {expected}")]
+    SplitTensorTotalMismatch { shard: u64, expected: i64, found: i64 },
+    #[error("shards hold {found} tensors in all, split.tensors.count says {expected}")]
+    SplitTensorCountMismatch { expected: i64, found: u64 },
+    #[error("shard {shard} holds {count} tensors, more than split.tensors.count {total}")]
+    SplitShardTooManyTensors { shard: u64, count: u64, total: i64 },
+    #[error("shard {no} of {count} is missing")]
+    MissingShard { no: u64, count: u64 },
+    #[error("shard {no} was given twice")]
+    DuplicateShard { no: u64 },
+
+    // --- typed metadata access ---
+    #[error("metadata key {key:?} is missing")]
+    MissingKey { key: String },
+    #[error("metadata key {key:?} has type {found}, expected {expected}")]
+    WrongType { key: String, expected: &'static str, found: &'static str },
+    #[error("metadata key {key:?}: value {value} is out of range for {expected}")]
+    OutOfRange { key: String, value: String, expected: &'static str },
+}

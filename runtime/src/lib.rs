@@ -9,7 +9,8 @@ compile_error!("webgguf reads little-endian GGUF blocks in place and supports li
 
 pub mod error;
 pub mod gguf;
+pub mod kv_cache;
 pub mod quant;
 
-pub use error::QuantError;
+pub use error::{GgufError, QuantError};
 pub use quant::GgmlType;

@@ -9,6 +9,7 @@
 mod float;
 mod ggml_type;
 mod k_quants;
+mod k_quants_helpers;
 mod legacy;
 
 pub use float::*;
