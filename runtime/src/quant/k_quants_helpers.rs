@@ -82,10 +82,10 @@ pub(super) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], rmse_type: i32,
         iscale = -(nmaxf + 0.1 * is as f32) / max;
         sumlx = 0.0;
         suml2 = 0.0;
-        for i in 0..n {
-            let li = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        for (i, &xi) in x.iter().enumerate() {
+            let li = nearest_int(iscale * xi).clamp(-nmax, nmax - 1);
             let w = weight(i);
-            sumlx += w * x[i] * li as f32;
+            sumlx += w * xi * li as f32;
             suml2 += w * li as f32 * li as f32;
         }
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
