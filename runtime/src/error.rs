@@ -16,7 +16,7 @@ pub enum QuantError {
 }
 
 /// Errors of the GGUF reader (`gguf/`): one variant per validation rule.
-#[derive(Debug, Error, Clone, PartialEq)]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum GgufError {
     // --- framing ---
     #[error("not a GGUF file: magic bytes {found:02x?} (hex), expected \"GGUF\"")]
@@ -123,4 +123,95 @@ pub enum GgufError {
     WrongType { key: String, expected: &'static str, found: &'static str },
     #[error("metadata key {key:?}: value {value} is out of range for {expected}")]
     OutOfRange { key: String, value: String, expected: &'static str },
+}
+
+/// Errors of model construction and the forward pass (`model/`).
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("unsupported architecture {0:?} (supported: llama, qwen2, qwen3, gemma3)")]
+    UnsupportedArchitecture(String),
+    #[error("unsupported rope scaling {0:?} (supported: none, linear)")]
+    UnsupportedRopeScaling(String),
+    #[error("bad hyperparameter {what}: {value}")]
+    BadHyperparameter { what: String, value: String },
+    #[error("tensor {0:?} is missing from the model")]
+    MissingTensor(String),
+    #[error("tensor {name:?} has shape {found:?}, expected {expected:?}")]
+    TensorShape { name: String, expected: Vec<u64>, found: Vec<u64> },
+    #[error("tensor {name:?} has type {ty}, which this backend cannot compute with")]
+    UnsupportedTensorType { name: String, ty: GgmlType },
+    #[error("token id {id} is outside the vocabulary of {n_vocab}")]
+    TokenOutOfRange { id: u32, n_vocab: usize },
+    #[error("position {pos} is beyond the context length {n_ctx}")]
+    ContextFull { pos: usize, n_ctx: usize },
+    #[error("reading tensor {name:?}: {message}")]
+    TensorRead { name: String, message: String },
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+}
+
+/// Errors of chat templating (`chat.rs`): one variant per rule.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ChatError {
+    /// The template text does not parse (Jinja syntax error, or a feature the sandbox leaves
+    /// out such as `{% include %}`).
+    #[error("chat template syntax error: {message}")]
+    TemplateSyntax { message: String },
+    /// The template called `raise_exception(message)` (HF templates do this to reject
+    /// conversations, e.g. roles that do not alternate).
+    #[error("chat template rejected the conversation: {message}")]
+    Raised { message: String },
+    /// The template used more than its fuel (instructions and bytes allocated): a runaway or
+    /// hostile template.
+    #[error("chat template exceeded its budget of {fuel} fuel (instructions and allocated bytes / 64)")]
+    OutOfFuel { fuel: u64 },
+    /// Macros or blocks nested deeper than the recursion limit.
+    #[error("chat template recursed deeper than the limit of {limit}")]
+    RecursionLimit { limit: usize },
+    /// Any other failure while rendering (undefined value, type error, bad filter arguments…).
+    #[error("chat template failed to render: {message}")]
+    Render { message: String },
+    /// A message has an empty role.
+    #[error("message {index} has no role")]
+    MissingRole { index: usize },
+    /// `tokenizer.ggml.bos_token_id` / `eos_token_id` points past the vocabulary.
+    #[error("{which} token id {id} is outside the vocabulary of {n_vocab} tokens")]
+    SpecialTokenOutOfRange { which: &'static str, id: u32, n_vocab: usize },
+    /// A metadata key the template needs has the wrong type.
+    #[error("chat template metadata: {0}")]
+    Metadata(#[from] GgufError),
+}
+
+/// Errors of the sampler (`sampler.rs`): configuration rules checked once by
+/// `Sampler::new`, and per-call input checks.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum SamplerError {
+    #[error("temperature {value} must be a finite number >= 0")]
+    Temperature { value: f32 },
+    #[error("top_p {value} must be in (0, 1]")]
+    TopP { value: f32 },
+    #[error("min_p {value} must be in [0, 1]")]
+    MinP { value: f32 },
+    #[error("repetition_penalty {value} must be a finite number > 0")]
+    RepetitionPenalty { value: f32 },
+    #[error("presence_penalty {value} must be finite")]
+    PresencePenalty { value: f32 },
+    #[error("frequency_penalty {value} must be finite")]
+    FrequencyPenalty { value: f32 },
+    #[error("penalty_last_n {value} must be >= -1 (-1: the whole history, 0: off)")]
+    PenaltyLastN { value: i32 },
+    #[error("logit_bias names token {token}, outside the vocabulary of {n_vocab} tokens")]
+    LogitBiasToken { token: u32, n_vocab: usize },
+    #[error("logit_bias for token {token} is {bias}: must be finite or -infinity")]
+    LogitBiasValue { token: u32, bias: f32 },
+    #[error("the vocabulary is empty")]
+    EmptyVocab,
+    #[error("got {got} logits for a vocabulary of {expected} tokens")]
+    LogitsLength { expected: usize, got: usize },
+    #[error("logit of token {token} is NaN")]
+    NanLogit { token: u32 },
+    #[error("every token is masked (all logits are -infinity)")]
+    NoCandidates,
 }

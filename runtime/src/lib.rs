@@ -7,10 +7,13 @@
 #[cfg(target_endian = "big")]
 compile_error!("webgguf reads little-endian GGUF blocks in place and supports little-endian hosts only");
 
+pub mod chat;
 pub mod error;
 pub mod gguf;
 pub mod kv_cache;
+pub mod model;
 pub mod quant;
+pub mod sampler;
 
-pub use error::{GgufError, QuantError};
+pub use error::{GgufError, ModelError, QuantError};
 pub use quant::GgmlType;

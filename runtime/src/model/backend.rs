@@ -1,0 +1,76 @@
+//! The operations the forward pass needs, implemented once per device (CPU now, WebGPU next).
+//! Activations are row-major `[n_tokens, width]` f32 matrices living on the device; the pass
+//! reads back only the logits.
+
+use super::config::{Activation, ModelConfig, RopeParams};
+use crate::error::ModelError;
+use crate::kv_cache::KvType;
+use crate::quant::GgmlType;
+
+pub trait Backend {
+    /// A weight tensor resident on the device.
+    type Weight;
+    /// An activation matrix `[n_tokens, width]`.
+    type Act;
+    /// The KV cache of one session.
+    type Cache;
+
+    /// Takes a tensor's GGUF bytes (`shape` in ggml order, packed blocks of `ty`).
+    fn load_weight(&mut self, name: &str, ty: GgmlType, shape: &[u64], bytes: &[u8]) -> Result<Self::Weight, ModelError>;
+
+    fn new_cache(&mut self, cfg: &ModelConfig, kv: KvType, n_ctx: usize) -> Result<Self::Cache, ModelError>;
+
+    /// Rows `ids` of an embedding table `[n_vocab, width]`, times `scale` when given.
+    fn embed(&mut self, table: &Self::Weight, ids: &[u32], scale: Option<f32>) -> Result<Self::Act, ModelError>;
+
+    /// RMS-norm of each group of `weight.len()` consecutive values (the whole row, or one
+    /// head for q/k norms), multiplied by `weight` (ggml_rms_norm + ggml_mul).
+    fn rms_norm(&mut self, x: &Self::Act, weight: &Self::Weight, eps: f32) -> Result<Self::Act, ModelError>;
+
+    /// `x · Wᵀ`: `[n, cols]` × weight `[rows, cols]` → `[n, rows]`.
+    fn matmul(&mut self, w: &Self::Weight, x: &Self::Act) -> Result<Self::Act, ModelError>;
+
+    /// Adds a bias vector to every row.
+    fn add_bias(&mut self, x: &mut Self::Act, bias: &Self::Weight) -> Result<(), ModelError>;
+
+    /// `x += y`, element-wise.
+    fn add(&mut self, x: &mut Self::Act, y: &Self::Act) -> Result<(), ModelError>;
+
+    /// Rotary embedding of every head (`head_dim` values) of every row; row t is at
+    /// position `pos0 + t`. `freq_factors` divides each pair's frequency (llama3 scaling).
+    fn rope(
+        &mut self,
+        x: &mut Self::Act,
+        head_dim: usize,
+        pos0: usize,
+        rope: &RopeParams,
+        freq_factors: Option<&Self::Weight>,
+    ) -> Result<(), ModelError>;
+
+    /// `act(gate) * up`, element-wise.
+    fn glu(&mut self, gate: &Self::Act, up: &Self::Act, act: Activation) -> Result<Self::Act, ModelError>;
+
+    /// Stores `k`, `v` (rows at positions pos0…) in layer `layer` of the cache, then attends
+    /// each query row causally over positions `[start(pos), pos]`, where
+    /// `start(pos) = cfg.attn_start(layer, pos)`. q: `[n, n_heads·head_dim_k]` → `[n, n_heads·head_dim_v]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &mut self,
+        cache: &mut Self::Cache,
+        cfg: &ModelConfig,
+        layer: usize,
+        q: &Self::Act,
+        k: &Self::Act,
+        v: &Self::Act,
+        pos0: usize,
+    ) -> Result<Self::Act, ModelError>;
+
+    /// The last `n` rows of `x`.
+    fn last_rows(&mut self, x: &Self::Act, n: usize) -> Result<Self::Act, ModelError>;
+
+    /// `cap · tanh(x / cap)`, element-wise.
+    fn softcap(&mut self, x: &mut Self::Act, cap: f32) -> Result<(), ModelError>;
+
+    /// Copies an activation matrix back to the host.
+    fn read(&mut self, x: &Self::Act) -> Result<Vec<f32>, ModelError>;
+}
