@@ -1,1 +1,30 @@
+//! Shared helpers of the webgguf integration tests.
+
+use std::path::PathBuf;
+
 pub fn placeholder() {}
+
+/// `tests/fixtures/`, the committed test data (independent of the working directory).
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// The workspace root (the directory holding `models/`, `tests/`, `runtime/`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Path of a real model under the workspace's `models/`. Panics when it is missing: tests that
+/// need a real model fail rather than skip (fetch them with `pkg-scripts/fetch-models`).
+pub fn model_path(name: &str) -> PathBuf {
+    let p = workspace_root().join("models").join(name);
+    assert!(
+        p.is_file(),
+        "model {} is missing: run pkg-scripts/fetch-models (tests never skip a missing model)",
+        p.display()
+    );
+    p
+}

@@ -34,6 +34,11 @@ impl<'a> Cursor<'a> {
         self.pos
     }
 
+    /// Bytes held past the current position.
+    pub fn remaining(&self) -> u64 {
+        (self.buf.len() as u64).saturating_sub(self.pos)
+    }
+
     /// Checks that `n` more bytes from the current position exist, without consuming them.
     /// `n` may be a lower bound of what an item needs (e.g. an array's minimum size).
     pub fn ensure(&self, n: u64, what: &'static str) -> Result<(), Stop> {

@@ -105,15 +105,20 @@ fn parse(buf: &[u8], file_size: Option<u64>, limits: &Limits) -> Result<GgufHead
     if n_kv > limits.max_kv {
         return Err(GgufError::TooManyKv { count: n_kv, limit: limits.max_kv }.into());
     }
-    // Both counts are bounded above, so this cannot overflow.
-    let min_bytes = c.pos() + n_kv * MIN_KV_BYTES + n_tensors * MIN_TENSOR_INFO_BYTES;
+    // Saturating: with permissive limits (up to u64::MAX) the product may not fit.
+    let min_bytes = c
+        .pos()
+        .saturating_add(n_kv.saturating_mul(MIN_KV_BYTES))
+        .saturating_add(n_tensors.saturating_mul(MIN_TENSOR_INFO_BYTES));
     if let Some(fs) = file_size {
         if min_bytes > fs {
             return Err(GgufError::CountsExceedFile { n_tensors, n_kv, min_bytes, file_size: fs }.into());
         }
     }
 
-    let mut metadata = Metadata::with_capacity(n_kv as usize);
+    // Capacity for no more entries than the bytes held could encode: the counts are not yet
+    // backed by data (with the size unknown not even checked against it).
+    let mut metadata = Metadata::with_capacity(n_kv.min(c.remaining() / MIN_KV_BYTES) as usize);
     for index in 0..n_kv {
         let key = c.string(limits.max_string_len, "metadata key")?;
         if key.is_empty() {
@@ -147,8 +152,9 @@ fn parse(buf: &[u8], file_size: Option<u64>, limits: &Limits) -> Result<GgufHead
         Some(v) => return Err(GgufError::AlignmentWrongType { found: v.type_name() }.into()),
     };
 
-    let mut tensors = Vec::with_capacity(n_tensors as usize);
-    let mut names = HashSet::with_capacity(n_tensors as usize);
+    let cap = n_tensors.min(c.remaining() / MIN_TENSOR_INFO_BYTES) as usize;
+    let mut tensors = Vec::with_capacity(cap);
+    let mut names = HashSet::with_capacity(cap);
     for index in 0..n_tensors {
         let t = read_tensor_info(&mut c, index, alignment, limits)?;
         if !names.insert(t.name.clone()) {
@@ -204,7 +210,7 @@ fn read_array(c: &mut Cursor, depth: u32, limits: &Limits) -> Result<Array, Stop
     }
     // Before allocating, the bytes the elements need at minimum must exist: a hostile length
     // can then only cost as much memory as the file itself holds.
-    c.ensure(len * ty.min_size(), "array elements")?;
+    c.ensure(len.saturating_mul(ty.min_size()), "array elements")?;
     let n = len as usize;
 
     fn many<T>(n: usize, mut f: impl FnMut() -> Result<T, Stop>) -> Result<Vec<T>, Stop> {

@@ -48,10 +48,6 @@ impl Metadata {
         self.entries.is_empty()
     }
 
-    fn required(&self, key: &str) -> Result<&Value, GgufError> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey { key: key.to_owned() })
-    }
-
     /// An integer of any integer type that fits in u64 (files disagree on u32 vs u64 for
     /// sizes, so accept all of them as ggml's loader does).
     pub fn get_u64(&self, key: &str) -> Result<Option<u64>, GgufError> {
