@@ -2,7 +2,12 @@
 //!
 //! Exit codes: 0 success, 1 I/O or usage trouble, 2 the model file is malformed (typed error).
 
+mod common;
+mod generate;
 mod inspect;
+mod logits;
+mod perplexity;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -18,11 +23,23 @@ struct Cli {
 enum Command {
     /// Print a GGUF file's metadata, tensor table, type counts and a memory estimate.
     Inspect(inspect::Args),
+    /// Tokenize text with a model's tokenizer (ids as llama.cpp produces them).
+    Tokenize(tokenize::Args),
+    /// Generate text from a prompt (streams to stdout; --json for ids, text and stats).
+    Generate(generate::Args),
+    /// Teacher-forced logits for a token sequence, written as .npy [n_ids, n_vocab].
+    Logits(logits::Args),
+    /// Perplexity of a text file.
+    Perplexity(perplexity::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Tokenize(args) => tokenize::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Logits(args) => logits::run(args),
+        Command::Perplexity(args) => perplexity::run(args),
     }
 }

@@ -3,11 +3,13 @@
 
 mod backend;
 mod config;
+mod cpu_backend;
 mod forward;
 mod weights;
 
 pub use backend::Backend;
 pub use config::{Activation, Arch, ModelConfig, RopeKind, RopeParams};
+pub use cpu_backend::{CpuAct, CpuBackend, CpuWeight};
 pub use forward::Logits;
 pub use weights::{BytesSource, LayerWeights, TensorSource, Weights};
 #[cfg(not(target_arch = "wasm32"))]
