@@ -150,6 +150,8 @@ pub enum ModelError {
     Gguf(#[from] GgufError),
     #[error(transparent)]
     Quant(#[from] QuantError),
+    #[error(transparent)]
+    Kv(#[from] KvError),
 }
 
 /// Errors of chat templating (`chat.rs`): one variant per rule.
@@ -214,4 +216,75 @@ pub enum SamplerError {
     NanLogit { token: u32 },
     #[error("every token is masked (all logits are -infinity)")]
     NoCandidates,
+}
+
+/// Errors of the tokenizer (`tokenizer/`): building it from GGUF metadata (one variant per
+/// validation rule) and the few things that can fail while tokenizing or detokenizing.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum TokenizerError {
+    /// A `tokenizer.ggml.*` key is missing or has the wrong type.
+    #[error("tokenizer metadata: {0}")]
+    Metadata(#[from] GgufError),
+    #[error("unknown tokenizer model {model:?} (supported: \"gpt2\" byte-level BPE, \"llama\" SentencePiece)")]
+    UnknownModel { model: String },
+    #[error("unknown BPE pre-tokenizer {pre:?} (tokenizer.ggml.pre)")]
+    UnknownPreTokenizer { pre: String },
+    #[error("the vocabulary (tokenizer.ggml.tokens) is empty")]
+    EmptyVocabulary,
+    #[error("the vocabulary has {n_vocab} tokens, over the limit of {limit}")]
+    VocabularyTooLarge { n_vocab: usize, limit: usize },
+    #[error("{key} has {len} entries, the vocabulary has {n_vocab} tokens")]
+    ArrayLengthMismatch { key: &'static str, len: usize, n_vocab: usize },
+    #[error("token {again} is {text:?}, the same text as token {first}")]
+    DuplicateToken { first: u32, again: u32, text: String },
+    #[error("{key} = {id} is outside the vocabulary of {n_vocab} tokens")]
+    SpecialTokenOutOfRange { key: &'static str, id: u32, n_vocab: usize },
+    #[error("{flag} is set but the vocabulary has no {which} token")]
+    MissingSpecialToken { flag: &'static str, which: &'static str },
+    #[error("token {id} has type BYTE but its text {text:?} is not <0xXX> with two hex digits")]
+    MalformedByteToken { id: u32, text: String },
+    #[error("byte-level BPE needs tokenizer.ggml.merges, which is missing")]
+    MissingMerges,
+    #[error("merge {index} ({merge:?}) is not two tokens separated by a space")]
+    MalformedMerge { index: usize, merge: String },
+    #[error("merge {index} ({merge:?}) names {part:?}, which is not in the vocabulary")]
+    MergeUnknownToken { index: usize, merge: String, part: String },
+    /// SentencePiece byte fallback: the text has a byte that neither `<0xXX>` nor the byte
+    /// itself encodes in this vocabulary.
+    #[error("no token encodes byte {byte:#04x} (neither <0x{byte:02X}> nor the byte itself is in the vocabulary)")]
+    NoByteToken { byte: u8 },
+    #[error("token id {id} is outside the vocabulary of {n_vocab} tokens")]
+    TokenOutOfRange { id: u32, n_vocab: usize },
+}
+
+/// Errors of the KV cache (`kv_cache.rs`): one variant per validation rule.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum KvError {
+    #[error("KV cache {what} is 0")]
+    ZeroSize { what: &'static str },
+    #[error("KV cache type {ty:?} stores groups of 32 values, but {what} is {head_dim}")]
+    HeadDimNotGroupMultiple { ty: crate::kv_cache::KvType, what: &'static str, head_dim: usize },
+    #[error("KV cache of {n_layers} layers × {n_ctx} positions × {n_kv_heads} heads overflows the address space")]
+    SizeOverflow { n_layers: usize, n_ctx: usize, n_kv_heads: usize },
+    #[error("could not allocate {bytes} bytes for the KV cache")]
+    AllocFailed { bytes: usize },
+    #[error("layer {layer} is out of range (the cache has {n_layers})")]
+    LayerOutOfRange { layer: usize, n_layers: usize },
+    #[error("position {pos} is out of range (the cache holds {n_ctx})")]
+    PositionOutOfRange { pos: usize, n_ctx: usize },
+    #[error("{what} row has {got} values, expected {expected}")]
+    RowLength { what: &'static str, expected: usize, got: usize },
+}
+
+/// Errors of a generation run (`engine.rs`): whichever layer failed.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    #[error(transparent)]
+    Chat(#[from] ChatError),
 }

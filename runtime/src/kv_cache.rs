@@ -1,6 +1,25 @@
-//! KV cache storage types. (The cache itself arrives with the CPU engine; for now the
-//! storage formats and their sizes, used by memory estimates.)
+//! The KV cache: per layer, per position, per KV head one K row (`head_dim_k` values) and one
+//! V row (`head_dim_v`), stored as f32, f16, or quantized in groups of 32 values along the head
+//! dimension with one f16 scale per group.
+//!
+//! Layout (the same bytes a GPU backend would upload): K and V are separate byte arrays,
+//! indexed `[layer][pos][kv_head][row bytes]`, little-endian. Row formats:
+//! - `F32`: 4 bytes per value; `F16`: 2 bytes per value (ggml's fp32→fp16 rounding).
+//! - `Q8`: ggml's `block_q8_0` per 32 values (f16 d, 32 × i8), written with
+//!   `quantize_row_q8_0_ref`. Error per value ≤ d/2 = amax/254 of its group.
+//! - `Q4`: ggml's `block_q4_0` per 32 values (f16 d, 16 bytes of nibbles: value j in the low
+//!   nibble of byte j, value j+16 in the high nibble), written with `quantize_row_q4_0_ref`.
+//!   Error per value ≤ |d|/2 = amax/16 of its group, except that the largest-magnitude value is
+//!   exact up to the f16 scale. We keep Q4_0 (symmetric, no min) rather than Q4_1: K and V
+//!   rows are roughly zero-centred, the attention kernels can then dot K in the quantized
+//!   domain against Q8_0 queries (what ggml does for a q4_0 cache), and the layout matches
+//!   [`KvType::bytes_for`] and ggml's own `-ctk q4_0`.
 
+use crate::error::KvError;
+use crate::quant::{
+    ggml_fp32_to_fp16, quantize_row_q4_0_ref, quantize_row_q8_0_ref, BlockQ4_0, BlockQ8_0, GgmlType,
+};
+use bytemuck::Zeroable;
 use serde::Serialize;
 
 /// How K and V rows are stored: plain floats, or quantized in groups of 32 values per
@@ -34,5 +53,368 @@ impl KvType {
             KvType::Q8 => groups * 34,
             KvType::Q4 => groups * 18,
         }
+    }
+
+    /// The ggml type whose row format this cache type uses (F32, F16, Q8_0, Q4_0).
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            KvType::F32 => GgmlType::F32,
+            KvType::F16 => GgmlType::F16,
+            KvType::Q8 => GgmlType::Q8_0,
+            KvType::Q4 => GgmlType::Q4_0,
+        }
+    }
+
+    /// Whether rows are stored in groups of 32 (head dims must then be multiples of 32).
+    pub fn is_quantized(self) -> bool {
+        matches!(self, KvType::Q8 | KvType::Q4)
+    }
+
+    /// Bytes of one row of `n` values (`n` a multiple of 32 for quantized types).
+    fn row_bytes(self, n: usize) -> usize {
+        match self {
+            KvType::F32 => n * 4,
+            KvType::F16 => n * 2,
+            KvType::Q8 => n / 32 * 34,
+            KvType::Q4 => n / 32 * 18,
+        }
+    }
+}
+
+/// The KV cache of one sequence: see the module docs for the layout.
+pub struct KvCache {
+    ty: KvType,
+    n_layers: usize,
+    n_ctx: usize,
+    n_kv_heads: usize,
+    head_dim_k: usize,
+    head_dim_v: usize,
+    k_row: usize,
+    v_row: usize,
+    k: Vec<u8>,
+    v: Vec<u8>,
+    /// One past the highest position written (and not truncated away).
+    n_pos: usize,
+    tmp8: Vec<BlockQ8_0>,
+    tmp4: Vec<BlockQ4_0>,
+}
+
+fn alloc_zeroed(bytes: usize) -> Result<Vec<u8>, KvError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(bytes)
+        .map_err(|_| KvError::AllocFailed { bytes })?;
+    v.resize(bytes, 0);
+    Ok(v)
+}
+
+impl KvCache {
+    /// Allocates a zeroed cache. Sizes are checked (no overflow, head dims multiples of 32 for
+    /// quantized types) before anything is allocated; allocation failure is an error, not an abort.
+    pub fn new(
+        ty: KvType,
+        n_layers: usize,
+        n_ctx: usize,
+        n_kv_heads: usize,
+        head_dim_k: usize,
+        head_dim_v: usize,
+    ) -> Result<Self, KvError> {
+        for (what, v) in [
+            ("layer count", n_layers),
+            ("context length", n_ctx),
+            ("KV head count", n_kv_heads),
+            ("K head dimension", head_dim_k),
+            ("V head dimension", head_dim_v),
+        ] {
+            if v == 0 {
+                return Err(KvError::ZeroSize { what });
+            }
+        }
+        if ty.is_quantized() {
+            for (what, hd) in [
+                ("K head dimension", head_dim_k),
+                ("V head dimension", head_dim_v),
+            ] {
+                if hd % 32 != 0 {
+                    return Err(KvError::HeadDimNotGroupMultiple {
+                        ty,
+                        what,
+                        head_dim: hd,
+                    });
+                }
+            }
+        }
+        let overflow = KvError::SizeOverflow {
+            n_layers,
+            n_ctx,
+            n_kv_heads,
+        };
+        let rows = n_layers
+            .checked_mul(n_ctx)
+            .and_then(|r| r.checked_mul(n_kv_heads))
+            .ok_or(overflow.clone())?;
+        let k_row = head_dim_k
+            .checked_mul(4)
+            .map(|_| ty.row_bytes(head_dim_k))
+            .ok_or(overflow.clone())?;
+        let v_row = head_dim_v
+            .checked_mul(4)
+            .map(|_| ty.row_bytes(head_dim_v))
+            .ok_or(overflow.clone())?;
+        let k_bytes = rows.checked_mul(k_row).ok_or(overflow.clone())?;
+        let v_bytes = rows.checked_mul(v_row).ok_or(overflow.clone())?;
+        // Rust allocations are limited to isize::MAX bytes.
+        if k_bytes
+            .checked_add(v_bytes)
+            .is_none_or(|t| t > isize::MAX as usize)
+        {
+            return Err(overflow);
+        }
+        let k = alloc_zeroed(k_bytes)?;
+        let v = alloc_zeroed(v_bytes)?;
+        Ok(KvCache {
+            ty,
+            n_layers,
+            n_ctx,
+            n_kv_heads,
+            head_dim_k,
+            head_dim_v,
+            k_row,
+            v_row,
+            k,
+            v,
+            n_pos: 0,
+            tmp8: Vec::new(),
+            tmp4: Vec::new(),
+        })
+    }
+
+    /// Stores the K and V rows of every KV head for `pos` in `layer`: `k` holds
+    /// `n_kv_heads · head_dim_k` values, `v` `n_kv_heads · head_dim_v` (head-major).
+    pub fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) -> Result<(), KvError> {
+        if layer >= self.n_layers {
+            return Err(KvError::LayerOutOfRange {
+                layer,
+                n_layers: self.n_layers,
+            });
+        }
+        if pos >= self.n_ctx {
+            return Err(KvError::PositionOutOfRange {
+                pos,
+                n_ctx: self.n_ctx,
+            });
+        }
+        if k.len() != self.n_kv_heads * self.head_dim_k {
+            return Err(KvError::RowLength {
+                what: "K",
+                expected: self.n_kv_heads * self.head_dim_k,
+                got: k.len(),
+            });
+        }
+        if v.len() != self.n_kv_heads * self.head_dim_v {
+            return Err(KvError::RowLength {
+                what: "V",
+                expected: self.n_kv_heads * self.head_dim_v,
+                got: v.len(),
+            });
+        }
+        let base = (layer * self.n_ctx + pos) * self.n_kv_heads;
+        let (ty, kr, vr) = (self.ty, self.k_row, self.v_row);
+        let kdst = &mut self.k[base * kr..(base + self.n_kv_heads) * kr];
+        encode(ty, k, kdst, &mut self.tmp8, &mut self.tmp4);
+        let vdst = &mut self.v[base * vr..(base + self.n_kv_heads) * vr];
+        encode(ty, v, vdst, &mut self.tmp8, &mut self.tmp4);
+        self.n_pos = self.n_pos.max(pos + 1);
+        Ok(())
+    }
+
+    /// Bytes held by K and V.
+    pub fn bytes(&self) -> usize {
+        self.k.len() + self.v.len()
+    }
+
+    /// Positions the cache can hold.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// One past the highest position written since the last [`clear`](Self::clear) /
+    /// [`truncate`](Self::truncate).
+    pub fn n_pos(&self) -> usize {
+        self.n_pos
+    }
+
+    /// Forgets every position (contents are overwritten by later writes, not zeroed).
+    pub fn clear(&mut self) {
+        self.n_pos = 0;
+    }
+
+    /// Keeps positions `0..n_pos` (rewinding a conversation); later positions are stale.
+    pub fn truncate(&mut self, n_pos: usize) {
+        self.n_pos = self.n_pos.min(n_pos);
+    }
+
+    pub fn ty(&self) -> KvType {
+        self.ty
+    }
+    pub fn n_layers(&self) -> usize {
+        self.n_layers
+    }
+    pub fn n_kv_heads(&self) -> usize {
+        self.n_kv_heads
+    }
+    pub fn head_dim_k(&self) -> usize {
+        self.head_dim_k
+    }
+    pub fn head_dim_v(&self) -> usize {
+        self.head_dim_v
+    }
+    /// Bytes of one K row (one head, one position).
+    pub fn k_row_bytes(&self) -> usize {
+        self.k_row
+    }
+    /// Bytes of one V row.
+    pub fn v_row_bytes(&self) -> usize {
+        self.v_row
+    }
+
+    /// The stored K row of (`layer`, `pos`, `head`) (panics when out of range).
+    #[inline]
+    pub fn k_row(&self, layer: usize, pos: usize, head: usize) -> &[u8] {
+        let i = (layer * self.n_ctx + pos) * self.n_kv_heads + head;
+        &self.k[i * self.k_row..(i + 1) * self.k_row]
+    }
+
+    /// The stored V row of (`layer`, `pos`, `head`) (panics when out of range).
+    #[inline]
+    pub fn v_row(&self, layer: usize, pos: usize, head: usize) -> &[u8] {
+        let i = (layer * self.n_ctx + pos) * self.n_kv_heads + head;
+        &self.v[i * self.v_row..(i + 1) * self.v_row]
+    }
+
+    /// All K bytes of `layer` (`n_ctx · n_kv_heads` rows), e.g. for a GPU upload.
+    pub fn k_layer(&self, layer: usize) -> &[u8] {
+        let n = self.n_ctx * self.n_kv_heads * self.k_row;
+        &self.k[layer * n..(layer + 1) * n]
+    }
+
+    /// All V bytes of `layer`.
+    pub fn v_layer(&self, layer: usize) -> &[u8] {
+        let n = self.n_ctx * self.n_kv_heads * self.v_row;
+        &self.v[layer * n..(layer + 1) * n]
+    }
+
+    /// Decodes the stored K row of (`layer`, `pos`, `head`) into `out` (`head_dim_k` values).
+    pub fn read_k(&self, layer: usize, pos: usize, head: usize, out: &mut [f32]) {
+        decode(self.ty, self.k_row(layer, pos, head), out);
+    }
+
+    /// Decodes the stored V row of (`layer`, `pos`, `head`) into `out` (`head_dim_v` values).
+    pub fn read_v(&self, layer: usize, pos: usize, head: usize, out: &mut [f32]) {
+        decode(self.ty, self.v_row(layer, pos, head), out);
+    }
+}
+
+/// Encodes `src` (whole rows) into `dst` bytes in the format of `ty`.
+fn encode(
+    ty: KvType,
+    src: &[f32],
+    dst: &mut [u8],
+    tmp8: &mut Vec<BlockQ8_0>,
+    tmp4: &mut Vec<BlockQ4_0>,
+) {
+    match ty {
+        KvType::F32 => {
+            for (d, &s) in dst.chunks_exact_mut(4).zip(src) {
+                d.copy_from_slice(&s.to_le_bytes());
+            }
+        }
+        KvType::F16 => {
+            for (d, &s) in dst.chunks_exact_mut(2).zip(src) {
+                d.copy_from_slice(&ggml_fp32_to_fp16(s).to_bits().to_le_bytes());
+            }
+        }
+        KvType::Q8 => {
+            tmp8.clear();
+            tmp8.resize(src.len() / 32, BlockQ8_0::zeroed());
+            quantize_row_q8_0_ref(src, tmp8);
+            dst.copy_from_slice(bytemuck::cast_slice(tmp8));
+        }
+        KvType::Q4 => {
+            tmp4.clear();
+            tmp4.resize(src.len() / 32, BlockQ4_0::zeroed());
+            quantize_row_q4_0_ref(src, tmp4);
+            dst.copy_from_slice(bytemuck::cast_slice(tmp4));
+        }
+    }
+}
+
+/// Decodes one row (`out.len()` values) from its bytes.
+fn decode(ty: KvType, src: &[u8], out: &mut [f32]) {
+    // The row length matches by construction; dequantize_row only fails on length mismatch.
+    if crate::quant::dequantize_row(ty.ggml_type(), src, out).is_err() {
+        out.fill(f32::NAN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_checks_sizes_before_allocating() {
+        assert_eq!(
+            KvCache::new(KvType::F32, 0, 8, 1, 64, 64).err(),
+            Some(KvError::ZeroSize {
+                what: "layer count"
+            })
+        );
+        assert!(matches!(
+            KvCache::new(KvType::Q8, 1, 8, 1, 48, 64),
+            Err(KvError::HeadDimNotGroupMultiple { head_dim: 48, .. })
+        ));
+        assert!(matches!(
+            KvCache::new(KvType::F32, usize::MAX / 2, 3, 1, 64, 64),
+            Err(KvError::SizeOverflow { .. })
+        ));
+        assert!(matches!(
+            KvCache::new(KvType::F32, 1 << 20, 1 << 20, 64, 256, 256),
+            Err(KvError::SizeOverflow { .. }) | Err(KvError::AllocFailed { .. })
+        ));
+        let c = KvCache::new(KvType::Q4, 2, 16, 3, 64, 32).expect("small cache");
+        assert_eq!(
+            c.bytes() as u64,
+            KvType::Q4.bytes_for(2 * 16 * 3 * 64) + KvType::Q4.bytes_for(2 * 16 * 3 * 32)
+        );
+    }
+
+    #[test]
+    fn write_checks_ranges() {
+        let mut c = KvCache::new(KvType::F16, 2, 4, 2, 32, 32).expect("cache");
+        let r = vec![0.5f32; 64];
+        assert_eq!(
+            c.write(2, 0, &r, &r),
+            Err(KvError::LayerOutOfRange {
+                layer: 2,
+                n_layers: 2
+            })
+        );
+        assert_eq!(
+            c.write(0, 4, &r, &r),
+            Err(KvError::PositionOutOfRange { pos: 4, n_ctx: 4 })
+        );
+        assert_eq!(
+            c.write(0, 0, &r[..32], &r),
+            Err(KvError::RowLength {
+                what: "K",
+                expected: 64,
+                got: 32
+            })
+        );
+        c.write(1, 2, &r, &r).expect("write");
+        assert_eq!(c.n_pos(), 3);
+        c.truncate(1);
+        assert_eq!(c.n_pos(), 1);
+        c.clear();
+        assert_eq!(c.n_pos(), 0);
     }
 }

@@ -8,12 +8,19 @@
 compile_error!("webgguf reads little-endian GGUF blocks in place and supports little-endian hosts only");
 
 pub mod chat;
+pub mod cpu;
+pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod kv_cache;
+pub mod loader;
 pub mod model;
 pub mod quant;
 pub mod sampler;
+pub mod tokenizer;
 
 pub use error::{GgufError, ModelError, QuantError};
 pub use quant::GgmlType;
+
+#[cfg(target_arch = "wasm32")]
+pub mod web;

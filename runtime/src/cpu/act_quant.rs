@@ -1,0 +1,312 @@
+//! Activation quantization: the "other operand" of every quantized dot product.
+//!
+//! As ggml's CPU `ggml_compute_forward_mul_mat` does (`from_float` of the weight type's
+//! `vec_dot_type`), each activation row is quantized to Q8_0 (Q4_0/Q5_0/Q8_0 weights), Q8_1
+//! (Q4_1/Q5_1) or Q8_K (K-quants) with the `quant::` reference quantizers
+//! (`quantize_row_q8_0_ref`, `quantize_row_q8_1_ref`, `quantize_row_q8_K_ref`), or rounded to
+//! F16 / BF16 per element (`ggml_fp32_to_fp16_row`, `ggml_fp32_to_bf16_row`).
+//!
+//! The blocks are then split into plain arrays the kernels read without parsing (quants,
+//! f32 scales, Q8_1's `s` as f32, Q8_K's `bsums`, per-block quant sums) and, for the SIMD
+//! kernels, widened to i16 in the element order the weight kernel unpacks its nibbles in
+//! (see `simd.rs`). The conversions are exact, so the dot products see exactly the values
+//! of the reference blocks.
+//!
+//! ggml differences worth knowing: ggml's x86 AVX `quantize_row_q8_0/q8_1` round ties to even
+//! (`_mm256_round_ps`) where the reference rounds half away from zero, and ggml's own wasm
+//! `quantize_row_q8_0/q8_1` truncate toward zero; both change a quant by one in rare
+//! (resp. frequent) cases. We use the reference everywhere, so native and wasm agree.
+
+use crate::error::QuantError;
+use crate::quant::{
+    ggml_bf16_to_fp32, ggml_fp16_to_fp32, ggml_fp32_to_bf16, ggml_fp32_to_fp16,
+    quantize_row_q8_0_ref, quantize_row_q8_1_ref, quantize_row_q8_k_ref, BlockQ8K, BlockQ8_0,
+    BlockQ8_1, GgmlType,
+};
+use bytemuck::Zeroable;
+
+use super::Kernels;
+
+/// How the SIMD kernels want the i16 copy of the quants ordered (per block).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    )),
+    allow(dead_code)
+)]
+pub(crate) enum Layout {
+    /// No i16 copy.
+    None,
+    /// Element order.
+    Natural,
+    /// Per 32: elements [0,1,16,17][v] + 2k for v in 0..4, k in 0..8 (the i16 lanes of a
+    /// 16-byte nibble vector: low/high nibble of the low/high byte).
+    Legacy,
+    /// Per 64: [0,1,16,17,32,33,48,49][v] + 2k (Q4_K / Q5_K: 32 nibble bytes per 64).
+    K4,
+    /// Per 128: 16h + [0,1,32,33,64,65,96,97][v] + 2k for h in 0..2 (Q6_K).
+    K6,
+}
+
+impl Layout {
+    /// Source element (within a chunk) of i16 slot `p`, and the chunk length.
+    #[cfg_attr(
+        not(any(
+            target_arch = "x86_64",
+            all(target_arch = "wasm32", target_feature = "simd128")
+        )),
+        allow(dead_code)
+    )]
+    fn chunk(self) -> usize {
+        match self {
+            Layout::None | Layout::Natural => 1,
+            Layout::Legacy => 32,
+            Layout::K4 => 64,
+            Layout::K6 => 128,
+        }
+    }
+
+    fn src(self, p: usize) -> usize {
+        const L: [usize; 4] = [0, 1, 16, 17];
+        const K4: [usize; 8] = [0, 1, 16, 17, 32, 33, 48, 49];
+        const K6: [usize; 8] = [0, 1, 32, 33, 64, 65, 96, 97];
+        match self {
+            Layout::None | Layout::Natural => p,
+            Layout::Legacy => L[p / 8] + 2 * (p % 8),
+            Layout::K4 => K4[p / 8] + 2 * (p % 8),
+            Layout::K6 => 16 * (p / 64) + K6[(p % 64) / 8] + 2 * (p % 8),
+        }
+    }
+}
+
+/// Quantized activations of `n_tokens` rows of `cols` values.
+#[derive(Default)]
+pub(crate) struct QuantizedActs {
+    cols: usize,
+    n_tokens: usize,
+    /// Quant blocks per token (32 or 256 values each).
+    nb: usize,
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+    ysum: Vec<f32>,
+    bsums: Vec<i16>,
+    bsums32: Vec<i16>,
+    q16: Vec<i16>,
+    f: Vec<f32>,
+    b8_0: Vec<BlockQ8_0>,
+    b8_1: Vec<BlockQ8_1>,
+    b8_k: Vec<BlockQ8K>,
+}
+
+/// One token's activations as the kernels read them. Unused parts are empty.
+pub(crate) struct ActRow<'a> {
+    /// Quants (Q8_0 / Q8_1 / Q8_K), element order.
+    pub qs: &'a [i8],
+    /// Per-block scale as f32 (exactly the f16 `d` of Q8_0/Q8_1; Q8_K's f32 `d`).
+    pub d: &'a [f32],
+    /// Q8_1: per-block `s` (f16 d·Σq) as f32.
+    #[cfg_attr(
+        not(any(
+            target_arch = "x86_64",
+            all(target_arch = "wasm32", target_feature = "simd128")
+        )),
+        allow(dead_code)
+    )]
+    pub s: &'a [f32],
+    /// Q8_0 / Q8_1: per-block Σq as f32 (exact; for kernels that fold the weight offset out of the loop).
+    #[cfg_attr(
+        not(any(
+            target_arch = "x86_64",
+            all(target_arch = "wasm32", target_feature = "simd128")
+        )),
+        allow(dead_code)
+    )]
+    pub ysum: &'a [f32],
+    /// Q8_K: sums of each 16 quants.
+    pub bsums: &'a [i16],
+    /// Q8_K: sums of each 32 quants (|Σ| ≤ 32·127 fits i16), for the SIMD min corrections.
+    #[cfg_attr(
+        not(any(
+            target_arch = "x86_64",
+            all(target_arch = "wasm32", target_feature = "simd128")
+        )),
+        allow(dead_code)
+    )]
+    pub bsums32: &'a [i16],
+    /// SIMD only: quants widened to i16, in the weight kernel's [`Layout`].
+    #[cfg_attr(
+        not(any(
+            target_arch = "x86_64",
+            all(target_arch = "wasm32", target_feature = "simd128")
+        )),
+        allow(dead_code)
+    )]
+    pub q16: &'a [i16],
+    /// F32 / F16 / BF16 activations (after the type's rounding), as f32.
+    pub f: &'a [f32],
+}
+
+fn fill<T: Copy>(v: &mut Vec<T>, n: usize, z: T) {
+    v.clear();
+    v.resize(n, z);
+}
+
+impl QuantizedActs {
+    /// Quantizes `x` (`n_tokens` rows of `cols`) for a dot product with weights of type `wty`.
+    pub fn quantize(
+        &mut self,
+        wty: GgmlType,
+        kernels: Kernels,
+        x: &[f32],
+        cols: usize,
+        n_tokens: usize,
+    ) -> Result<(), QuantError> {
+        let vt = wty.vec_dot_type();
+        let bs = vt.block_size();
+        if cols % bs != 0 {
+            return Err(QuantError::NotBlockMultiple {
+                ty: vt,
+                n: cols,
+                block: bs,
+            });
+        }
+        let n = cols * n_tokens;
+        debug_assert_eq!(x.len(), n);
+        self.cols = cols;
+        self.n_tokens = n_tokens;
+        self.nb = cols / bs;
+        let nbt = n / bs;
+        self.qs.clear();
+        self.d.clear();
+        self.s.clear();
+        self.ysum.clear();
+        self.bsums.clear();
+        self.bsums32.clear();
+        self.q16.clear();
+        self.f.clear();
+        match vt {
+            GgmlType::F32 => self.f.extend_from_slice(x),
+            GgmlType::F16 => self
+                .f
+                .extend(x.iter().map(|&v| ggml_fp16_to_fp32(ggml_fp32_to_fp16(v)))),
+            GgmlType::BF16 => self
+                .f
+                .extend(x.iter().map(|&v| ggml_bf16_to_fp32(ggml_fp32_to_bf16(v)))),
+            GgmlType::Q8_0 => {
+                fill(&mut self.b8_0, nbt, BlockQ8_0::zeroed());
+                quantize_row_q8_0_ref(x, &mut self.b8_0);
+                for b in &self.b8_0 {
+                    self.qs.extend_from_slice(&b.qs);
+                    self.d.push(ggml_fp16_to_fp32(b.d));
+                    self.ysum
+                        .push(b.qs.iter().map(|&q| i32::from(q)).sum::<i32>() as f32);
+                }
+            }
+            GgmlType::Q8_1 => {
+                fill(&mut self.b8_1, nbt, BlockQ8_1::zeroed());
+                quantize_row_q8_1_ref(x, &mut self.b8_1);
+                for b in &self.b8_1 {
+                    self.qs.extend_from_slice(&b.qs);
+                    self.d.push(ggml_fp16_to_fp32(b.d));
+                    self.s.push(ggml_fp16_to_fp32(b.s));
+                    self.ysum
+                        .push(b.qs.iter().map(|&q| i32::from(q)).sum::<i32>() as f32);
+                }
+            }
+            GgmlType::Q8_K => {
+                fill(&mut self.b8_k, nbt, BlockQ8K::zeroed());
+                quantize_row_q8_k_ref(x, &mut self.b8_k);
+                for b in &self.b8_k {
+                    self.qs.extend_from_slice(&b.qs);
+                    self.d.push(b.d);
+                    self.bsums.extend_from_slice(&b.bsums);
+                    self.bsums32
+                        .extend(b.bsums.chunks_exact(2).map(|p| p[0] + p[1]));
+                }
+            }
+            _ => {
+                return Err(QuantError::Unsupported {
+                    ty: wty,
+                    op: "matmul",
+                })
+            }
+        }
+        let layout = layout_for(wty, kernels);
+        if layout != Layout::None {
+            let chunk = layout.chunk();
+            self.q16.resize(self.qs.len(), 0);
+            for (dst, src) in self
+                .q16
+                .chunks_exact_mut(chunk)
+                .zip(self.qs.chunks_exact(chunk))
+            {
+                for (p, o) in dst.iter_mut().enumerate() {
+                    *o = i16::from(src[layout.src(p)]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The activations of token `t`.
+    pub fn row(&self, t: usize) -> ActRow<'_> {
+        fn part<T>(v: &[T], t: usize, per: usize) -> &[T] {
+            if v.is_empty() {
+                v
+            } else {
+                &v[t * per..(t + 1) * per]
+            }
+        }
+        let _ = self.n_tokens;
+        ActRow {
+            qs: part(&self.qs, t, self.cols),
+            d: part(&self.d, t, self.nb),
+            s: part(&self.s, t, self.nb),
+            ysum: part(&self.ysum, t, self.nb),
+            bsums: part(&self.bsums, t, self.cols / 16),
+            bsums32: part(&self.bsums32, t, self.cols / 32),
+            q16: part(&self.q16, t, self.cols),
+            f: part(&self.f, t, self.cols),
+        }
+    }
+}
+
+fn layout_for(wty: GgmlType, kernels: Kernels) -> Layout {
+    match kernels {
+        Kernels::Scalar => Layout::None,
+        #[cfg(any(
+            target_arch = "x86_64",
+            all(target_arch = "wasm32", target_feature = "simd128")
+        ))]
+        Kernels::Simd => super::simd::layout_for(wty),
+        #[cfg(not(any(
+            target_arch = "x86_64",
+            all(target_arch = "wasm32", target_feature = "simd128")
+        )))]
+        Kernels::Simd => {
+            let _ = wty;
+            Layout::None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_are_permutations() {
+        for l in [Layout::Legacy, Layout::K4, Layout::K6] {
+            let n = l.chunk();
+            let mut seen = vec![false; n];
+            for p in 0..n {
+                let s = l.src(p);
+                assert!(s < n && !seen[s], "{l:?} slot {p} -> {s}");
+                seen[s] = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Attention of one query position over the KV cache, reading the stored (possibly
+//! quantized) rows in place.
+//!
+//! Mirrors what ggml's CPU `ggml_compute_forward_flash_attn_ext_f16` does per query row, with a
+//! two-pass softmax instead of the online one:
+//! - for q8 / q4 caches the query is quantized to Q8_0 (K's `vec_dot_type`, as ggml does) and
+//!   each score is one integer-domain row dot product with the matmul kernels (`scalar.rs` /
+//!   `simd.rs`); for f32 and f16 caches the query stays f32 (ggml rounds it to f16 for an f16
+//!   cache: we do not, because models with large attention logits are very sensitive to it:
+//!   on SmolLM2 rounding only the query to f16 moves the logits by 0.18 on average);
+//! - `s = scale · q·k`, then with a softcap `s = softcap · tanh(s / softcap)` (ggml folds the
+//!   cap into the scale the same way);
+//! - softmax in f32 with max subtraction (a vectorizable Cephes `expf`, ≤ 2 ulp), sum in f64;
+//! - V rows are dequantized group by group on the fly and accumulated in f32 (ggml accumulates
+//!   f16 V in f16; we keep f32), then divided by the sum.
+//!
+//! Grouped-query attention: query head `h` reads KV head `h / (n_heads / n_kv_heads)`; each K and
+//! V row is read once per position for its whole group of query heads.
+
+use super::act_quant::QuantizedActs;
+use super::{dot_fn, Kernels};
+use crate::kv_cache::{KvCache, KvType};
+use crate::quant::{ggml_fp16_to_fp32, GgmlType};
+use half::f16;
+
+/// Reusable buffers of [`attention`].
+#[derive(Default)]
+pub struct AttnScratch {
+    q: QuantizedActs,
+    scores: Vec<f32>,
+}
+
+/// Causal attention of one query position over cached positions `[start, end)` of `layer`.
+///
+/// `q` holds `n_heads · head_dim_k` values, `out` receives `n_heads · head_dim_v`. Scores are
+/// `scale · q·k`, softmax in f32 with max subtraction. An empty range writes zeros.
+///
+/// Panics on inconsistent arguments (a bug in the caller, not a data error): `layer` out of
+/// range, `end > n_ctx`, `start > end`, `n_heads` not a multiple of the KV head count, or
+/// wrong `q` / `out` lengths.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    cache: &KvCache,
+    layer: usize,
+    q: &[f32],
+    n_heads: usize,
+    start: usize,
+    end: usize,
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut AttnScratch,
+) {
+    attention_ext(
+        Kernels::best(),
+        cache,
+        layer,
+        q,
+        n_heads,
+        start,
+        end,
+        scale,
+        None,
+        out,
+        scratch,
+    )
+}
+
+/// [`attention`] with a chosen kernel family and an optional logit softcap
+/// (`s = softcap · tanh(s / softcap)` after scaling; Gemma-2 style).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_ext(
+    kernels: Kernels,
+    cache: &KvCache,
+    layer: usize,
+    q: &[f32],
+    n_heads: usize,
+    start: usize,
+    end: usize,
+    scale: f32,
+    softcap: Option<f32>,
+    out: &mut [f32],
+    scratch: &mut AttnScratch,
+) {
+    let n_kv = cache.n_kv_heads();
+    let (dk, dv) = (cache.head_dim_k(), cache.head_dim_v());
+    assert!(
+        layer < cache.n_layers(),
+        "attention: layer {layer} out of range"
+    );
+    assert!(
+        start <= end && end <= cache.n_ctx(),
+        "attention: bad range {start}..{end} (n_ctx {})",
+        cache.n_ctx()
+    );
+    assert!(
+        n_heads > 0 && n_heads % n_kv == 0,
+        "attention: {n_heads} heads over {n_kv} KV heads"
+    );
+    assert_eq!(q.len(), n_heads * dk, "attention: q length");
+    assert_eq!(out.len(), n_heads * dv, "attention: out length");
+    out.fill(0.0);
+    let n = end - start;
+    if n == 0 {
+        return;
+    }
+    let group = n_heads / n_kv;
+    let kty = cache.ty().ggml_type();
+    // the type the query is converted to (see the module docs)
+    let qty = if kty == GgmlType::F16 {
+        GgmlType::F32
+    } else {
+        kty
+    };
+
+    // --- scores: q·k with the matmul row kernels
+    let Ok(dot) = dot_fn(kty, kernels) else {
+        unreachable!("every KV type has a dot kernel")
+    };
+    if scratch.q.quantize(qty, kernels, q, dk, n_heads).is_err() {
+        unreachable!("head_dim_k is a whole number of groups (checked by KvCache::new)")
+    }
+    let scores = &mut scratch.scores;
+    scores.clear();
+    scores.resize(n, 0.0);
+    let axpy = axpy_fn(cache.ty(), kernels);
+    let row = &mut scores[..];
+    for h in 0..n_heads {
+        let g = h / group;
+        let qa = scratch.q.row(h);
+        for (s, p) in row.iter_mut().zip(start..end) {
+            *s = dot(cache.k_row(layer, p, g), &qa) * scale;
+        }
+        if let Some(cap) = softcap {
+            for s in row.iter_mut() {
+                *s = cap * (*s / cap).tanh();
+            }
+        }
+        // softmax numerators; the sum (in f64) divides the output at the end
+        let mut max = f32::NEG_INFINITY;
+        for &s in row.iter() {
+            max = max.max(s);
+        }
+        for s in row.iter_mut() {
+            *s = exp_nonpositive(*s - max);
+        }
+        let mut sum = 0.0f64;
+        for &e in row.iter() {
+            sum += f64::from(e);
+        }
+        // weighted sum of V rows (each K / V row is re-read from cache once per query head
+        // of its group)
+        let o = &mut out[h * dv..(h + 1) * dv];
+        for (&e, p) in row.iter().zip(start..end) {
+            axpy(e, cache.v_row(layer, p, g), o);
+        }
+        let inv = (1.0 / sum) as f32;
+        for v in o.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+/// `eˣ` for `x ≤ 0` (0 below −87), branch-free so the softmax loop vectorizes: Cephes' `expf`
+/// (range reduction by n·ln 2 in two parts, degree-6 polynomial, 2ⁿ from the exponent bits);
+/// within 2 ulp of the correctly rounded value. NaN gives NaN.
+#[inline(always)]
+pub(super) fn exp_nonpositive(x: f32) -> f32 {
+    let x = if x < -87.0 { -87.0 } else { x }; // (keeps NaN)
+                                               // n = round(x·log2 e) by the 1.5·2²³ trick (ties to even); z's low bits hold n
+    let z = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let n = z - 12_582_912.0;
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let y = p * (r * r) + r + 1.0;
+    let pow2n = f32::from_bits(((z.to_bits() as i32 - 0x4B40_0000 + 127) << 23) as u32);
+    y * pow2n
+}
+
+/// `out += a · row` for one stored V row.
+pub(super) type AxpyFn = fn(f32, &[u8], &mut [f32]);
+
+fn axpy_fn(ty: KvType, kernels: Kernels) -> AxpyFn {
+    #[cfg(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    ))]
+    if kernels == Kernels::Simd {
+        return super::simd::axpy_fn(ty);
+    }
+    let _ = kernels;
+    match ty {
+        KvType::F32 => axpy_f32,
+        KvType::F16 => axpy_f16,
+        KvType::Q8 => axpy_q8_0,
+        KvType::Q4 => axpy_q4_0,
+    }
+}
+
+fn axpy_f32(a: f32, row: &[u8], out: &mut [f32]) {
+    for (o, c) in out.iter_mut().zip(row.chunks_exact(4)) {
+        *o += a * f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+}
+
+fn axpy_f16(a: f32, row: &[u8], out: &mut [f32]) {
+    for (o, c) in out.iter_mut().zip(row.chunks_exact(2)) {
+        *o += a * ggml_fp16_to_fp32(f16::from_bits(u16::from_le_bytes([c[0], c[1]])));
+    }
+}
+
+/// Dequantizes each Q8_0 group (`d·q`, as `dequantize_row_q8_0`) and accumulates.
+fn axpy_q8_0(a: f32, row: &[u8], out: &mut [f32]) {
+    for (blk, o) in row.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+        let d = super::scalar::rd_f16(blk, 0);
+        for (o, &q) in o.iter_mut().zip(&blk[2..34]) {
+            *o += a * (d * f32::from(q as i8));
+        }
+    }
+}
+
+/// Dequantizes each Q4_0 group (`d·(q − 8)`, as `dequantize_row_q4_0`) and accumulates.
+fn axpy_q4_0(a: f32, row: &[u8], out: &mut [f32]) {
+    for (blk, o) in row.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
+        let d = super::scalar::rd_f16(blk, 0);
+        let (lo, hi) = o.split_at_mut(16);
+        for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&blk[2..18]) {
+            *l += a * (d * f32::from(i16::from(q & 0x0F) - 8));
+            *h += a * (d * f32::from(i16::from(q >> 4) - 8));
+        }
+    }
+}

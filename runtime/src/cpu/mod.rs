@@ -1,0 +1,427 @@
+//! Fast CPU kernels: quantized matrix × activation products, norms, rope, activations and
+//! attention over the (quantized) KV cache.
+//!
+//! Two kernel families compute the same thing:
+//! - [`Kernels::Scalar`] (`scalar.rs`): portable Rust reading the packed GGUF blocks in place,
+//!   with the integer and float operations of ggml's generic `ggml_vec_dot_*` in the same
+//!   order, so its results are bit-identical to the oracle `quant::vec_dot`. Native builds use
+//!   it (LLVM autovectorizes the inner loops); so does wasm without `simd128`.
+//! - [`Kernels::Simd`] (`simd.rs`): 128-bit integer kernels written once over a small set of
+//!   vector operations, implemented with wasm SIMD128 (`simd128.rs`, the browser path) and
+//!   with x86_64's baseline SSE2 (`sse2.rs`, so native x86 runs, and tests, the same
+//!   kernels). Integer block sums are exact; only the float accumulation across blocks is
+//!   reassociated, so results agree with the oracle to float rounding (see the tests).
+//!
+//! Activations entering a quantized dot product are first quantized to the weight type's
+//! `vec_dot_type` with the `quant::` reference quantizers (as ggml's CPU backend does), see
+//! `act_quant.rs`.
+
+mod act_quant;
+pub mod attention;
+pub mod ops;
+mod scalar;
+#[cfg(any(
+    target_arch = "x86_64",
+    all(target_arch = "wasm32", target_feature = "simd128")
+))]
+mod simd;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128;
+#[cfg(all(target_arch = "x86_64", not(target_arch = "wasm32")))]
+mod sse2;
+
+pub use attention::{attention, attention_ext, AttnScratch};
+pub use ops::{
+    add_inplace, geglu, gelu_tanh, mul_inplace, rms_norm, rms_norm_inplace, rope_inplace, silu,
+    softmax_inplace, swiglu, Rope, RopeMode,
+};
+
+use crate::error::QuantError;
+use crate::quant::{dequantize_row, GgmlType};
+use act_quant::{ActRow, QuantizedActs};
+
+/// A row-major matrix of quantized rows as stored in GGUF: `rows` rows of `cols` elements,
+/// each row `ty.row_bytes(cols)` bytes of packed blocks, any alignment.
+#[derive(Clone, Copy, Debug)]
+pub struct QMatrix<'a> {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> QMatrix<'a> {
+    /// Checks that `ty` is computable here, that `cols` is a whole number of blocks and that
+    /// `data` holds exactly `rows` rows.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, QuantError> {
+        if !ty.is_supported() || ty == GgmlType::Q8_K || ty == GgmlType::Q8_1 {
+            return Err(QuantError::Unsupported { ty, op: "matmul" });
+        }
+        let bs = ty.block_size();
+        if cols % bs != 0 {
+            return Err(QuantError::NotBlockMultiple {
+                ty,
+                n: cols,
+                block: bs,
+            });
+        }
+        let row_bytes = cols / bs * ty.type_size();
+        let expected = row_bytes.checked_mul(rows).ok_or(QuantError::BufferSize {
+            what: "matrix data (size overflows)",
+            ty,
+            expected: usize::MAX,
+            got: data.len(),
+        })?;
+        if data.len() != expected {
+            return Err(QuantError::BufferSize {
+                what: "matrix data",
+                ty,
+                expected,
+                got: data.len(),
+            });
+        }
+        Ok(QMatrix {
+            ty,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_size() * self.ty.type_size()
+    }
+
+    /// The packed bytes of row `r` (panics when `r >= rows`).
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+}
+
+/// Which kernel family computes the dot products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// Portable code, bit-identical to `quant::vec_dot`.
+    Scalar,
+    /// 128-bit SIMD: wasm SIMD128 in the browser, SSE2 on x86_64 (only where compiled in:
+    /// see [`Kernels::available`]).
+    Simd,
+}
+
+const HAS_SIMD: bool = cfg!(any(
+    target_arch = "x86_64",
+    all(target_arch = "wasm32", target_feature = "simd128")
+));
+
+impl Kernels {
+    /// The fastest family compiled into this build.
+    pub fn best() -> Kernels {
+        if HAS_SIMD {
+            Kernels::Simd
+        } else {
+            Kernels::Scalar
+        }
+    }
+
+    /// Every family compiled into this build (tests run each).
+    pub fn available() -> &'static [Kernels] {
+        if HAS_SIMD {
+            &[Kernels::Scalar, Kernels::Simd]
+        } else {
+            &[Kernels::Scalar]
+        }
+    }
+
+    /// "scalar", "simd128" (wasm) or "sse2" (x86_64).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernels::Scalar => "scalar",
+            Kernels::Simd if cfg!(target_arch = "wasm32") => "simd128",
+            Kernels::Simd => "sse2",
+        }
+    }
+}
+
+/// Reusable buffers for quantized activations (no allocation per call once warm).
+#[derive(Default)]
+pub struct Scratch {
+    acts: QuantizedActs,
+}
+
+/// Row dot product `w_row · activations of one token`.
+type DotFn = fn(&[u8], &ActRow<'_>) -> f32;
+/// Two rows against the same activations (shares their loads).
+#[cfg_attr(
+    not(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    )),
+    allow(dead_code)
+)]
+type Dot2Fn = fn(&[u8], &[u8], &ActRow<'_>) -> [f32; 2];
+
+/// The kernels of one matmul: single rows, and row pairs where the family has them.
+#[derive(Clone, Copy)]
+struct Dots {
+    one: DotFn,
+    two: Option<Dot2Fn>,
+}
+
+fn dots(ty: GgmlType, kernels: Kernels) -> Result<Dots, QuantError> {
+    let one = dot_fn(ty, kernels)?;
+    #[cfg(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    ))]
+    if kernels == Kernels::Simd {
+        #[cfg(test)]
+        if tests::NO_PAIRS.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(Dots { one, two: None });
+        }
+        return Ok(Dots {
+            one,
+            two: simd::dot2_fn(ty),
+        });
+    }
+    Ok(Dots { one, two: None })
+}
+
+fn dot_fn(ty: GgmlType, kernels: Kernels) -> Result<DotFn, QuantError> {
+    #[cfg(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    ))]
+    if kernels == Kernels::Simd {
+        if let Some(f) = simd::dot_fn(ty) {
+            return Ok(f);
+        }
+    }
+    let _ = kernels;
+    scalar::dot_fn(ty).ok_or(QuantError::Unsupported { ty, op: "matmul" })
+}
+
+/// `y[t*w.rows + r] = dot(w.row(r), x[t*w.cols..(t+1)*w.cols])` for `t` in `0..n_tokens`.
+///
+/// Activations are first quantized to `w.ty.vec_dot_type()` as ggml's CPU backend does
+/// (Q8_0 / Q8_1 / Q8_K with the `quant::` reference quantizers; F16 / BF16 rounded per
+/// element; F32 as is), then each dot product runs on the fastest kernel of the platform.
+/// `x` must hold exactly `n_tokens * w.cols` values and `y` at least `n_tokens * w.rows`
+/// (elements past that are left untouched).
+pub fn matmul(
+    w: &QMatrix,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+    scratch: &mut Scratch,
+) -> Result<(), QuantError> {
+    matmul_with(Kernels::best(), w, x, n_tokens, y, scratch)
+}
+
+/// [`matmul`] on a chosen kernel family (tests compare the families).
+pub fn matmul_with(
+    kernels: Kernels,
+    w: &QMatrix,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+    scratch: &mut Scratch,
+) -> Result<(), QuantError> {
+    let ty = w.ty;
+    let want_x = n_tokens.saturating_mul(w.cols);
+    if x.len() != want_x {
+        return Err(QuantError::BufferSize {
+            what: "matmul activations (f32 values)",
+            ty,
+            expected: want_x,
+            got: x.len(),
+        });
+    }
+    let want_y = n_tokens.saturating_mul(w.rows);
+    if y.len() < want_y {
+        return Err(QuantError::BufferSize {
+            what: "matmul output (f32 values)",
+            ty,
+            expected: want_y,
+            got: y.len(),
+        });
+    }
+    if w.data.len() != w.row_bytes() * w.rows {
+        return Err(QuantError::BufferSize {
+            what: "matrix data",
+            ty,
+            expected: w.row_bytes() * w.rows,
+            got: w.data.len(),
+        });
+    }
+    let dot = dots(ty, kernels)?;
+    scratch.acts.quantize(ty, kernels, x, w.cols, n_tokens)?;
+    let acts = &scratch.acts;
+    let y = &mut y[..want_y];
+    if n_tokens == 0 || w.rows == 0 {
+        return Ok(());
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let threads = num_threads().min(w.rows);
+        // Spawning costs tens of microseconds: only split products large enough to repay it.
+        if threads > 1 && w.data.len().saturating_mul(n_tokens) >= PARALLEL_MIN_BYTES {
+            return matmul_parallel(w, acts, n_tokens, y, dot, threads);
+        }
+    }
+    matmul_rows(w, acts, n_tokens, 0, w.rows, dot, |t, r, v| {
+        y[t * w.rows + r] = v
+    });
+    Ok(())
+}
+
+/// Computes rows `r0..r1` for every token, handing each result to `put(t, r, value)`.
+/// Rows outer, tokens inner: a weight row is read once from memory and stays in L1 while
+/// every token's activations pass over it.
+#[inline]
+fn matmul_rows(
+    w: &QMatrix,
+    acts: &QuantizedActs,
+    n_tokens: usize,
+    r0: usize,
+    r1: usize,
+    dot: Dots,
+    mut put: impl FnMut(usize, usize, f32),
+) {
+    let mut r = r0;
+    if let Some(two) = dot.two {
+        while r + 2 <= r1 {
+            let (w0, w1) = (w.row(r), w.row(r + 1));
+            for t in 0..n_tokens {
+                let [v0, v1] = two(w0, w1, &acts.row(t));
+                put(t, r, v0);
+                put(t, r + 1, v1);
+            }
+            r += 2;
+        }
+    }
+    for r in r..r1 {
+        let wr = w.row(r);
+        for t in 0..n_tokens {
+            put(t, r, (dot.one)(wr, &acts.row(t)));
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+const PARALLEL_MIN_BYTES: usize = 1 << 20;
+
+#[cfg(not(target_arch = "wasm32"))]
+static NUM_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// Threads a native [`matmul`] may split its rows over (1 by default; wasm is always 1).
+pub fn num_threads() -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        NUM_THREADS
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        1
+    }
+}
+
+/// Sets the thread count of native matmuls (clamped to at least 1; ignored on wasm).
+pub fn set_num_threads(n: usize) {
+    #[cfg(not(target_arch = "wasm32"))]
+    NUM_THREADS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+    #[cfg(target_arch = "wasm32")]
+    let _ = n;
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn matmul_parallel(
+    w: &QMatrix,
+    acts: &QuantizedActs,
+    n_tokens: usize,
+    y: &mut [f32],
+    dot: Dots,
+    threads: usize,
+) -> Result<(), QuantError> {
+    let rows = w.rows;
+    let per = rows.div_ceil(threads);
+    if n_tokens == 1 {
+        // Output rows are contiguous: each thread owns a slice of y.
+        std::thread::scope(|s| {
+            for (i, chunk) in y.chunks_mut(per).enumerate() {
+                let r0 = i * per;
+                s.spawn(move || {
+                    matmul_rows(w, acts, 1, r0, r0 + chunk.len(), dot, |_, r, v| {
+                        chunk[r - r0] = v
+                    });
+                });
+            }
+        });
+        return Ok(());
+    }
+    // Several tokens: each thread fills a row-major [rows_i × n_tokens] block, copied after.
+    let mut parts: Vec<Vec<f32>> = Vec::with_capacity(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let r0 = (i * per).min(rows);
+                let r1 = ((i + 1) * per).min(rows);
+                s.spawn(move || {
+                    let mut out = vec![0.0f32; (r1 - r0) * n_tokens];
+                    matmul_rows(w, acts, n_tokens, r0, r1, dot, |t, r, v| {
+                        out[(r - r0) * n_tokens + t] = v
+                    });
+                    out
+                })
+            })
+            .collect();
+        for h in handles {
+            parts.push(h.join().unwrap_or_default());
+        }
+    });
+    for (i, part) in parts.iter().enumerate() {
+        let r0 = (i * per).min(rows);
+        let r1 = ((i + 1) * per).min(rows);
+        if part.len() != (r1 - r0) * n_tokens {
+            // A worker panicked (it cannot, short of a bug): report rather than return garbage.
+            return Err(QuantError::Unsupported {
+                ty: w.ty,
+                op: "matmul (worker thread failed)",
+            });
+        }
+        for r in r0..r1 {
+            for t in 0..n_tokens {
+                y[t * rows + r] = part[(r - r0) * n_tokens + t];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dequantizes row `r` of `w` into `out` (embedding lookup, ggml's `get_rows`).
+pub fn get_row(w: &QMatrix, r: usize, out: &mut [f32]) -> Result<(), QuantError> {
+    if r >= w.rows {
+        return Err(QuantError::BufferSize {
+            what: "get_row row index (rows)",
+            ty: w.ty,
+            expected: w.rows,
+            got: r,
+        });
+    }
+    if out.len() != w.cols {
+        return Err(QuantError::BufferSize {
+            what: "get_row output (f32 values)",
+            ty: w.ty,
+            expected: w.cols,
+            got: out.len(),
+        });
+    }
+    dequantize_row(w.ty, w.row(r), out)
+}
+
+#[cfg(test)]
+mod tests;

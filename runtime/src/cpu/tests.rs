@@ -1,0 +1,830 @@
+//! Kernel tests against the scalar oracle (`quant::`), run natively by `cargo test` and under
+//! Node by `pkg-scripts/test-wasm-cpu` (wasm32 + SIMD128), where every kernel family compiled
+//! in ([`Kernels::available`]) is checked.
+//!
+//! Conventions: deterministic pseudo-random data, awkward shapes (1 row, row counts that are
+//! no multiple of any unroll, one and several blocks per row), sentinel values after every
+//! output buffer, NaN/Inf checks, exact comparison of the scalar kernels with
+//! `quant::vec_dot`, reassociation-sized bounds for SIMD, normalized MSE against an f64 dot
+//! of the dequantized weights with the unquantized activations.
+
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use super::*;
+use crate::kv_cache::{KvCache, KvType};
+use crate::quant::{self, GgmlType};
+
+/// xorshift64*: deterministic data without a rand dependency.
+pub(super) struct Rng(u64);
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [-1, 1).
+    pub fn f(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+    }
+    /// Roughly normal, with occasional outliers (like real activations).
+    pub fn act(&mut self) -> f32 {
+        let v = (self.f() + self.f() + self.f()) * 0.8;
+        if self.next_u64() % 61 == 0 {
+            v * 9.0
+        } else {
+            v
+        }
+    }
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.act()).collect()
+    }
+}
+
+const SENTINEL: u32 = 0x7FC0_DEAD;
+const PAD: usize = 7;
+
+fn padded(n: usize) -> Vec<f32> {
+    vec![f32::from_bits(SENTINEL); n + PAD]
+}
+
+fn check_pad(buf: &[f32], n: usize, what: &str) {
+    for (i, v) in buf[n..].iter().enumerate() {
+        assert_eq!(
+            v.to_bits(),
+            SENTINEL,
+            "{what}: sentinel {i} after the output was overwritten"
+        );
+    }
+}
+
+fn check_finite(v: &[f32], what: &str) {
+    for (i, x) in v.iter().enumerate() {
+        assert!(x.is_finite(), "{what}: element {i} is {x}");
+    }
+}
+
+const ALL_TYPES: [GgmlType; 13] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+fn col_sizes(ty: GgmlType) -> &'static [usize] {
+    match ty.block_size() {
+        1 => &[7, 32, 96, 640],
+        32 => &[32, 96, 640],
+        _ => &[256, 512, 768],
+    }
+}
+
+/// A `rows × cols` weight matrix of type `ty`: quantized random floats, or (`raw`) random
+/// quant bits with the f16 scales overwritten by sane values (exercises bit patterns the
+/// quantizer never writes, e.g. −128 in Q8_0 and every 6-bit K-quant scale).
+fn make_weights(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng, raw: bool) -> Vec<u8> {
+    let rb = ty.row_bytes(cols as u64).expect("whole blocks") as usize;
+    let mut data = vec![0u8; rb * rows];
+    if !raw || ty.block_size() == 1 {
+        for r in 0..rows {
+            let x: Vec<f32> = (0..cols).map(|_| rng.f() * 0.1).collect();
+            quant::quantize_row(ty, &x, &mut data[r * rb..(r + 1) * rb]).expect("quantize");
+        }
+        return data;
+    }
+    for b in data.iter_mut() {
+        *b = rng.next_u64() as u8;
+    }
+    // (offset of each f16 scale within the block)
+    let scales: &[usize] = match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 => &[0, 2],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q6_K => &[208],
+        _ => &[],
+    };
+    for blk in data.chunks_exact_mut(ty.type_size()) {
+        for &o in scales {
+            let v = quant::ggml_fp32_to_fp16(rng.f() * 0.01)
+                .to_bits()
+                .to_le_bytes();
+            blk[o..o + 2].copy_from_slice(&v);
+        }
+    }
+    data
+}
+
+/// Dequantized weights and quantized activations, for the magnitude of the terms.
+fn abs_dot(ty: GgmlType, w: &[u8], a: &[u8], cols: usize) -> f64 {
+    let mut wf = vec![0f32; cols];
+    let mut af = vec![0f32; cols];
+    quant::dequantize_row(ty, w, &mut wf).expect("dequantize w");
+    quant::dequantize_row(ty.vec_dot_type(), a, &mut af).expect("dequantize a");
+    wf.iter()
+        .zip(&af)
+        .map(|(&x, &y)| (f64::from(x) * f64::from(y)).abs())
+        .sum()
+}
+
+fn matmul_case(
+    kernels: Kernels,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    n_tokens: usize,
+    raw: bool,
+    seed: u64,
+) {
+    let mut rng = Rng::new(seed);
+    let data = make_weights(ty, rows, cols, &mut rng, raw);
+    let w = QMatrix::new(ty, rows, cols, &data).expect("matrix");
+    let x = rng.vec(cols * n_tokens);
+    let mut y = padded(rows * n_tokens);
+    let mut scratch = Scratch::default();
+    matmul_with(kernels, &w, &x, n_tokens, &mut y, &mut scratch).expect("matmul");
+    let what = format!(
+        "{} {ty} {rows}x{cols} t={n_tokens} raw={raw}",
+        kernels.name()
+    );
+    check_pad(&y, rows * n_tokens, &what);
+    check_finite(&y[..rows * n_tokens], &what);
+
+    let vt = ty.vec_dot_type();
+    let ab = vt.row_bytes(cols as u64).expect("act row") as usize;
+    let mut err2 = 0.0f64;
+    let mut ref2 = 0.0f64;
+    for t in 0..n_tokens {
+        let xt = &x[t * cols..(t + 1) * cols];
+        let mut act = vec![0u8; ab];
+        quant::quantize_row(vt, xt, &mut act).expect("quantize act");
+        for r in 0..rows {
+            let got = y[t * rows + r];
+            let want = quant::vec_dot(ty, cols, w.row(r), &act).expect("oracle");
+            match kernels {
+                Kernels::Scalar => {
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{what}: row {r} token {t}: {got} vs oracle {want}"
+                    )
+                }
+                Kernels::Simd => {
+                    let nb = (cols / ty.block_size()) as f64;
+                    let tol = 4.0
+                        * (nb.min(64.0) + 16.0)
+                        * f64::from(f32::EPSILON)
+                        * abs_dot(ty, w.row(r), &act, cols);
+                    assert!(
+                        (f64::from(got) - f64::from(want)).abs() <= tol + 1e-30,
+                        "{what}: row {r} token {t}: {got} vs oracle {want} (tolerance {tol:e})"
+                    );
+                }
+            }
+            // against the unquantized activations, in f64
+            let mut wf = vec![0f32; cols];
+            quant::dequantize_row(ty, w.row(r), &mut wf).expect("dequantize");
+            let exact: f64 = wf
+                .iter()
+                .zip(xt)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            let mag: f64 = wf
+                .iter()
+                .zip(xt)
+                .map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs())
+                .sum();
+            err2 += (f64::from(got) - exact).powi(2);
+            ref2 += mag * mag;
+        }
+    }
+    // Squared error over the squared magnitude Σ|w·x| (robust to cancelling rows).
+    let nmse = err2 / ref2.max(1e-30);
+    let bound = match vt {
+        GgmlType::F32 => 1e-12,
+        GgmlType::F16 => 1e-7,
+        GgmlType::BF16 => 1e-5,
+        _ => 1e-4,
+    };
+    assert!(
+        nmse <= bound,
+        "{what}: normalized MSE {nmse:e} over {bound:e}"
+    );
+}
+
+#[test]
+fn matmul_matches_oracle_every_type_and_shape() {
+    for &kernels in Kernels::available() {
+        for (i, &ty) in ALL_TYPES.iter().enumerate() {
+            for &cols in col_sizes(ty) {
+                for (j, &rows) in [1usize, 3, 17].iter().enumerate() {
+                    let seed = (i * 100 + j * 10 + cols) as u64;
+                    matmul_case(kernels, ty, rows, cols, 1, false, seed);
+                }
+                matmul_case(kernels, ty, 5, cols, 3, false, 7 + cols as u64);
+                matmul_case(kernels, ty, 4, cols, 1, true, 9 + cols as u64);
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_rejects_bad_shapes() {
+    let data = vec![0u8; 2 * 18];
+    assert!(matches!(
+        QMatrix::new(GgmlType::Q4_0, 2, 48, &data),
+        Err(QuantError::NotBlockMultiple { .. })
+    ));
+    assert!(matches!(
+        QMatrix::new(GgmlType::Q4_0, 3, 32, &data),
+        Err(QuantError::BufferSize { .. })
+    ));
+    assert!(matches!(
+        QMatrix::new(GgmlType::IQ2_XS, 1, 256, &[0; 74]),
+        Err(QuantError::Unsupported { .. })
+    ));
+    let w = QMatrix::new(GgmlType::Q4_0, 2, 32, &data).expect("matrix");
+    let mut s = Scratch::default();
+    let mut y = vec![0f32; 2];
+    assert!(matmul(&w, &[0.0; 31], 1, &mut y, &mut s).is_err());
+    assert!(
+        matmul(&w, &[0.0; 64], 2, &mut y, &mut s).is_err(),
+        "y too short for 2 tokens"
+    );
+    assert!(matmul(&w, &[0.0; 32], 1, &mut y, &mut s).is_ok());
+    assert_eq!(w.row(1).len(), 18);
+}
+
+#[test]
+fn get_row_dequantizes() {
+    let mut rng = Rng::new(3);
+    for &ty in &ALL_TYPES {
+        let cols = col_sizes(ty)[1];
+        let data = make_weights(ty, 3, cols, &mut rng, false);
+        let w = QMatrix::new(ty, 3, cols, &data).expect("matrix");
+        let mut out = vec![0f32; cols];
+        let mut want = vec![0f32; cols];
+        get_row(&w, 2, &mut out).expect("get_row");
+        quant::dequantize_row(ty, w.row(2), &mut want).expect("dequantize");
+        assert_eq!(out, want, "{ty}");
+        assert!(get_row(&w, 3, &mut out).is_err());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ops
+
+#[test]
+fn rms_norm_matches_f64() {
+    let mut rng = Rng::new(11);
+    for n in [1usize, 7, 576, 640] {
+        let x = rng.vec(n);
+        let w = rng.vec(n);
+        let mut out = padded(n);
+        rms_norm(&x, &w, 1e-6, &mut out[..n]);
+        check_pad(&out, n, "rms_norm");
+        let ms: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / n as f64;
+        let s = 1.0 / (ms + 1e-6).sqrt();
+        for i in 0..n {
+            let want = f64::from(x[i]) * s * f64::from(w[i]);
+            assert!(
+                (f64::from(out[i]) - want).abs() <= 1e-6 * want.abs() + 1e-30,
+                "{n} {i}"
+            );
+        }
+        let mut y = x.clone();
+        rms_norm_inplace(&mut y, &w, 1e-6);
+        assert_eq!(y, out[..n].to_vec());
+    }
+}
+
+#[test]
+fn activations_match_ggml_formulas() {
+    for i in -2000..2000 {
+        let x = i as f32 * 0.01;
+        let s = silu(x);
+        let want = f64::from(x) / (1.0 + (-f64::from(x)).exp());
+        assert!(
+            (f64::from(s) - want).abs() <= 1e-6 * want.abs().max(1e-3),
+            "silu {x}"
+        );
+        // GELU goes through an f16 table: f16 precision of input and output.
+        let g = gelu_tanh(x);
+        let e = ops::gelu_tanh_f32(x);
+        assert!(
+            (g - e).abs() <= 2e-3 * e.abs() + 2e-3 * x.abs() * 0.5 + 1e-4,
+            "gelu {x}: {g} vs {e}"
+        );
+    }
+    assert_eq!(gelu_tanh(-10.0), 0.0);
+    assert_eq!(gelu_tanh(12.5), 12.5);
+    let gate = [-11.0f32, -1.0, 0.5, 3.0, 11.0];
+    let up = [2.0f32, 2.0, 2.0, 2.0, 2.0];
+    let mut out = padded(5);
+    geglu(&gate, &up, &mut out[..5]);
+    check_pad(&out, 5, "geglu");
+    assert_eq!(out[0], 0.0);
+    assert_eq!(out[4], 22.0);
+    assert_eq!(out[2], gelu_tanh(0.5) * 2.0);
+    swiglu(&gate, &up, &mut out[..5]);
+    check_pad(&out, 5, "swiglu");
+    assert_eq!(out[1], silu(-1.0) * 2.0);
+}
+
+#[test]
+fn softmax_sums_to_one() {
+    let mut rng = Rng::new(5);
+    let mut x = rng.vec(100);
+    x[3] = 80.0;
+    let orig = x.clone();
+    softmax_inplace(&mut x);
+    let sum: f64 = x.iter().map(|&v| f64::from(v)).sum();
+    assert!((sum - 1.0).abs() < 1e-5);
+    let m: f64 = orig.iter().map(|&v| (f64::from(v) - 80.0).exp()).sum();
+    for (a, &b) in x.iter().zip(&orig) {
+        let want = (f64::from(b) - 80.0).exp() / m;
+        assert!((f64::from(*a) - want).abs() <= 1e-6 * want + 1e-37);
+    }
+    softmax_inplace(&mut []);
+}
+
+fn rope_reference(x: &[f32], n_heads: usize, hd: usize, pos: usize, r: &Rope) -> Vec<f64> {
+    let mut out: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    for i in 0..r.n_dims / 2 {
+        let ff = r.freq_factors.as_ref().map_or(1.0, |f| f64::from(f[i]));
+        let theta = pos as f64
+            * f64::from(r.freq_base).powf(-2.0 * i as f64 / r.n_dims as f64)
+            * f64::from(r.freq_scale)
+            / ff;
+        let (s, c) = theta.sin_cos();
+        let (i0, i1) = match r.mode {
+            RopeMode::Normal => (2 * i, 2 * i + 1),
+            RopeMode::Neox => (i, i + r.n_dims / 2),
+        };
+        for h in 0..n_heads {
+            let (a, b) = (out[h * hd + i0], out[h * hd + i1]);
+            out[h * hd + i0] = a * c - b * s;
+            out[h * hd + i1] = a * s + b * c;
+        }
+    }
+    out
+}
+
+#[test]
+fn rope_matches_reference() {
+    let mut rng = Rng::new(21);
+    for (mode, n_heads, hd, n_dims, base, ff) in [
+        (RopeMode::Normal, 9, 64, 64, 100_000.0f32, false),
+        (RopeMode::Neox, 4, 256, 256, 1_000_000.0, false),
+        (RopeMode::Neox, 3, 64, 32, 10_000.0, false),
+        (RopeMode::Normal, 2, 128, 128, 500_000.0, true),
+    ] {
+        let mut r = Rope::new(n_dims, base, mode);
+        if ff {
+            r.freq_factors = Some((0..n_dims / 2).map(|i| 1.0 + i as f32 * 0.25).collect());
+            r.freq_scale = 0.5;
+        }
+        for pos in [0usize, 1, 17, 511, 4000] {
+            let x = rng.vec(n_heads * hd);
+            let mut y = x.clone();
+            rope_inplace(&mut y, n_heads, hd, pos, &r);
+            let want = rope_reference(&x, n_heads, hd, pos, &r);
+            // ggml's f32 theta recurrence drifts by ~n_dims/2 ulp of θ: allow pos-proportional error.
+            let tol = 1e-5 + pos as f64 * 4e-7 * (n_dims as f64 / 64.0);
+            for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
+                assert!(
+                    (f64::from(a) - b).abs() <= tol,
+                    "{mode:?} pos {pos} elem {i}: {a} vs {b}"
+                );
+            }
+            for h in 0..n_heads {
+                for d in n_dims..hd {
+                    assert_eq!(y[h * hd + d], x[h * hd + d], "unrotated dims pass through");
+                }
+            }
+            if pos == 0 {
+                assert_eq!(y, x, "position 0 is the identity");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV cache and attention
+
+const KV_TYPES: [KvType; 4] = [KvType::F32, KvType::F16, KvType::Q8, KvType::Q4];
+
+#[test]
+fn kv_round_trip_within_bounds() {
+    let mut rng = Rng::new(31);
+    for ty in KV_TYPES {
+        let (nl, nctx, nkv, dk, dv) = (2, 5, 3, 64, 96);
+        let mut c = KvCache::new(ty, nl, nctx, nkv, dk, dv).expect("cache");
+        let mut rows = Vec::new();
+        for l in 0..nl {
+            for p in 0..nctx {
+                let k = rng.vec(nkv * dk);
+                let v = rng.vec(nkv * dv);
+                c.write(l, p, &k, &v).expect("write");
+                rows.push((l, p, k, v));
+            }
+        }
+        assert_eq!(c.n_pos(), nctx);
+        for (l, p, k, v) in &rows {
+            for (src, d, is_k) in [(k, dk, true), (v, dv, false)] {
+                for h in 0..nkv {
+                    let mut out = padded(d);
+                    if is_k {
+                        c.read_k(*l, *p, h, &mut out[..d]);
+                    } else {
+                        c.read_v(*l, *p, h, &mut out[..d]);
+                    }
+                    check_pad(&out, d, "kv read");
+                    let src = &src[h * d..(h + 1) * d];
+                    for (g, (o, s)) in out[..d].chunks(32).zip(src.chunks(32)).enumerate() {
+                        let amax = s.iter().fold(0f32, |m, &x| m.max(x.abs()));
+                        let bound = match ty {
+                            KvType::F32 => 0.0,
+                            KvType::F16 => amax * 2f32.powi(-11),
+                            // d/2 + f16 rounding of d (≤ 2⁻¹¹·d per unit of q, |q| ≤ 127)
+                            KvType::Q8 => amax / 127.0 * 0.57,
+                            // the clamp of the extreme value costs a whole step d = amax/8
+                            KvType::Q4 => amax / 8.0 * 1.01,
+                        };
+                        for (a, b) in o.iter().zip(s) {
+                            assert!(
+                                (a - b).abs() <= bound,
+                                "{ty:?} l{l} p{p} h{h} g{g}: {a} vs {b} (bound {bound})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The query as the attention kernels see it: Q8_0 for quantized caches, f32 otherwise.
+fn effective_q(ty: KvType, q: &[f32]) -> Vec<f32> {
+    if !ty.is_quantized() {
+        return q.to_vec();
+    }
+    let vt = ty.ggml_type().vec_dot_type();
+    let mut bytes = vec![0u8; vt.row_bytes(q.len() as u64).expect("q row") as usize];
+    quant::quantize_row(vt, q, &mut bytes).expect("quantize q");
+    let mut out = vec![0f32; q.len()];
+    quant::dequantize_row(vt, &bytes, &mut out).expect("dequantize q");
+    out
+}
+
+/// f64 attention of `q` over K/V rows given by `kv(p, kv_head) -> (k, v)`.
+#[allow(clippy::too_many_arguments)]
+fn attention_reference(
+    kv: &dyn Fn(usize, usize) -> (Vec<f32>, Vec<f32>),
+    dk: usize,
+    dv: usize,
+    nkv: usize,
+    q: &[f32],
+    n_heads: usize,
+    start: usize,
+    end: usize,
+    scale: f32,
+    softcap: Option<f32>,
+) -> Vec<f64> {
+    let group = n_heads / nkv;
+    let mut out = vec![0f64; n_heads * dv];
+    for h in 0..n_heads {
+        let g = h / group;
+        let mut s = Vec::new();
+        for p in start..end {
+            let (k, _) = kv(p, g);
+            let mut d: f64 = q[h * dk..(h + 1) * dk]
+                .iter()
+                .zip(&k)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            d *= f64::from(scale);
+            if let Some(cap) = softcap {
+                d = f64::from(cap) * (d / f64::from(cap)).tanh();
+            }
+            s.push(d);
+        }
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|&x| (x - m).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        for (i, p) in (start..end).enumerate() {
+            let (_, v) = kv(p, g);
+            for j in 0..dv {
+                out[h * dv + j] += e[i] / sum * f64::from(v[j]);
+            }
+        }
+    }
+    out
+}
+
+/// Largest |a − b| over max |b|.
+fn max_rel_err(a: &[f32], b: &[f64]) -> f64 {
+    let m = b.iter().fold(0f64, |m, &x| m.max(x.abs())).max(1e-30);
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - y).abs())
+        .fold(0.0, f64::max)
+        / m
+}
+
+#[test]
+fn attention_matches_reference() {
+    for &kernels in Kernels::available() {
+        for ty in KV_TYPES {
+            for (n_heads, nkv, dk, dv) in [
+                (9usize, 3usize, 64usize, 64usize),
+                (4, 1, 256, 256),
+                (6, 6, 32, 64),
+                (4, 2, 64, 32),
+            ] {
+                let mut rng = Rng::new((n_heads * 31 + dk) as u64);
+                let (nl, nctx) = (2, 40);
+                let mut c = KvCache::new(ty, nl, nctx, nkv, dk, dv).expect("cache");
+                let mut orig = Vec::new();
+                for l in 0..nl {
+                    for p in 0..nctx {
+                        let (k, v) = (rng.vec(nkv * dk), rng.vec(nkv * dv));
+                        c.write(l, p, &k, &v).expect("write");
+                        if l == 1 {
+                            orig.push((k, v));
+                        }
+                    }
+                }
+                let stored = |p: usize, g: usize| {
+                    let (mut k, mut v) = (vec![0f32; dk], vec![0f32; dv]);
+                    c.read_k(1, p, g, &mut k);
+                    c.read_v(1, p, g, &mut v);
+                    (k, v)
+                };
+                let original = |p: usize, g: usize| {
+                    (
+                        orig[p].0[g * dk..(g + 1) * dk].to_vec(),
+                        orig[p].1[g * dv..(g + 1) * dv].to_vec(),
+                    )
+                };
+                let q: Vec<f32> = rng.vec(n_heads * dk);
+                let q_eff = effective_q(ty, &q);
+                let scale = 1.0 / (dk as f32).sqrt();
+                for (start, end, cap) in [
+                    (0usize, 1usize, None),
+                    (0, 40, None),
+                    (13, 29, None),
+                    (0, 33, Some(5.0f32)),
+                ] {
+                    let mut out = padded(n_heads * dv);
+                    let mut s = AttnScratch::default();
+                    attention_ext(
+                        kernels,
+                        &c,
+                        1,
+                        &q,
+                        n_heads,
+                        start,
+                        end,
+                        scale,
+                        cap,
+                        &mut out[..n_heads * dv],
+                        &mut s,
+                    );
+                    let what = format!(
+                        "{} {ty:?} {n_heads}/{nkv} dk{dk} dv{dv} {start}..{end} cap {cap:?}",
+                        kernels.name()
+                    );
+                    check_pad(&out, n_heads * dv, &what);
+                    check_finite(&out[..n_heads * dv], &what);
+                    let out = &out[..n_heads * dv];
+                    // Tight: the stored rows and the query as converted for the K dot product.
+                    let tight = attention_reference(
+                        &stored, dk, dv, nkv, &q_eff, n_heads, start, end, scale, cap,
+                    );
+                    let e = max_rel_err(out, &tight);
+                    assert!(
+                        e <= 2e-5,
+                        "{what}: {e:e} off the f64 reference on the stored rows"
+                    );
+                    // Loose: the original f32 rows and query (the cost of the cache format).
+                    let loose = attention_reference(
+                        &original, dk, dv, nkv, &q, n_heads, start, end, scale, cap,
+                    );
+                    let bound = match ty {
+                        KvType::F32 => 2e-5,
+                        KvType::F16 => 5e-3,
+                        KvType::Q8 => 6e-2,
+                        KvType::Q4 => 0.5,
+                    };
+                    let e = max_rel_err(out, &loose);
+                    assert!(e <= bound, "{what}: {e:e} off the f64 reference on the original rows (bound {bound:e})");
+                }
+                // An empty range writes zeros.
+                let mut out = vec![1f32; n_heads * dv];
+                attention_ext(
+                    kernels,
+                    &c,
+                    0,
+                    &q,
+                    n_heads,
+                    5,
+                    5,
+                    scale,
+                    None,
+                    &mut out,
+                    &mut AttnScratch::default(),
+                );
+                assert!(out.iter().all(|&v| v == 0.0));
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_exp_is_accurate() {
+    let mut x = 0.0f32;
+    while x > -90.0 {
+        let got = f64::from(attention::exp_nonpositive(x));
+        let want = f64::from(x).exp();
+        if x >= -87.0 {
+            assert!(
+                (got - want).abs() <= 3.0 * f64::from(f32::EPSILON) * want,
+                "exp({x}) = {got}, want {want}"
+            );
+        } else {
+            assert!(got <= 1.7e-38, "exp({x}) = {got}");
+        }
+        x -= 0.0137;
+    }
+    assert_eq!(attention::exp_nonpositive(0.0), 1.0);
+    assert!(attention::exp_nonpositive(f32::NAN).is_nan());
+}
+
+#[test]
+fn attention_default_entry_point() {
+    let mut rng = Rng::new(77);
+    let mut c = KvCache::new(KvType::F32, 1, 8, 3, 64, 64).expect("cache");
+    for p in 0..8 {
+        c.write(0, p, &rng.vec(192), &rng.vec(192)).expect("write");
+    }
+    let q = rng.vec(9 * 64);
+    let mut a = vec![0f32; 9 * 64];
+    let mut b = vec![0f32; 9 * 64];
+    attention(
+        &c,
+        0,
+        &q,
+        9,
+        0,
+        8,
+        0.125,
+        &mut a,
+        &mut AttnScratch::default(),
+    );
+    attention_ext(
+        Kernels::best(),
+        &c,
+        0,
+        &q,
+        9,
+        0,
+        8,
+        0.125,
+        None,
+        &mut b,
+        &mut AttnScratch::default(),
+    );
+    assert_eq!(a, b);
+}
+
+// ---------------------------------------------------------------------------------------------
+// benchmark (opt-in: build with WEBGGUF_BENCH=1; prints per-type matvec throughput)
+
+fn now_ms() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        js_sys::Date::now()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    }
+}
+
+fn report(line: &str) {
+    #[cfg(target_arch = "wasm32")]
+    wasm_bindgen_test::console_log!("{}", line);
+    #[cfg(not(target_arch = "wasm32"))]
+    println!("{line}");
+}
+
+/// Bench only: run the SIMD matmuls without their two-row kernels.
+pub(super) static NO_PAIRS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+#[test]
+fn bench_matvec() {
+    if option_env!("WEBGGUF_BENCH").is_none() {
+        return;
+    }
+    let mut rng = Rng::new(99);
+    // (label, kernels, two-row kernels off)
+    let mut variants = vec![("scalar", Kernels::Scalar, false)];
+    if Kernels::available().contains(&Kernels::Simd) {
+        variants.push((Kernels::Simd.name(), Kernels::Simd, false));
+        variants.push(("1-row", Kernels::Simd, true));
+    }
+    for &ty in &ALL_TYPES {
+        let (rows, cols) = if ty.block_size() == 256 {
+            (1536, 768)
+        } else {
+            (1536, 576)
+        };
+        let data = make_weights(ty, rows, cols, &mut rng, false);
+        let w = QMatrix::new(ty, rows, cols, &data).expect("matrix");
+        let x = rng.vec(cols);
+        let mut y = vec![0f32; rows];
+        let mut s = Scratch::default();
+        // best of 3 interleaved rounds of ~100 ms per variant (the machine may be busy)
+        let mut best = vec![f64::INFINITY; variants.len()];
+        for _ in 0..3 {
+            for (i, &(_, kernels, no_pairs)) in variants.iter().enumerate() {
+                NO_PAIRS.store(no_pairs, std::sync::atomic::Ordering::Relaxed);
+                matmul_with(kernels, &w, &x, 1, &mut y, &mut s).expect("warm-up");
+                let t0 = now_ms();
+                let mut iters = 0u32;
+                while now_ms() - t0 < 100.0 {
+                    matmul_with(kernels, &w, &x, 1, &mut y, &mut s).expect("matmul");
+                    iters += 1;
+                }
+                best[i] = best[i].min((now_ms() - t0) / 1e3 / f64::from(iters));
+            }
+        }
+        NO_PAIRS.store(false, std::sync::atomic::Ordering::Relaxed);
+        let mut line = format!("{:>5} {rows}x{cols}:", ty.name());
+        for (i, &(label, _, _)) in variants.iter().enumerate() {
+            line += &format!(
+                "  {label} {:7.1} us {:5.2} Gw/s",
+                best[i] * 1e6,
+                (rows * cols) as f64 / best[i] / 1e9
+            );
+        }
+        report(&line);
+    }
+}
+
+#[test]
+fn bench_attention() {
+    if option_env!("WEBGGUF_BENCH").is_none() {
+        return;
+    }
+    let mut rng = Rng::new(7);
+    // (n_heads, n_kv_heads, head_dim, positions): SmolLM2 and Gemma-3-270M at 512 tokens
+    for (n_heads, nkv, hd, n) in [(9usize, 3usize, 64usize, 512usize), (4, 1, 256, 512)] {
+        for ty in KV_TYPES {
+            let mut c = KvCache::new(ty, 1, n, nkv, hd, hd).expect("cache");
+            for p in 0..n {
+                c.write(0, p, &rng.vec(nkv * hd), &rng.vec(nkv * hd))
+                    .expect("write");
+            }
+            let q = rng.vec(n_heads * hd);
+            let mut out = vec![0f32; n_heads * hd];
+            let mut s = AttnScratch::default();
+            let mut line = format!("attention {n_heads}/{nkv} x{hd} over {n} {ty:?}:");
+            for &kernels in Kernels::available() {
+                let mut best = f64::INFINITY;
+                for _ in 0..3 {
+                    let t0 = now_ms();
+                    let mut iters = 0u32;
+                    while now_ms() - t0 < 50.0 {
+                        attention_ext(
+                            kernels, &c, 0, &q, n_heads, 0, n, 0.125, None, &mut out, &mut s,
+                        );
+                        iters += 1;
+                    }
+                    best = best.min((now_ms() - t0) / f64::from(iters));
+                }
+                line += &format!("  {} {:7.1} us", kernels.name(), best * 1e3);
+            }
+            report(&line);
+        }
+    }
+}
