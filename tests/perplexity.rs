@@ -5,9 +5,10 @@ use webgguf::engine::{Session, SessionOptions};
 use webgguf::kv_cache::KvType;
 use webgguf::model::{CpuBackend, Model};
 use webgguf::tokenizer::Tokenizer;
-use webgguf_tests::{fixtures_dir, model_path};
+use webgguf_tests::{use_all_cores, fixtures_dir, model_path};
 
 fn check(name: &str) {
+    use_all_cores();
     let o: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixtures_dir().join("oracle").join(format!("{name}.json"))).expect("oracle")).expect("json");
     let want = &o["perplexity"];

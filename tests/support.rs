@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-pub fn placeholder() {}
 
 /// `tests/fixtures/`, the committed test data (independent of the working directory).
 pub fn fixtures_dir() -> PathBuf {
@@ -27,4 +26,10 @@ pub fn model_path(name: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// Lets the CPU kernels use every core (native matmuls split rows over threads); the heavy
+/// real-model tests call it so CI's two cores both work.
+pub fn use_all_cores() {
+    webgguf::cpu::set_num_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
 }

@@ -46,9 +46,8 @@ pub fn fail(e: impl std::fmt::Display, malformed: bool) -> ExitCode {
 }
 
 pub fn load(args: &ModelArgs) -> Result<Loaded, ExitCode> {
-    if let Some(n) = args.threads {
-        webgguf::cpu::set_num_threads(n);
-    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    webgguf::cpu::set_num_threads(args.threads.unwrap_or(cores));
     let (gguf, mut source) = webgguf::loader::open_files(&args.model).map_err(|e| {
         let malformed = matches!(e, LoadError::Gguf { .. });
         fail(e, malformed)

@@ -2,7 +2,7 @@
 //! caching and resume arrive with the loader issue.)
 
 use crate::error::ModelError;
-use crate::gguf::{self, GgufModel, Limits, ReadHeaderError};
+use crate::gguf::{self, GgufModel, Limits};
 
 /// Errors of opening model files.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +24,8 @@ pub fn open_files(paths: &[std::path::PathBuf]) -> Result<(GgufModel, crate::mod
     for p in paths {
         let path = p.display().to_string();
         let h = gguf::read_header_from_path(p, &Limits::default()).map_err(|e| match e {
-            ReadHeaderError::Gguf(source) => LoadError::Gguf { path: path.clone(), source },
-            ReadHeaderError::Io(source) => LoadError::Io { path: path.clone(), source },
+            gguf::ReadHeaderError::Gguf(source) => LoadError::Gguf { path: path.clone(), source },
+            gguf::ReadHeaderError::Io(source) => LoadError::Io { path: path.clone(), source },
         })?;
         let no = h.split().map_err(|source| LoadError::Gguf { path: path.clone(), source })?.map_or(0, |s| s.no);
         order.push((no, p));
