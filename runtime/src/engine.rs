@@ -140,42 +140,6 @@ impl<B: Backend> Session<B> {
         self.eval(ids, Logits::All)
     }
 
-    /// Greedy or sampled generation: `pick` chooses the next token from the logits (given
-    /// the tokens so far), `on_token` sees each new token and may stop. Stops at `max_tokens`
-    /// or when `is_end(id)` says so (the end token is not passed to `on_token`).
-    pub fn generate(
-        &mut self,
-        prompt: &[u32],
-        max_tokens: usize,
-        mut pick: impl FnMut(&[f32], &[u32]) -> Result<u32, ModelError>,
-        is_end: impl Fn(u32) -> bool,
-        mut on_token: impl FnMut(u32) -> Result<Flow, ModelError>,
-    ) -> Result<Vec<u32>, ModelError> {
-        let t0 = Instant::now();
-        let mut history = prompt.to_vec();
-        let mut logits = self.prefill(prompt)?;
-        let mut out = Vec::new();
-        let mut ttft_set = false;
-        while out.len() < max_tokens {
-            let id = pick(&logits, &history)?;
-            if !ttft_set {
-                self.ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
-                ttft_set = true;
-            }
-            if is_end(id) {
-                break;
-            }
-            out.push(id);
-            history.push(id);
-            self.generated += 1;
-            if on_token(id)? == Flow::Stop || out.len() >= max_tokens {
-                break;
-            }
-            logits = self.step(id)?;
-        }
-        Ok(out)
-    }
-
     pub fn stats(&self) -> Stats {
         let decode_ms: f64 = self.step_ms.iter().sum();
         let mut sorted = self.step_ms.clone();
