@@ -3,8 +3,8 @@
 //! - One small hand-built file per validation rule, each asserted to fail with its specific
 //!   [`GgufError`] variant and offending numbers. The files are built with the writer's raw
 //!   encoders so every byte is explicit.
-//! - The same cases are persisted under `tests/fixtures/malformed/` (`<class>.gguf`, or
-//!   `<class>/shard-N.gguf` for the shards of a split model) and replayed from disk through
+//! - The same cases are persisted under `tests/fixtures/malformed/` (`<class>.gguf.bin`, or
+//!   `<class>/shard-N.gguf.bin` for the shards of a split model) and replayed from disk through
 //!   `parse_header`, `read_header` and `read_header_from_path` (what `webgguf inspect` uses).
 //!   They double as the fuzz seed corpus (tests/fuzz). After changing a case, regenerate them:
 //!   `WEBGGUF_REGEN_CORPUS=1 cargo test -p webgguf-tests --test gguf_malformed corpus_fixtures_are_current`
@@ -816,21 +816,22 @@ fn corpus_dir() -> PathBuf {
     fixtures_dir().join("malformed")
 }
 
-/// Where a class lives on disk: `<class>.gguf`, or `<class>/shard-N.gguf` for several shards.
+/// Where a class lives on disk: `<class>.gguf.bin`, or `<class>/shard-N.gguf.bin` for several shards
+/// (`.bin` so no fixture looks like a model file).
 fn class_paths(class: &Class, n_files: usize) -> Vec<PathBuf> {
     if n_files == 1 {
-        vec![corpus_dir().join(format!("{}.gguf", class.name))]
+        vec![corpus_dir().join(format!("{}.gguf.bin", class.name))]
     } else {
-        (0..n_files).map(|i| corpus_dir().join(class.name).join(format!("shard-{i}.gguf"))).collect()
+        (0..n_files).map(|i| corpus_dir().join(class.name).join(format!("shard-{i}.gguf.bin"))).collect()
     }
 }
 
 /// Valid files kept next to the corpus as fuzz seeds (tests/fixtures/valid/).
 fn valid_seeds() -> Vec<(&'static str, Vec<u8>)> {
     vec![
-        ("rich_v3.gguf", rich_file().0),
-        ("split_shard0.gguf", shard(0, 2, 3, &["token_embd.weight", "output.weight"])),
-        ("plain_tiny.gguf", split_file(vec![("general.alignment", Value::U32(64))], &["a"])),
+        ("rich_v3.gguf.bin", rich_file().0),
+        ("split_shard0.gguf.bin", shard(0, 2, 3, &["token_embd.weight", "output.weight"])),
+        ("plain_tiny.gguf.bin", split_file(vec![("general.alignment", Value::U32(64))], &["a"])),
     ]
 }
 
@@ -911,7 +912,8 @@ fn replay_malformed_corpus() {
     entries.sort();
     let mut seen = 0;
     for path in entries {
-        let stem = path.file_stem().unwrap().to_str().unwrap().to_owned();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let stem = name.strip_suffix(".gguf.bin").unwrap_or(name).to_owned();
         let class = CORPUS
             .iter()
             .find(|c| c.name == stem)
@@ -922,7 +924,7 @@ fn replay_malformed_corpus() {
             s.sort();
             s
         } else {
-            assert_eq!(path.extension().and_then(|e| e.to_str()), Some("gguf"), "{}", path.display());
+            assert!(path.to_str().is_some_and(|p| p.ends_with(".gguf.bin")), "{}", path.display());
             vec![path.clone()]
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
