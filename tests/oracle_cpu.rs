@@ -30,6 +30,13 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().expect("id array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }
 
+/// Top-1 id and its margin over the runner-up.
+fn top2(row: &[f32]) -> (u32, f32) {
+    let id = argmax(row);
+    let second = row.iter().enumerate().filter(|&(i, _)| i as u32 != id).map(|(_, &x)| x).fold(f32::MIN, f32::max);
+    (id, row[id as usize] - second)
+}
+
 fn argmax(row: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in row.iter().enumerate() {
@@ -115,9 +122,8 @@ fn greedy(s: &mut Session<CpuBackend>, o: &Value, key: &str) -> (usize, usize, V
         let mut our_margins = Vec::new();
         let mut logits = s.prefill(&prompt).expect("prefill");
         while got.len() < n_cmp {
-            let id = argmax(&logits);
-            let second = logits.iter().enumerate().filter(|&(i, _)| i as u32 != id).map(|(_, &x)| x).fold(f32::MIN, f32::max);
-            our_margins.push(logits[id as usize] - second);
+            let (id, margin) = top2(&logits);
+            our_margins.push(margin);
             got.push(id);
             if got.len() < n_cmp {
                 logits = s.step(id).expect("step");
@@ -264,11 +270,7 @@ fn kv_agreement(name: &str, gates: [(KvType, f64, f64); 3]) {
                 s.logits_all(seq)
                     .expect("forward")
                     .chunks_exact(n_vocab)
-                    .map(|row| {
-                        let id = argmax(row);
-                        let second = row.iter().enumerate().filter(|&(i, _)| i as u32 != id).map(|(_, &x)| x).fold(f32::MIN, f32::max);
-                        (id, row[id as usize] - second)
-                    })
+                    .map(top2)
                     .collect::<Vec<_>>()
             })
             .collect::<Vec<(u32, f32)>>()

@@ -111,7 +111,7 @@ impl<B: Backend> Session<B> {
         }
         self.check_room(ids.len())?;
         let logits = self.model.forward(&mut self.backend, &mut self.cache, ids, self.n_past, which)?;
-        let out = self.backend.read(&logits)?;
+        let out = self.backend.into_host(logits)?;
         self.n_past += ids.len();
         self.peak_past = self.peak_past.max(self.n_past);
         Ok(out)

@@ -71,6 +71,7 @@ pub trait Backend {
     /// `cap · tanh(x / cap)`, element-wise.
     fn softcap(&mut self, x: &mut Self::Act, cap: f32) -> Result<(), ModelError>;
 
-    /// Copies an activation matrix back to the host.
-    fn read(&mut self, x: &Self::Act) -> Result<Vec<f32>, ModelError>;
+    /// Moves an activation matrix (the logits) back to the host, consuming it: the CPU backend
+    /// hands its buffer over without a copy.
+    fn into_host(&mut self, x: Self::Act) -> Result<Vec<f32>, ModelError>;
 }

@@ -210,7 +210,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn read(&mut self, x: &CpuAct) -> Result<Vec<f32>, ModelError> {
-        Ok(x.data.clone())
+    fn into_host(&mut self, x: CpuAct) -> Result<Vec<f32>, ModelError> {
+        Ok(x.data)
     }
 }
