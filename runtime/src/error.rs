@@ -152,6 +152,39 @@ pub enum ModelError {
     Quant(#[from] QuantError),
     #[error(transparent)]
     Kv(#[from] KvError),
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+}
+
+/// Errors of the WebGPU backend (`gpu/`). `NoAdapter` and `MissingFeature` mean "use the CPU".
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum GpuError {
+    /// No WebGPU / Vulkan / Metal / DX12 adapter is available.
+    #[error("no GPU adapter available: {0}")]
+    NoAdapter(String),
+    /// The adapter refused to create a device.
+    #[error("the GPU adapter refused a device: {0}")]
+    RequestDevice(String),
+    /// A buffer (a tensor chunk, the KV cache of a layer, attention scores) exceeds what the
+    /// device can bind or allocate.
+    #[error("{what} needs {bytes} bytes, over the device's limit of {limit}")]
+    TooLarge { what: String, bytes: u64, limit: u64 },
+    /// A shape the GPU kernels cannot take (they read 4 values at a time, KV rows in groups of 32).
+    #[error("unsupported shape for the GPU kernels: {0}")]
+    Shape(String),
+    /// The device was lost (driver reset, tab backgrounded, GPU process crash).
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+    /// wgpu reported an error (validation, out of memory) for submitted work.
+    #[error("GPU error: {0}")]
+    Device(String),
+    /// Reading a buffer back failed.
+    #[error("reading back from the GPU failed: {0}")]
+    Readback(String),
+    /// A blocking call on a platform that only allows asynchronous GPU reads (the browser):
+    /// use the `_async` method.
+    #[error("{0} must be awaited in the browser (use the async variant)")]
+    NeedsAsync(&'static str),
 }
 
 /// Errors of chat templating (`chat.rs`): one variant per rule.

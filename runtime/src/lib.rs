@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod gpu;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
@@ -19,7 +20,7 @@ pub mod quant;
 pub mod sampler;
 pub mod tokenizer;
 
-pub use error::{GgufError, ModelError, QuantError};
+pub use error::{GgufError, GpuError, ModelError, QuantError};
 pub use quant::GgmlType;
 
 #[cfg(target_arch = "wasm32")]

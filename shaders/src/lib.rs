@@ -1,12 +1,143 @@
-//! WGSL kernels of webgguf. One `.wgsl` file per kernel family lives in `shaders/`;
-//! this crate exposes them by name so the runtime and naga validation tests see the same text.
-//! (Kernels arrive with the WebGPU backend; the table starts empty.)
+//! WGSL kernels of webgguf. One `.wgsl` file per kernel family lives in `shaders/`; a family's
+//! module is its file with the helper files it uses prepended (WGSL has no includes):
+//! `dequant.wgsl` (weight block layout → values) and one of the two workgroup-sum variants,
+//! `reduce_shared.wgsl` (every adapter) or `reduce_subgroup.wgsl` (adapters with subgroups).
+//! Sizes that vary per call are uniforms; per-pipeline choices (weight type, KV type) are WGSL
+//! `override` constants.
 
-/// A WGSL source with the name of its kernel family.
-pub struct ShaderSource {
-    pub family: &'static str,
-    pub wgsl: &'static str,
+/// A kernel family: one WGSL module with one or more entry points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// `matvec`, `matmul_tiled` (override `WTYPE`).
+    Matmul,
+    /// `embed` (override `WTYPE`).
+    Embed,
+    /// `rms_norm`.
+    Norm,
+    /// `add`, `add_bias`, `softcap`, `glu`, `rope`, `copy`.
+    Elementwise,
+    /// `act_round`.
+    ActQuant,
+    /// `argmax`.
+    Argmax,
+    /// `kv_store`, `attn_scores`, `attn_softmax_v` (override `KVTYPE`).
+    Attention,
 }
 
-/// Every kernel family shipped.
-pub const SHADERS: &[ShaderSource] = &[];
+impl Family {
+    pub const ALL: [Family; 7] = [
+        Family::Matmul,
+        Family::Embed,
+        Family::Norm,
+        Family::Elementwise,
+        Family::ActQuant,
+        Family::Argmax,
+        Family::Attention,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Matmul => "matmul",
+            Family::Embed => "embed",
+            Family::Norm => "norm",
+            Family::Elementwise => "elementwise",
+            Family::ActQuant => "act_quant",
+            Family::Argmax => "argmax",
+            Family::Attention => "attention",
+        }
+    }
+
+    fn file(self) -> &'static str {
+        match self {
+            Family::Matmul => MATMUL,
+            Family::Embed => EMBED,
+            Family::Norm => NORM,
+            Family::Elementwise => ELEMENTWISE,
+            Family::ActQuant => ACT_QUANT,
+            Family::Argmax => ARGMAX,
+            Family::Attention => ATTENTION,
+        }
+    }
+
+    fn uses_dequant(self) -> bool {
+        matches!(self, Family::Matmul | Family::Embed)
+    }
+
+    fn uses_reduce(self) -> bool {
+        matches!(self, Family::Matmul | Family::Norm | Family::Attention)
+    }
+}
+
+/// Which workgroup-sum variant a module is built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduce {
+    /// Shared memory only: runs everywhere.
+    Shared,
+    /// Subgroup operations. `directive` prepends `enable subgroups;`, which browsers require and
+    /// native naga (wgpu's native front end) rejects.
+    Subgroup { directive: bool },
+}
+
+pub const DEQUANT: &str = include_str!("../shaders/dequant.wgsl");
+pub const REDUCE_SHARED: &str = include_str!("../shaders/reduce_shared.wgsl");
+pub const REDUCE_SUBGROUP: &str = include_str!("../shaders/reduce_subgroup.wgsl");
+pub const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
+pub const EMBED: &str = include_str!("../shaders/embed.wgsl");
+pub const NORM: &str = include_str!("../shaders/norm.wgsl");
+pub const ELEMENTWISE: &str = include_str!("../shaders/elementwise.wgsl");
+pub const ACT_QUANT: &str = include_str!("../shaders/act_quant.wgsl");
+pub const ARGMAX: &str = include_str!("../shaders/argmax.wgsl");
+pub const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
+
+/// The complete WGSL module of `family` built with `reduce`.
+pub fn source(family: Family, reduce: Reduce) -> String {
+    let mut s = String::new();
+    if family.uses_reduce() {
+        if let Reduce::Subgroup { directive: true } = reduce {
+            s.push_str("enable subgroups;\n");
+        }
+    }
+    if family.uses_dequant() {
+        s.push_str(DEQUANT);
+    }
+    if family.uses_reduce() {
+        s.push_str(match reduce {
+            Reduce::Shared => REDUCE_SHARED,
+            Reduce::Subgroup { .. } => REDUCE_SUBGROUP,
+        });
+    }
+    s.push_str(family.file());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(src: &str, what: &str) {
+        let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(src)));
+        let mut v = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
+        if let Err(e) = v.validate(&module) {
+            panic!("{what}: {}", e.emit_to_string(src));
+        }
+    }
+
+    /// Every family in every variant native wgpu can build parses and validates.
+    #[test]
+    fn every_variant_validates() {
+        for f in Family::ALL {
+            for r in [Reduce::Shared, Reduce::Subgroup { directive: false }] {
+                validate(&source(f, r), &format!("{} {:?}", f.name(), r));
+            }
+        }
+    }
+
+    /// The browser variant differs only by the directive line.
+    #[test]
+    fn browser_subgroup_variant_adds_only_the_directive() {
+        let native = source(Family::Matmul, Reduce::Subgroup { directive: false });
+        let web = source(Family::Matmul, Reduce::Subgroup { directive: true });
+        assert_eq!(web.strip_prefix("enable subgroups;\n"), Some(native.as_str()));
+        assert!(!source(Family::Argmax, Reduce::Subgroup { directive: true }).contains("enable"));
+    }
+}

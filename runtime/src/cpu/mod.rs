@@ -424,4 +424,4 @@ pub fn get_row(w: &QMatrix, r: usize, out: &mut [f32]) -> Result<(), QuantError>
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -16,7 +16,7 @@ use crate::kv_cache::{KvCache, KvType};
 use crate::quant::{self, GgmlType};
 
 /// xorshift64*: deterministic data without a rand dependency.
-pub(super) struct Rng(u64);
+pub(crate) struct Rng(u64);
 impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)

@@ -74,4 +74,27 @@ pub trait Backend {
     /// Moves an activation matrix (the logits) back to the host, consuming it: the CPU backend
     /// hands its buffer over without a copy.
     fn into_host(&mut self, x: Self::Act) -> Result<Vec<f32>, ModelError>;
+
+    /// Index of the largest value of the last row of `x` (lowest index among ties): greedy
+    /// sampling. Devices override it to read back 4 bytes instead of the logits.
+    fn argmax(&mut self, x: Self::Act) -> Result<u32, ModelError> {
+        let v = self.into_host(x)?;
+        Ok(argmax_last(&v))
+    }
+
+    /// The device, for stats ("cpu", or the GPU adapter and what was chosen).
+    fn describe(&self) -> String {
+        "cpu".to_owned()
+    }
+}
+
+/// Index of the largest of `v` (lowest among ties; 0 when empty). `v` is one row.
+fn argmax_last(v: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
 }

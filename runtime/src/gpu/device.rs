@@ -1,0 +1,127 @@
+//! The wgpu adapter and device: requested with the adapter's real limits (not wgpu's 128/256 MiB
+//! defaults), optional features detected and reported, device loss and uncaptured errors
+//! recorded so the next operation returns a typed error instead of panicking.
+
+use crate::error::GpuError;
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+
+/// What was chosen, for stats and `webgguf bench`.
+#[derive(Clone, Debug, Serialize)]
+pub struct GpuInfo {
+    pub adapter: String,
+    /// wgpu backend: vulkan, metal, dx12, gl, browser-webgpu.
+    pub backend: String,
+    pub device_type: String,
+    /// `shader-f16` is available (reported; the kernels keep f32 arithmetic and unpack f16
+    /// storage with `unpack2x16float`, which needs no feature).
+    pub shader_f16: bool,
+    /// Subgroup operations are available and the kernels use the subgroup reduction.
+    /// (wgpu's web backend never reports subgroups, so browsers run the shared-memory variant.)
+    pub subgroups: bool,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub min_uniform_buffer_offset_alignment: u32,
+}
+
+/// Errors wgpu reported outside any call (validation, out of memory) and device loss.
+#[derive(Default)]
+pub(crate) struct Faults {
+    pub lost: Option<String>,
+    pub errors: Vec<String>,
+}
+
+pub struct GpuDevice {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub info: GpuInfo,
+    pub(crate) faults: Arc<Mutex<Faults>>,
+}
+
+impl GpuDevice {
+    /// Opens the first high-performance adapter wgpu finds.
+    pub async fn new_async() -> Result<GpuDevice, GpuError> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            })
+            .await
+            .map_err(|e| GpuError::NoAdapter(e.to_string()))?;
+        let ai = adapter.get_info();
+        let available = adapter.features();
+        let mut features = wgpu::Features::empty();
+        for f in [wgpu::Features::SHADER_F16, wgpu::Features::SUBGROUP] {
+            if available.contains(f) {
+                features |= f;
+            }
+        }
+        // Everything the adapter offers: the Gemma-3 embedding alone is 178 MB.
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("webgguf"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let f = faults.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut g) = f.lock() {
+                g.errors.push(e.to_string());
+            }
+        }));
+        let f = faults.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut g) = f.lock() {
+                g.lost = Some(format!("{reason:?}: {msg}"));
+            }
+        });
+        let info = GpuInfo {
+            adapter: ai.name.clone(),
+            backend: ai.backend.to_str().to_owned(),
+            device_type: format!("{:?}", ai.device_type),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            max_storage_buffer_binding_size: u64::from(limits.max_storage_buffer_binding_size),
+            max_buffer_size: limits.max_buffer_size,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            min_uniform_buffer_offset_alignment: limits.min_uniform_buffer_offset_alignment,
+        };
+        Ok(GpuDevice { device, queue, info, faults })
+    }
+
+    /// [`GpuDevice::new_async`], blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new() -> Result<GpuDevice, GpuError> {
+        pollster::block_on(Self::new_async())
+    }
+
+    /// The first recorded fault, if any: device loss first, then uncaptured errors.
+    pub(crate) fn check(&self) -> Result<(), GpuError> {
+        let mut g = self.faults.lock().map_err(|_| GpuError::Device("fault log poisoned".into()))?;
+        if let Some(l) = &g.lost {
+            return Err(GpuError::DeviceLost(l.clone()));
+        }
+        if !g.errors.is_empty() {
+            let e = g.errors.join("; ");
+            g.errors.clear();
+            return Err(GpuError::Device(e));
+        }
+        Ok(())
+    }
+
+    /// The largest buffer one binding may cover.
+    pub fn max_binding(&self) -> u64 {
+        self.info.max_storage_buffer_binding_size.min(self.info.max_buffer_size)
+    }
+}

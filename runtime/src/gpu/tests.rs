@@ -1,0 +1,308 @@
+//! Kernel tests on a real adapter (Mesa lavapipe in CI): every op of the GPU backend against
+//! the CPU backend (itself tested against the `quant::` oracle) on awkward shapes. Output
+//! buffers are pre-filled with NaN sentinel words: every value must be written, finite, and no
+//! word past the output may change. No adapter is a failure, not a skip.
+
+use super::backend::SENTINEL;
+use super::*;
+use crate::cpu::tests::Rng;
+use crate::kv_cache::KvType;
+use crate::model::{Activation, Arch, Backend, CpuAct, CpuBackend, CpuWeight, ModelConfig, RopeKind, RopeParams};
+use crate::quant::{self, GgmlType};
+
+fn gpu() -> GpuBackend {
+    let mut g = GpuBackend::open().expect("a GPU adapter (CI installs Mesa lavapipe)");
+    g.sentinel = true;
+    g
+}
+
+/// Values of `x` on the host, after checking every value is finite and the tail untouched.
+fn read_checked(g: &mut GpuBackend, x: &GpuAct, what: &str) -> Vec<f32> {
+    let words = g.raw_words(x);
+    let n = x.n_tokens * x.width;
+    assert!(words.len() >= n + 16, "{what}: no room for sentinels");
+    for (i, &w) in words[n..].iter().enumerate() {
+        assert_eq!(w, SENTINEL, "{what}: word {} past the output was overwritten", i);
+    }
+    let v: Vec<f32> = words[..n].iter().map(|&w| f32::from_bits(w)).collect();
+    for (i, x) in v.iter().enumerate() {
+        assert!(x.is_finite(), "{what}: value {i} is {x} (unwritten or NaN)");
+    }
+    v
+}
+
+/// Normalized MSE of `got` against `want`.
+fn nmse(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let num: f64 = got.iter().zip(want).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum();
+    let den: f64 = want.iter().map(|&b| f64::from(b).powi(2)).sum::<f64>().max(1e-30);
+    num / den
+}
+
+fn assert_close(got: &[f32], want: &[f32], tol: f64, what: &str) {
+    let e = nmse(got, want);
+    assert!(e <= tol, "{what}: nmse {e:e} > {tol:e}");
+}
+
+fn acts(rng: &mut Rng, n: usize, width: usize) -> Vec<f32> {
+    (0..n * width).map(|_| rng.act()).collect()
+}
+
+/// A random `rows × cols` weight of `ty` as GGUF bytes.
+fn weight_bytes(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let f: Vec<f32> = (0..rows * cols).map(|_| rng.f() * 0.5).collect();
+    let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+    let mut out = vec![0u8; rb * rows];
+    for (src, dst) in f.chunks_exact(cols).zip(out.chunks_exact_mut(rb)) {
+        quant::quantize_row(ty, src, dst).unwrap();
+    }
+    out
+}
+
+fn both(g: &mut GpuBackend, c: &mut CpuBackend, name: &str, ty: GgmlType, shape: &[u64], bytes: &[u8]) -> (GpuWeight, CpuWeight) {
+    (g.load_weight(name, ty, shape, bytes).unwrap(), c.load_weight(name, ty, shape, bytes).unwrap())
+}
+
+fn cpu_act(data: Vec<f32>, n_tokens: usize, width: usize) -> CpuAct {
+    CpuAct { data, n_tokens, width }
+}
+
+const TYPES: [GgmlType; 13] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+/// Matvec (1 and 3 tokens) and tiled matmul (37 tokens) for every type, 1 row and 37 rows
+/// (no multiple of the 32-row tile or the 64-wide workgroup), K not a multiple of 256 where the
+/// type allows. The CPU reference quantizes activations exactly as the GPU rounds them, so the
+/// only difference is summation order (and Q8_1's f16 block sums for Q4_1/Q5_1).
+#[test]
+fn matmul_every_type_matches_cpu() {
+    let mut g = gpu();
+    let mut c = CpuBackend::new();
+    let mut rng = Rng::new(1);
+    for ty in TYPES {
+        let cols = match ty.block_size() {
+            256 => 512,
+            32 => 160,
+            _ => 132,
+        };
+        for rows in [1usize, 37] {
+            let bytes = weight_bytes(&mut rng, ty, rows, cols);
+            let (gw, cw) = both(&mut g, &mut c, "w", ty, &[cols as u64, rows as u64], &bytes);
+            for n in [1usize, 3, 37] {
+                let x = acts(&mut rng, n, cols);
+                let gx = g.upload(&x, n, cols).unwrap();
+                let gy = g.matmul(&gw, &gx).unwrap();
+                let got = read_checked(&mut g, &gy, &format!("{ty} {rows}x{cols} n={n}"));
+                let want = c.matmul(&cw, &cpu_act(x, n, cols)).unwrap().data;
+                assert_close(&got, &want, 1e-6, &format!("matmul {ty} {rows}x{cols} n={n}"));
+            }
+        }
+    }
+}
+
+/// A weight larger than the (test-lowered) binding limit is split into row chunks; matmul and
+/// embedding lookup see one matrix.
+#[test]
+fn chunked_weights_match_cpu() {
+    let mut g = gpu();
+    let mut c = CpuBackend::new();
+    let mut rng = Rng::new(2);
+    let (rows, cols) = (300usize, 256usize);
+    for ty in [GgmlType::Q8_0, GgmlType::Q6_K] {
+        let bytes = weight_bytes(&mut rng, ty, rows, cols);
+        g.max_chunk_bytes = Some(7 * 1024);
+        let (gw, cw) = both(&mut g, &mut c, "big", ty, &[cols as u64, rows as u64], &bytes);
+        assert!(GpuBackend::chunk_count(&gw) >= 3, "{ty}: {} chunks", GpuBackend::chunk_count(&gw));
+        for n in [1usize, 40] {
+            let x = acts(&mut rng, n, cols);
+            let gx = g.upload(&x, n, cols).unwrap();
+            let gy = g.matmul(&gw, &gx).unwrap();
+            let got = read_checked(&mut g, &gy, "chunked matmul");
+            let want = c.matmul(&cw, &cpu_act(x, n, cols)).unwrap().data;
+            assert_close(&got, &want, 1e-6, &format!("chunked matmul {ty} n={n}"));
+        }
+        let ids = [0u32, 299, 150, 17, 299, 64];
+        let ge = g.embed(&gw, &ids, Some(1.5)).unwrap();
+        let got = read_checked(&mut g, &ge, "chunked embed");
+        let want = c.embed(&cw, &ids, Some(1.5)).unwrap().data;
+        assert_eq!(got, want, "embedding rows are exact");
+        assert!(matches!(g.embed(&gw, &[300], None), Err(crate::ModelError::TokenOutOfRange { id: 300, .. })));
+    }
+}
+
+#[test]
+fn embed_every_type_is_exact() {
+    let mut g = gpu();
+    let mut c = CpuBackend::new();
+    let mut rng = Rng::new(3);
+    for ty in TYPES {
+        let cols = if ty.block_size() == 256 { 256 } else { 64 };
+        let bytes = weight_bytes(&mut rng, ty, 5, cols);
+        let (gw, cw) = both(&mut g, &mut c, "emb", ty, &[cols as u64, 5], &bytes);
+        let ids = [4u32, 0, 2];
+        let ge = g.embed(&gw, &ids, None).unwrap();
+        let got = read_checked(&mut g, &ge, "embed");
+        assert_eq!(got, c.embed(&cw, &ids, None).unwrap().data, "{ty}");
+    }
+}
+
+#[test]
+fn elementwise_ops_match_cpu() {
+    let mut g = gpu();
+    let mut c = CpuBackend::new();
+    let mut rng = Rng::new(4);
+    let (n, width) = (3usize, 96usize);
+    let x = acts(&mut rng, n, width);
+    let y = acts(&mut rng, n, width);
+    let norm: Vec<f32> = (0..width).map(|_| 1.0 + rng.f()).collect();
+    let head_norm: Vec<f32> = (0..32).map(|_| 1.0 + rng.f()).collect();
+    let (gn, cn) = both(&mut g, &mut c, "n", GgmlType::F32, &[width as u64], bytemuck::cast_slice(&norm));
+    let (ghn, chn) = both(&mut g, &mut c, "hn", GgmlType::F32, &[32], bytemuck::cast_slice(&head_norm));
+    let gx = g.upload(&x, n, width).unwrap();
+    let gy = g.upload(&y, n, width).unwrap();
+    let cx = cpu_act(x.clone(), n, width);
+    let cy = cpu_act(y.clone(), n, width);
+
+    for (w_g, w_c, what) in [(&gn, &cn, "rms_norm row"), (&ghn, &chn, "rms_norm per head")] {
+        let o = g.rms_norm(&gx, w_g, 1e-6).unwrap();
+        let got = read_checked(&mut g, &o, what);
+        assert_close(&got, &c.rms_norm(&cx, w_c, 1e-6).unwrap().data, 1e-11, what);
+    }
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        let o = g.glu(&gx, &gy, act).unwrap();
+        let got = read_checked(&mut g, &o, "glu");
+        assert_close(&got, &c.glu(&cx, &cy, act).unwrap().data, 1e-10, &format!("glu {act:?}"));
+    }
+    {
+        let mut a = g.upload(&x, n, width).unwrap();
+        let mut b = cx.clone();
+        g.add(&mut a, &gy).unwrap();
+        c.add(&mut b, &cy).unwrap();
+        g.add_bias(&mut a, &gn).unwrap();
+        c.add_bias(&mut b, &cn).unwrap();
+        g.softcap(&mut a, 2.5).unwrap();
+        c.softcap(&mut b, 2.5).unwrap();
+        let got = read_checked(&mut g, &a, "add/bias/softcap");
+        assert_close(&got, &b.data, 1e-12, "add/bias/softcap");
+        let last = g.last_rows(&a, 1).unwrap();
+        assert_eq!(read_checked(&mut g, &last, "last_rows"), got[(n - 1) * width..], "last_rows");
+    }
+    let factors: Vec<f32> = (0..16).map(|i| 1.0 + i as f32 * 0.25).collect();
+    let (gf, cf) = both(&mut g, &mut c, "ff", GgmlType::F32, &[16], bytemuck::cast_slice(&factors));
+    for kind in [RopeKind::Normal, RopeKind::Neox] {
+        for (n_dims, ff) in [(32usize, false), (24, false), (32, true)] {
+            let rope = RopeParams { kind, n_dims, freq_base: 10000.0, freq_scale: 0.5 };
+            let mut a = g.upload(&x, n, width).unwrap();
+            let mut b = cx.clone();
+            g.rope(&mut a, 32, 1000, &rope, ff.then_some(&gf)).unwrap();
+            c.rope(&mut b, 32, 1000, &rope, ff.then_some(&cf)).unwrap();
+            assert_close(&read_checked(&mut g, &a, "rope"), &b.data, 1e-9, &format!("rope {kind:?} {n_dims} ff={ff}"));
+        }
+    }
+}
+
+#[test]
+fn argmax_matches_cpu() {
+    let mut g = gpu();
+    let mut rng = Rng::new(5);
+    for width in [1usize, 7, 1000, 49_153] {
+        let mut x = acts(&mut rng, 2, width);
+        // ties: the lowest index wins
+        let m = x[width..].iter().cloned().fold(f32::MIN, f32::max) + 1.0;
+        x[width + width / 2] = m;
+        x[2 * width - 1] = m;
+        let gx = g.upload(&x, 2, width).unwrap();
+        let got = g.argmax(gx).unwrap();
+        assert_eq!(got as usize, width / 2, "width {width}");
+    }
+}
+
+fn test_config(n_heads: usize, n_kv_heads: usize, hd: usize, window: Option<usize>) -> ModelConfig {
+    let rope = RopeParams { kind: RopeKind::Neox, n_dims: hd, freq_base: 10000.0, freq_scale: 1.0 };
+    ModelConfig {
+        arch: Arch::Llama,
+        n_layers: 2,
+        d_model: n_heads * hd,
+        n_heads,
+        n_kv_heads,
+        head_dim_k: hd,
+        head_dim_v: hd,
+        ffn_dim: 4 * hd,
+        n_vocab: 10,
+        n_ctx_train: 64,
+        rms_eps: 1e-6,
+        rope,
+        rope_local: rope,
+        sliding_window: window,
+        layer_is_swa: vec![false, window.is_some()],
+        embed_scale: None,
+        attn_scale: 1.0 / (hd as f32).sqrt(),
+        qk_norm: false,
+        post_norms: false,
+        activation: Activation::Silu,
+        final_logit_softcap: 0.0,
+    }
+}
+
+/// Prefill of 6 tokens then 2 single-token steps, every cache type, grouped-query heads, a
+/// sliding-window layer: outputs equal the CPU's attention over its own cache.
+#[test]
+fn attention_every_cache_type_matches_cpu() {
+    let mut g = gpu();
+    let mut c = CpuBackend::new();
+    let mut rng = Rng::new(6);
+    let (nh, nkv, hd) = (4usize, 2usize, 64usize);
+    let cfg = test_config(nh, nkv, hd, Some(3));
+    for kv in [KvType::F32, KvType::F16, KvType::Q8, KvType::Q4] {
+        let mut gc = g.new_cache(&cfg, kv, 16).unwrap();
+        let mut cc = c.new_cache(&cfg, kv, 16).unwrap();
+        let mut pos = 0;
+        for n in [6usize, 1, 1] {
+            let q = acts(&mut rng, n, nh * hd);
+            let k = acts(&mut rng, n, nkv * hd);
+            let v = acts(&mut rng, n, nkv * hd);
+            for layer in 0..2 {
+                let gq = g.upload(&q, n, nh * hd).unwrap();
+                let gk = g.upload(&k, n, nkv * hd).unwrap();
+                let gv = g.upload(&v, n, nkv * hd).unwrap();
+                let go = g.attention(&mut gc, &cfg, layer, &gq, &gk, &gv, pos).unwrap();
+                let got = read_checked(&mut g, &go, "attention");
+                let want = c
+                    .attention(&mut cc, &cfg, layer, &cpu_act(q.clone(), n, nh * hd), &cpu_act(k.clone(), n, nkv * hd), &cpu_act(v.clone(), n, nkv * hd), pos)
+                    .unwrap()
+                    .data;
+                assert_close(&got, &want, 1e-9, &format!("attention {kv:?} layer {layer} pos {pos} n {n}"));
+            }
+            pos += n;
+        }
+        let q = acts(&mut rng, 1, nh * hd);
+        let gq = g.upload(&q, 1, nh * hd).unwrap();
+        let full = g.attention(&mut gc, &cfg, 0, &gq, &gq, &gq, 16);
+        assert!(matches!(full, Err(crate::ModelError::ContextFull { .. })), "{kv:?}: position past the cache");
+    }
+}
+
+#[test]
+fn unsupported_shapes_are_typed_errors() {
+    let mut g = gpu();
+    let cfg = test_config(2, 1, 48, None);
+    assert!(matches!(g.new_cache(&cfg, KvType::F16, 8), Err(crate::ModelError::Gpu(crate::GpuError::Shape(_)))));
+    // 6 columns: not a whole number of 4-value GPU blocks
+    let r = g.load_weight("odd", GgmlType::F32, &[6, 2], &[0u8; 48]);
+    assert!(matches!(r, Err(crate::ModelError::UnsupportedTensorType { .. })), "{:?}", r.err());
+    let r = g.load_weight("short", GgmlType::Q8_0, &[32, 2], &[0u8; 34]);
+    assert!(r.is_err());
+}

@@ -1,0 +1,113 @@
+// Activation rounding: X is replaced by the values ggml's CPU dot products see after quantizing
+// it to the weight type's vec_dot_type (cpu/act_quant.rs), so GPU matmuls compute the same
+// products as the CPU backend up to summation order:
+//   mode 1 F16   per value, round to f16 (ggml_fp32_to_fp16, nearest even)
+//   mode 2 BF16  per value, ggml_fp32_to_bf16
+//   mode 3 Q8_0 / Q8_1  blocks of 32: d = amax/127, q = round-half-away(x/d), value q · f16(d)
+//                       (quantize_row_q8_0_ref)
+//   mode 4 Q8_K  blocks of 256: max = first value of largest |x|, iscale = -127/max,
+//                q = min(127, nearest-even(iscale·x)), value q · (1/iscale) (quantize_row_q8_K_ref)
+// One workgroup per block (modes 3, 4) or per 64 values (modes 1, 2).
+
+struct QuantParams {
+    n: u32,        // values in X
+    mode: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> X: array<f32>;
+@group(0) @binding(1) var<uniform> P: QuantParams;
+
+var<workgroup> amax_buf: array<f32, 64>;
+var<workgroup> idx_buf: array<u32, 64>;
+
+fn bf16_round(x: f32) -> f32 {
+    let u = bitcast<u32>(x);
+    if (u & 0x7fffffffu) > 0x7f800000u {
+        return bitcast<f32>((u | 0x00400000u) & 0xffff0000u);
+    }
+    return bitcast<f32>(((u + (0x7fffu + ((u >> 16u) & 1u))) >> 16u) << 16u);
+}
+
+fn round_half_away(v: f32) -> f32 {
+    let t = trunc(v);
+    if abs(v - t) >= 0.5 {
+        return t + sign(v);
+    }
+    return t;
+}
+
+@compute @workgroup_size(64)
+fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) tid: u32) {
+    let g = wid.x + wid.y * nwg.x;
+    if P.mode == 1u || P.mode == 2u {
+        let i = g * 64u + tid;
+        if i < P.n {
+            if P.mode == 1u {
+                X[i] = quantizeToF16(X[i]);
+            } else {
+                X[i] = bf16_round(X[i]);
+            }
+        }
+        return;
+    }
+    let bs = select(32u, 256u, P.mode == 4u);
+    let base = g * bs;
+    if base >= P.n {
+        return;
+    }
+    // Largest |x| and the first index holding it.
+    var am = 0.0;
+    var ai = 0xffffffffu;
+    for (var i = tid; i < bs; i += 64u) {
+        let a = abs(X[base + i]);
+        if a > am {
+            am = a;
+            ai = i;
+        }
+    }
+    amax_buf[tid] = am;
+    idx_buf[tid] = ai;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s = s / 2u) {
+        if tid < s {
+            let a = amax_buf[tid + s];
+            let i = idx_buf[tid + s];
+            if a > amax_buf[tid] || (a == amax_buf[tid] && i < idx_buf[tid]) {
+                amax_buf[tid] = a;
+                idx_buf[tid] = i;
+            }
+        }
+        workgroupBarrier();
+    }
+    let amax = amax_buf[0];
+    let imax = idx_buf[0];
+    var vmax = 0.0;
+    if amax != 0.0 {
+        vmax = X[base + imax];  // read before any invocation overwrites it
+    }
+    workgroupBarrier();
+    if P.mode == 3u {
+        let d = amax / 127.0;
+        var id = 0.0;
+        if d != 0.0 {
+            id = 1.0 / d;
+        }
+        let dh = quantizeToF16(d);
+        for (var i = tid; i < bs; i += 64u) {
+            X[base + i] = round_half_away(X[base + i] * id) * dh;
+        }
+    } else {
+        if amax == 0.0 {
+            for (var i = tid; i < bs; i += 64u) {
+                X[base + i] = 0.0;
+            }
+            return;
+        }
+        let iscale = -127.0 / vmax;
+        let d = 1.0 / iscale;
+        for (var i = tid; i < bs; i += 64u) {
+            X[base + i] = min(round(iscale * X[base + i]), 127.0) * d;
+        }
+    }
+}

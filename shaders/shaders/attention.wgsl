@@ -1,0 +1,258 @@
+// Attention over the KV cache, reading it in its stored (possibly quantized) form; mirrors
+// cpu/attention.rs. One layer's cache is one buffer KV: K rows [n_ctx][n_kv_heads][k_row_words]
+// from word 0, V rows [n_ctx][n_kv_heads][v_row_words] from word v_base. Row formats by KVTYPE
+// (ggml ids): 0 F32 (1 word per value), 1 F16 (2 values per word), 8 Q8_0 (per 32 values: 8 words
+// of i8 quants, then the f16 scale), 2 Q4_0 (per 32 values: 4 words of nibbles, value j in the
+// low nibble of byte j and j+16 in its high nibble, then the f16 scale).
+// Entry points:
+// - kv_store: quantizes new K/V rows into the cache, one invocation per (token, head, 32 values)
+//   (quantize_row_q8_0_ref / quantize_row_q4_0_ref, f16 with round-to-nearest-even);
+// - attn_scores: S[t, h, p] = scale · q·k for positions p in [start(pos), pos], -inf elsewhere,
+//   one invocation per (token, head, position): every position in parallel (split over K);
+// - attn_softmax_v: one workgroup per (token, head): max, exp, sum, then Σ_p e_p·V[p] / sum.
+// Queries for Q8_0/Q4_0 caches arrive already rounded to Q8_0 (act_quant.wgsl), as the CPU
+// quantizes them before its integer dot products.
+
+override KVTYPE: u32 = 0u;
+
+struct AttnParams {
+    n: u32,            // query rows in this dispatch
+    t0: u32,           // index of the first of them among the pass's tokens
+    n_heads: u32,
+    n_kv_heads: u32,
+    hdk: u32,
+    hdv: u32,
+    pos0: u32,         // position of the pass's first token
+    n_kv: u32,         // positions in the cache after this pass (pos0 + tokens)
+    window: u32,       // sliding window (0 = none): p is visible from pos when pos - p < window
+    k_row_words: u32,
+    v_row_words: u32,
+    v_base: u32,
+    scale: f32,
+}
+
+@group(0) @binding(0) var<storage, read_write> KV: array<u32>;
+@group(0) @binding(1) var<storage, read> Kin: array<f32>;    // kv_store: [n, n_kv_heads * hdk]; attn_scores: Q [n_all, n_heads * hdk]
+@group(0) @binding(2) var<storage, read> Vin: array<f32>;    // kv_store: [n, n_kv_heads * hdv]
+@group(0) @binding(3) var<storage, read_write> S: array<f32>; // scores [n, n_heads, n_kv]; attn_softmax_v: output [n_all, n_heads * hdv]
+@group(0) @binding(4) var<storage, read_write> O: array<f32>;
+@group(0) @binding(5) var<uniform> P: AttnParams;
+
+fn row_words(hd: u32) -> u32 {
+    switch KVTYPE {
+        case 0u: { return hd; }
+        case 1u: { return hd / 2u; }
+        case 8u: { return hd / 32u * 9u; }
+        default: { return hd / 32u * 5u; }
+    }
+}
+
+// Values k … k+3 of the cache row starting at word `row`.
+fn kv_deq4(row: u32, k: u32) -> vec4<f32> {
+    switch KVTYPE {
+        case 0u: {
+            return bitcast<vec4<f32>>(vec4<u32>(KV[row + k], KV[row + k + 1u], KV[row + k + 2u], KV[row + k + 3u]));
+        }
+        case 1u: {
+            return vec4<f32>(unpack2x16float(KV[row + k / 2u]), unpack2x16float(KV[row + k / 2u + 1u]));
+        }
+        case 8u: {
+            let b = row + (k / 32u) * 9u;
+            let w = KV[b + (k % 32u) / 4u];
+            let q = bitcast<vec4<i32>>(vec4<u32>(w) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u);
+            return vec4<f32>(q) * unpack2x16float(KV[b + 8u]).x;
+        }
+        default: {
+            let b = row + (k / 32u) * 5u;
+            let j = k % 32u;
+            let q = (vec4<u32>(KV[b + (j % 16u) / 4u]) >> (vec4<u32>(0u, 8u, 16u, 24u) + select(0u, 4u, j >= 16u))) & vec4<u32>(0xFu);
+            return (vec4<f32>(q) - 8.0) * unpack2x16float(KV[b + 4u]).x;
+        }
+    }
+}
+
+fn round_half_away(v: f32) -> f32 {
+    let t = trunc(v);
+    if abs(v - t) >= 0.5 {
+        return t + sign(v);
+    }
+    return t;
+}
+
+// Stores 32 values x[0..32) (from `src`, K or V input) as one group starting at word `dst`.
+fn store_group(dst: u32, from_v: bool, src: u32) {
+    var x: array<f32, 32>;
+    var amax = 0.0;
+    var vmax = 0.0;
+    for (var i = 0u; i < 32u; i++) {
+        var v: f32;
+        if from_v {
+            v = Vin[src + i];
+        } else {
+            v = Kin[src + i];
+        }
+        x[i] = v;
+        if abs(v) > amax {
+            amax = abs(v);
+            vmax = v;
+        }
+    }
+    switch KVTYPE {
+        case 0u: {
+            for (var i = 0u; i < 32u; i++) {
+                KV[dst + i] = bitcast<u32>(x[i]);
+            }
+        }
+        case 1u: {
+            for (var i = 0u; i < 16u; i++) {
+                KV[dst + i] = pack2x16float(vec2<f32>(x[2u * i], x[2u * i + 1u]));
+            }
+        }
+        case 8u: {
+            let d = amax / 127.0;
+            var id = 0.0;
+            if d != 0.0 {
+                id = 1.0 / d;
+            }
+            for (var w = 0u; w < 8u; w++) {
+                var word = 0u;
+                for (var b = 0u; b < 4u; b++) {
+                    let q = i32(round_half_away(x[4u * w + b] * id));
+                    word |= (bitcast<u32>(q) & 0xFFu) << (8u * b);
+                }
+                KV[dst + w] = word;
+            }
+            KV[dst + 8u] = pack2x16float(vec2<f32>(d, 0.0));
+        }
+        default: {
+            let d = vmax / -8.0;
+            var id = 0.0;
+            if d != 0.0 {
+                id = 1.0 / d;
+            }
+            for (var w = 0u; w < 4u; w++) {
+                var word = 0u;
+                for (var b = 0u; b < 4u; b++) {
+                    let j = 4u * w + b;
+                    let q0 = u32(min(15.0, trunc(x[j] * id + 8.5)));
+                    let q1 = u32(min(15.0, trunc(x[j + 16u] * id + 8.5)));
+                    word |= (q0 | (q1 << 4u)) << (8u * b);
+                }
+                KV[dst + w] = word;
+            }
+            KV[dst + 4u] = pack2x16float(vec2<f32>(d, 0.0));
+        }
+    }
+}
+
+fn group_words() -> u32 {
+    return row_words(32u);
+}
+
+@compute @workgroup_size(64)
+fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let g = (wid.x + wid.y * nwg.x) * 64u + lid;
+    let gk = P.hdk / 32u;
+    let gv = P.hdv / 32u;
+    let per_tok = P.n_kv_heads * (gk + gv);
+    if g >= P.n * per_tok {
+        return;
+    }
+    let t = g / per_tok;
+    let r = g % per_tok;
+    let pos = P.pos0 + P.t0 + t;
+    if r < P.n_kv_heads * gk {
+        let h = r / gk;
+        let j = r % gk;
+        let dst = (pos * P.n_kv_heads + h) * P.k_row_words + j * group_words();
+        store_group(dst, false, t * P.n_kv_heads * P.hdk + h * P.hdk + 32u * j);
+    } else {
+        let r2 = r - P.n_kv_heads * gk;
+        let h = r2 / gv;
+        let j = r2 % gv;
+        let dst = P.v_base + (pos * P.n_kv_heads + h) * P.v_row_words + j * group_words();
+        store_group(dst, true, t * P.n_kv_heads * P.hdv + h * P.hdv + 32u * j);
+    }
+}
+
+fn first_visible(pos: u32) -> u32 {
+    if P.window > 0u && pos + 1u > P.window {
+        return pos + 1u - P.window;
+    }
+    return 0u;
+}
+
+@compute @workgroup_size(64)
+fn attn_scores(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let g = (wid.x + wid.y * nwg.x) * 64u + lid;
+    if g >= P.n * P.n_heads * P.n_kv {
+        return;
+    }
+    let p = g % P.n_kv;
+    let h = (g / P.n_kv) % P.n_heads;
+    let t = g / (P.n_kv * P.n_heads);
+    let pos = P.pos0 + P.t0 + t;
+    if p > pos || p < first_visible(pos) {
+        S[g] = -3.402823466e+38;
+        return;
+    }
+    let kvh = h / (P.n_heads / P.n_kv_heads);
+    let krow = (p * P.n_kv_heads + kvh) * P.k_row_words;
+    let qb = (P.t0 + t) * P.n_heads * P.hdk + h * P.hdk;
+    var s = 0.0;
+    for (var k = 0u; k < P.hdk; k += 4u) {
+        s += dot(vec4<f32>(Kin[qb + k], Kin[qb + k + 1u], Kin[qb + k + 2u], Kin[qb + k + 3u]), kv_deq4(krow, k));
+    }
+    S[g] = P.scale * s;
+}
+
+var<workgroup> max_buf: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn attn_softmax_v(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) tid: u32) {
+    let g = wid.x + wid.y * nwg.x;
+    if g >= P.n * P.n_heads {
+        return;
+    }
+    let h = g % P.n_heads;
+    let t = g / P.n_heads;
+    let pos = P.pos0 + P.t0 + t;
+    let start = first_visible(pos);
+    let sb = g * P.n_kv;
+    var m = -3.402823466e+38;
+    for (var p = start + tid; p <= pos; p += 64u) {
+        m = max(m, S[sb + p]);
+    }
+    max_buf[tid] = m;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s = s / 2u) {
+        if tid < s {
+            max_buf[tid] = max(max_buf[tid], max_buf[tid + s]);
+        }
+        workgroupBarrier();
+    }
+    m = max_buf[0];
+    var sum = 0.0;
+    for (var p = start + tid; p <= pos; p += 64u) {
+        let e = exp(S[sb + p] - m);
+        S[sb + p] = e;
+        sum += e;
+    }
+    let total = wg_sum(sum, tid);  // its barriers also publish the S writes above
+    let kvh = h / (P.n_heads / P.n_kv_heads);
+    let ob = (P.t0 + t) * P.n_heads * P.hdv + h * P.hdv;
+    for (var d = 4u * tid; d < P.hdv; d += 256u) {
+        var acc = vec4<f32>(0.0);
+        for (var p = start; p <= pos; p++) {
+            acc += S[sb + p] * kv_deq4(P.v_base + (p * P.n_kv_heads + kvh) * P.v_row_words, d);
+        }
+        let o = acc / total;
+        O[ob + d] = o.x;
+        O[ob + d + 1u] = o.y;
+        O[ob + d + 2u] = o.z;
+        O[ob + d + 3u] = o.w;
+    }
+}

@@ -1,0 +1,129 @@
+// Element-wise ops over activation matrices [n, width] (f32), one invocation per value (or per
+// rotated pair), workgroup ids linearised over (x, y) so large dispatches split. Each mirrors the
+// CPU op in runtime/src/cpu/ops.rs, in the same arithmetic order.
+
+struct EwParams {
+    count: u32,       // invocations doing work
+    width: u32,       // values per row
+    head_dim: u32,    // rope: values per head
+    n_dims: u32,      // rope: rotated dims per head
+    pos0: u32,        // rope: position of row 0
+    neox: u32,        // rope: 1 = NeoX pairs (i, i + n_dims/2), 0 = adjacent pairs
+    has_ff: u32,      // rope: B holds per-pair frequency divisors
+    gelu: u32,        // glu: 1 = GeGLU (tanh GELU), 0 = SwiGLU
+    f0: f32,          // softcap: cap; rope: freq_scale
+    f1: f32,          // rope: theta_scale = freq_base^(-2/n_dims), computed on the host as the CPU does
+}
+
+@group(0) @binding(0) var<storage, read_write> A: array<f32>;
+@group(0) @binding(1) var<storage, read> B: array<f32>;
+@group(0) @binding(2) var<storage, read_write> C: array<f32>;
+@group(0) @binding(3) var<uniform> P: EwParams;
+
+fn gid(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 64u + lid;
+}
+
+// A += B
+@compute @workgroup_size(64)
+fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wid, nwg, lid);
+    if i < P.count {
+        A[i] = A[i] + B[i];
+    }
+}
+
+// A[t, i] += B[i]
+@compute @workgroup_size(64)
+fn add_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wid, nwg, lid);
+    if i < P.count {
+        A[i] = A[i] + B[i % P.width];
+    }
+}
+
+// A = cap · tanh(A / cap)
+@compute @workgroup_size(64)
+fn softcap(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wid, nwg, lid);
+    if i < P.count {
+        A[i] = P.f0 * tanh(A[i] / P.f0);
+    }
+}
+
+const SQRT_2_OVER_PI: f32 = 0.79788456080286535587989211986876;
+const GELU_COEF_A: f32 = 0.044715;
+
+// ggml's GELU with GGML_GELU_FP16: the input rounded to f16, the f16-rounded tanh GELU of it.
+fn gelu_f16_table(x: f32) -> f32 {
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    let h = quantizeToF16(x);
+    return quantizeToF16(0.5 * h * (1.0 + tanh(SQRT_2_OVER_PI * h * (1.0 + GELU_COEF_A * h * h))));
+}
+
+// C = act(A) · B  (SwiGLU: silu(a) = a / (1 + e^-a); GeGLU: gelu_f16_table)
+@compute @workgroup_size(64)
+fn glu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wid, nwg, lid);
+    if i < P.count {
+        let a = A[i];
+        var g: f32;
+        if P.gelu == 1u {
+            g = gelu_f16_table(a);
+        } else {
+            g = a / (1.0 + exp(-a));
+        }
+        C[i] = g * B[i];
+    }
+}
+
+// Rotary embedding in place, one invocation per (row, head, pair). The angle of pair i is built
+// as ggml's rope cache does: theta = pos · theta_scale^i by repeated multiplication.
+@compute @workgroup_size(64)
+fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let g = gid(wid, nwg, lid);
+    if g >= P.count {
+        return;
+    }
+    let half = P.n_dims / 2u;
+    let heads = P.width / P.head_dim;
+    let i = g % half;
+    let h = (g / half) % heads;
+    let t = g / (half * heads);
+    var theta = f32(P.pos0 + t);
+    for (var j = 0u; j < i; j++) {
+        theta = theta * P.f1;
+    }
+    var ff = 1.0;
+    if P.has_ff == 1u {
+        ff = B[i];
+    }
+    let ang = P.f0 * (theta / ff);
+    let c = cos(ang);
+    let s = sin(ang);
+    let base = t * P.width + h * P.head_dim;
+    var i0 = base + 2u * i;
+    var i1 = i0 + 1u;
+    if P.neox == 1u {
+        i0 = base + i;
+        i1 = base + i + half;
+    }
+    let x0 = A[i0];
+    let x1 = A[i1];
+    A[i0] = x0 * c - x1 * s;
+    A[i1] = x0 * s + x1 * c;
+}
+
+// Word copy C = A (bitwise), the bandwidth baseline of `webgguf bench --device gpu`.
+@compute @workgroup_size(64)
+fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wid, nwg, lid);
+    if i < P.count {
+        C[i] = A[i];
+    }
+}
