@@ -1,0 +1,111 @@
+//! The whole model on the GPU backend (Mesa lavapipe in CI) against the CPU backend, on both
+//! real models and with f16 / q8 KV caches: greedy tokens equal for 8 steps (up to the first
+//! step where the CPU's top-2 margin is under 0.05), and teacher-forced top-1 agreement ≥ 99 %
+//! over positions where the CPU's margin is ≥ 0.1. Software GPUs are slow: one oracle prompt
+//! and its greedy continuation per model (about 30 positions). Measured agreement is printed
+//! (`cargo test --test gpu_vs_cpu -- --nocapture`). No adapter is a failure.
+
+use serde_json::Value;
+use webgguf::engine::{Session, SessionOptions};
+use webgguf::gpu::GpuBackend;
+use webgguf::kv_cache::KvType;
+use webgguf::model::{Backend, CpuBackend, Logits, Model};
+use webgguf_tests::{fixtures_dir, model_path, use_all_cores};
+
+const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1";
+const GEMMA: &str = "gemma-3-270m-q4_k_m";
+const GREEDY_STEPS: usize = 8;
+
+fn session<B: Backend>(mut backend: B, name: &str, kv: KvType) -> Session<B> {
+    let path = model_path(&format!("{name}.gguf"));
+    let (gguf, mut source) = webgguf::loader::open_files(&[path]).expect("open model");
+    let model = Model::load(&mut backend, &gguf, &mut source).expect("load model");
+    Session::new(backend, model, SessionOptions { kv, n_ctx: 256 }).expect("session")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().expect("id array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}
+
+/// Top-1 id (lowest among ties) and its margin over the runner-up.
+fn top2(row: &[f32]) -> (u32, f32) {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    let second = row.iter().enumerate().filter(|&(i, _)| i != best).map(|(_, &x)| x).fold(f32::MIN, f32::max);
+    (best as u32, row[best] - second)
+}
+
+fn check(name: &str, kv: KvType) {
+    use_all_cores();
+    let o: Value = serde_json::from_slice(&std::fs::read(fixtures_dir().join("oracle").join(format!("{name}.json"))).expect("oracle")).expect("json");
+    let case = &o["cases"][0];
+    let prompt = ids(&case["prompt_ids"]);
+    let text: Vec<u32> = [prompt.clone(), ids(&case["greedy_ids"])].concat();
+    let text = &text[..text.len().min(32)];
+    let mut cpu = session(CpuBackend::new(), name, kv);
+    let mut gpu = session(GpuBackend::open().expect("a GPU adapter (CI installs Mesa lavapipe)"), name, kv);
+    let t = std::time::Instant::now();
+
+    // Teacher forcing: one prefill of the whole text, every position's logits.
+    let lc = cpu.eval(text, Logits::All).expect("cpu eval");
+    let lg = gpu.eval(text, Logits::All).expect("gpu eval");
+    assert!(lg.iter().all(|x| x.is_finite()), "{name} {kv:?}: non-finite GPU logits");
+    let n_vocab = lc.len() / text.len();
+    let (mut agree, mut total, mut max_diff) = (0, 0, 0f32);
+    for (rc, rg) in lc.chunks_exact(n_vocab).zip(lg.chunks_exact(n_vocab)) {
+        let (ic, margin) = top2(rc);
+        let (ig, _) = top2(rg);
+        max_diff = rc.iter().zip(rg).map(|(a, b)| (a - b).abs()).fold(max_diff, f32::max);
+        if margin >= 0.1 {
+            total += 1;
+            agree += usize::from(ic == ig);
+        }
+    }
+    let rate = agree as f64 / total.max(1) as f64;
+    println!("{name} {kv:?}: teacher-forced top-1 agreement {agree}/{total} = {rate:.4}, max |logit diff| {max_diff:.4}");
+    assert!(total >= 10 && rate >= 0.99, "{name} {kv:?}: GPU vs CPU top-1 agreement {rate:.4} < 0.99");
+
+    // Greedy: each backend continues its own text from the prompt; the GPU reads back only
+    // the argmax.
+    cpu.reset();
+    gpu.reset();
+    let mut lc = cpu.prefill(&prompt).expect("cpu prefill");
+    let mut ig = gpu.eval_argmax(&prompt).expect("gpu prefill");
+    for step in 0..GREEDY_STEPS {
+        let (ic, margin) = top2(&lc);
+        if margin < 0.05 {
+            println!("{name} {kv:?}: greedy step {step}: CPU margin {margin:.3} < 0.05, stop comparing");
+            break;
+        }
+        assert_eq!(ig, ic, "{name} {kv:?}: greedy step {step} differs (CPU margin {margin:.3})");
+        if step + 1 < GREEDY_STEPS {
+            lc = cpu.step(ic).expect("cpu step");
+            ig = gpu.eval_argmax(&[ic]).expect("gpu step");
+        }
+    }
+    println!("{name} {kv:?}: GPU {:.1} s on {}", t.elapsed().as_secs_f64(), gpu.device());
+}
+
+#[test]
+fn smollm2_gpu_matches_cpu_f16_kv() {
+    check(SMOL, KvType::F16);
+}
+
+#[test]
+fn smollm2_gpu_matches_cpu_q8_kv() {
+    check(SMOL, KvType::Q8);
+}
+
+#[test]
+fn gemma3_gpu_matches_cpu_f16_kv() {
+    check(GEMMA, KvType::F16);
+}
+
+#[test]
+fn gemma3_gpu_matches_cpu_q8_kv() {
+    check(GEMMA, KvType::Q8);
+}
