@@ -41,6 +41,8 @@ pub struct Stats {
     pub peak_kv_bytes: u64,
     /// Bytes the KV cache has allocated.
     pub kv_capacity_bytes: u64,
+    /// The compute device: "cpu", or the GPU adapter, backend and features chosen.
+    pub device: String,
 }
 
 pub struct Session<B: Backend> {
@@ -196,6 +198,7 @@ impl<B: Backend> Session<B> {
             itl_p95_ms: pct(0.95),
             peak_kv_bytes: per_pos * self.peak_past as u64,
             kv_capacity_bytes: per_pos * self.options.n_ctx as u64,
+            device: self.backend.describe(),
         }
     }
 }

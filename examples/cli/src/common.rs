@@ -6,7 +6,10 @@ use webgguf::engine::{Session, SessionOptions};
 use webgguf::gguf::GgufModel;
 use webgguf::kv_cache::KvType;
 use webgguf::loader::LoadError;
-use webgguf::model::{CpuBackend, Model};
+use webgguf::model::TensorSource;
+use webgguf::ModelError;
+use webgguf::gpu::GpuBackend;
+use webgguf::model::{Backend, CpuBackend, Model};
 use webgguf::tokenizer::Tokenizer;
 
 /// Options shared by generate / logits / perplexity.
@@ -21,8 +24,10 @@ pub struct ModelArgs {
     /// Context length (positions the KV cache holds).
     #[arg(long, default_value_t = 4096)]
     pub ctx: usize,
-    /// Compute device. Only the CPU backend exists so far; `auto` picks it.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu"])]
+    /// Compute device: `gpu` (wgpu: Vulkan/Metal/DX12), `cpu`, or `auto`: the GPU when a
+    /// hardware adapter exists and the model loads on it, else the CPU. Software adapters
+    /// (lavapipe, SwiftShader) are used only when asked for with `gpu`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "gpu"])]
     pub device: String,
     /// CPU threads (native only); default: all cores.
     #[arg(long)]
@@ -33,8 +38,25 @@ pub fn parse_kv(s: &str) -> Result<KvType, String> {
     KvType::from_name(s).ok_or_else(|| format!("unknown KV type {s:?} (f32, f16, q8, q4)"))
 }
 
+/// A session on whichever device was chosen.
+pub enum AnySession {
+    Cpu(Session<CpuBackend>),
+    Gpu(Session<GpuBackend>),
+}
+
+/// Runs `$body` with `$v` bound to the session, whatever its backend.
+#[macro_export]
+macro_rules! with_session {
+    ($s:expr, $v:ident => $body:expr) => {
+        match $s {
+            $crate::common::AnySession::Cpu($v) => $body,
+            $crate::common::AnySession::Gpu($v) => $body,
+        }
+    };
+}
+
 pub struct Loaded {
-    pub session: Session<CpuBackend>,
+    pub session: AnySession,
     pub tokenizer: Tokenizer,
     pub gguf: GgufModel,
 }
@@ -53,8 +75,35 @@ pub fn load(args: &ModelArgs) -> Result<Loaded, ExitCode> {
         fail(e, malformed)
     })?;
     let tokenizer = Tokenizer::from_metadata(gguf.metadata()).map_err(|e| fail(e, true))?;
-    let mut backend = CpuBackend::new();
-    let model = Model::load(&mut backend, &gguf, &mut source).map_err(|e| fail(e, true))?;
-    let session = Session::new(backend, model, SessionOptions { kv: args.kv, n_ctx: args.ctx }).map_err(|e| fail(e, false))?;
-    Ok(Loaded { session, tokenizer, gguf })
+    let options = SessionOptions { kv: args.kv, n_ctx: args.ctx };
+    if args.device != "cpu" {
+        match GpuBackend::open() {
+            Ok(gpu) if args.device == "gpu" || gpu.device().info.device_type != "Cpu" => {
+                match session_on(gpu, &gguf, &mut source, options) {
+                    Ok(s) => {
+                        eprintln!("[device: {}]", s.device());
+                        return Ok(Loaded { session: AnySession::Gpu(s), tokenizer, gguf });
+                    }
+                    Err(e) if args.device == "gpu" => {
+                        let malformed = matches!(e, ModelError::Gguf(_));
+                        return Err(fail(e, malformed));
+                    }
+                    Err(e) => eprintln!("[the model does not run on the GPU ({e}); using the CPU]"),
+                }
+            }
+            Ok(gpu) => eprintln!("[{} is a software adapter; using the CPU (--device gpu to use it)]", gpu.device().info.adapter),
+            Err(e) if args.device == "gpu" => return Err(fail(e, false)),
+            Err(e) => eprintln!("[{e}; using the CPU]"),
+        }
+    }
+    let session = session_on(CpuBackend::new(), &gguf, &mut source, options).map_err(|e| {
+        let malformed = !matches!(e, ModelError::Kv(_) | ModelError::Gpu(_));
+        fail(e, malformed)
+    })?;
+    Ok(Loaded { session: AnySession::Cpu(session), tokenizer, gguf })
+}
+
+fn session_on<B: Backend, S: TensorSource>(mut backend: B, gguf: &GgufModel, source: &mut S, options: SessionOptions) -> Result<Session<B>, ModelError> {
+    let model = Model::load(&mut backend, gguf, source)?;
+    Session::new(backend, model, options)
 }

@@ -1,11 +1,12 @@
 //! `webgguf generate --model P --prompt T [--chat] [--max-tokens N] [--temperature …] [--seed S]
-//! [--kv f32|f16|q8|q4] [--device cpu] [--json]`
+//! [--kv f32|f16|q8|q4] [--device auto|cpu|gpu] [--json]`
 //!
 //! Streams the text to stdout (stats to stderr), or prints one JSON object:
 //! `{"prompt_ids":[…], "ids":[…], "text":"…", "finish_reason":"stop|length|abort", "stats":{…}}`
 //! where `ids` are the generated tokens only.
 
 use crate::common::{fail, load, ModelArgs};
+use crate::with_session;
 use std::io::Write;
 use std::process::ExitCode;
 use webgguf::chat::{ChatMessage, ChatTemplate};
@@ -87,20 +88,20 @@ pub fn run(args: Args) -> ExitCode {
         seed: args.seed,
         ..SamplerConfig::default()
     };
-    let mut sampler = match Sampler::new(config, loaded.session.model.config.n_vocab) {
+    let mut sampler = match Sampler::new(config, with_session!(&loaded.session, s => s.model.config.n_vocab)) {
         Ok(s) => s,
         Err(e) => return fail(e, false),
     };
     let stop = StopConditions { max_tokens: Some(args.max_tokens), stop_tokens: Vec::new(), stop_strings: args.stop.clone() };
     let json = args.json;
     let mut out = std::io::stdout().lock();
-    let result = loaded.session.generate_text(tok, &prompt_ids, &mut sampler, &stop, None, |piece| {
+    let result = with_session!(&mut loaded.session, s => s.generate_text(tok, &prompt_ids, &mut sampler, &stop, None, |piece| {
         if !json {
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
         }
         Flow::Continue
-    });
+    }));
     let g = match result {
         Ok(g) => g,
         Err(e) => return fail(e, false),

@@ -2,6 +2,7 @@
 //! per position (`[n_ids, n_vocab]`), written as a NumPy .npy file.
 
 use crate::common::{fail, load, ModelArgs};
+use crate::with_session;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,11 +38,11 @@ pub fn run(args: Args) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let logits = match loaded.session.logits_all(&args.ids) {
+    let logits = match with_session!(&mut loaded.session, s => s.logits_all(&args.ids)) {
         Ok(l) => l,
         Err(e) => return fail(e, false),
     };
-    let n_vocab = loaded.session.model.config.n_vocab;
+    let n_vocab = with_session!(&loaded.session, s => s.model.config.n_vocab);
     if let Err(e) = std::fs::write(&args.out, npy_f32(&[args.ids.len(), n_vocab], &logits)) {
         return fail(format!("{}: {e}", args.out.display()), false);
     }

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 I/O or usage trouble, 2 the model file is malformed (typed error).
 
+mod bench;
 mod common;
 mod generate;
 mod inspect;
@@ -31,6 +32,8 @@ enum Command {
     Logits(logits::Args),
     /// Perplexity of a text file.
     Perplexity(perplexity::Args),
+    /// Matvec bandwidth per weight type vs a copy, and decode speed vs the roofline.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,5 +44,6 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Perplexity(args) => perplexity::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

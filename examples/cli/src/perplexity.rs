@@ -3,6 +3,7 @@
 //! as llama.cpp's oracle defines it. JSON: `{"ppl":…, "predictions":…, "nll":…, "windows":…}`.
 
 use crate::common::{fail, load, ModelArgs};
+use crate::with_session;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,7 +37,7 @@ pub fn run(mut args: Args) -> ExitCode {
     };
     let bos = if loaded.tokenizer.add_bos() { loaded.tokenizer.bos() } else { None };
     let t0 = std::time::Instant::now();
-    let p = match loaded.session.perplexity(&tokens, args.window, bos) {
+    let p = match with_session!(&mut loaded.session, s => s.perplexity(&tokens, args.window, bos)) {
         Ok(p) => p,
         Err(e) => return fail(e, false),
     };
