@@ -226,6 +226,12 @@ pub struct Generation {
     pub stats: Stats,
 }
 
+/// What a decode step hands the sampler: logits, or the token the device already picked.
+enum Next {
+    Logits(Vec<f32>),
+    Id(u32),
+}
+
 impl<B: Backend> Session<B> {
     /// Generates text for `prompt_ids` from an empty conversation: samples with `sampler`,
     /// stops on `stop` (end tokens, stop strings — never emitted — and max_tokens), and streams
@@ -249,7 +255,9 @@ impl<B: Backend> Session<B> {
         let mut emitted = 0usize;
         let mut detok = tokenizer.detokenizer();
         let mut finish = FinishReason::Length;
-        let mut logits = self.prefill(prompt_ids)?;
+        // Plain greedy on a device with its own argmax: read back 4 bytes per token, not logits.
+        let on_device = sampler.is_plain_greedy() && self.backend.argmax_on_device();
+        let mut next = if on_device { Next::Id(self.eval_argmax(prompt_ids)?) } else { Next::Logits(self.prefill(prompt_ids)?) };
         let mut cut_at: Option<usize> = None;
         loop {
             if abort.is_some_and(|a| a.load(Ordering::Relaxed)) {
@@ -259,7 +267,10 @@ impl<B: Backend> Session<B> {
             if stop.max_tokens.is_some_and(|m| ids.len() >= m) {
                 break;
             }
-            let id = sampler.sample(&mut logits, &history)?;
+            let id = match &mut next {
+                Next::Id(id) => *id,
+                Next::Logits(logits) => sampler.sample(logits, &history)?,
+            };
             if ids.is_empty() {
                 self.ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
             }
@@ -291,7 +302,7 @@ impl<B: Backend> Session<B> {
             if stop.max_tokens.is_some_and(|m| ids.len() >= m) {
                 break;
             }
-            logits = self.step(id)?;
+            next = if on_device { Next::Id(self.eval_argmax(&[id])?) } else { Next::Logits(self.step(id)?) };
         }
         if cut_at.is_none() {
             text.push_str(&detok.finish());

@@ -515,6 +515,13 @@ impl Sampler {
         Ok(Sampler { config, n_vocab, rng, candidates: Vec::new(), scratch: Vec::new() })
     }
 
+    /// Greedy with nothing that changes logits first (no bias, no penalties): the next token is
+    /// the plain argmax, which a GPU computes on the device.
+    pub fn is_plain_greedy(&self) -> bool {
+        let c = &self.config;
+        c.temperature == 0.0 && c.logit_bias.is_empty() && !c.penalties_active()
+    }
+
     pub fn config(&self) -> &SamplerConfig {
         &self.config
     }

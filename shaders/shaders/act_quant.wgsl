@@ -44,7 +44,7 @@ fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         let i = g * 64u + tid;
         if i < P.n {
             if P.mode == 1u {
-                X[i] = quantizeToF16(X[i]);
+                X[i] = round_f16(X[i]);
             } else {
                 X[i] = bf16_round(X[i]);
             }
@@ -93,7 +93,7 @@ fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         if d != 0.0 {
             id = 1.0 / d;
         }
-        let dh = quantizeToF16(d);
+        let dh = round_f16(d);
         for (var i = tid; i < bs; i += 64u) {
             X[base + i] = round_half_away(X[base + i] * id) * dh;
         }

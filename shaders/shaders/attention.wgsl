@@ -105,7 +105,7 @@ fn store_group(dst: u32, from_v: bool, src: u32) {
         }
         case 1u: {
             for (var i = 0u; i < 16u; i++) {
-                KV[dst + i] = pack2x16float(vec2<f32>(x[2u * i], x[2u * i + 1u]));
+                KV[dst + i] = pack2x16float(vec2<f32>(round_f16(x[2u * i]), round_f16(x[2u * i + 1u])));
             }
         }
         case 8u: {
@@ -122,7 +122,7 @@ fn store_group(dst: u32, from_v: bool, src: u32) {
                 }
                 KV[dst + w] = word;
             }
-            KV[dst + 8u] = pack2x16float(vec2<f32>(d, 0.0));
+            KV[dst + 8u] = pack2x16float(vec2<f32>(round_f16(d), 0.0));
         }
         default: {
             let d = vmax / -8.0;
@@ -140,7 +140,7 @@ fn store_group(dst: u32, from_v: bool, src: u32) {
                 }
                 KV[dst + w] = word;
             }
-            KV[dst + 4u] = pack2x16float(vec2<f32>(d, 0.0));
+            KV[dst + 4u] = pack2x16float(vec2<f32>(round_f16(d), 0.0));
         }
     }
 }

@@ -7,12 +7,9 @@ struct EwParams {
     width: u32,       // values per row
     head_dim: u32,    // rope: values per head
     n_dims: u32,      // rope: rotated dims per head
-    pos0: u32,        // rope: position of row 0
     neox: u32,        // rope: 1 = NeoX pairs (i, i + n_dims/2), 0 = adjacent pairs
-    has_ff: u32,      // rope: B holds per-pair frequency divisors
     gelu: u32,        // glu: 1 = GeGLU (tanh GELU), 0 = SwiGLU
-    f0: f32,          // softcap: cap; rope: freq_scale
-    f1: f32,          // rope: theta_scale = freq_base^(-2/n_dims), computed on the host as the CPU does
+    f0: f32,          // softcap: cap
 }
 
 @group(0) @binding(0) var<storage, read_write> A: array<f32>;
@@ -62,8 +59,8 @@ fn gelu_f16_table(x: f32) -> f32 {
     if x >= 10.0 {
         return x;
     }
-    let h = quantizeToF16(x);
-    return quantizeToF16(0.5 * h * (1.0 + tanh(SQRT_2_OVER_PI * h * (1.0 + GELU_COEF_A * h * h))));
+    let h = round_f16(x);
+    return round_f16(0.5 * h * (1.0 + tanh(SQRT_2_OVER_PI * h * (1.0 + GELU_COEF_A * h * h))));
 }
 
 // C = act(A) · B  (SwiGLU: silu(a) = a / (1 + e^-a); GeGLU: gelu_f16_table)
@@ -82,8 +79,9 @@ fn glu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
 }
 
-// Rotary embedding in place, one invocation per (row, head, pair). The angle of pair i is built
-// as ggml's rope cache does: theta = pos · theta_scale^i by repeated multiplication.
+// Rotary embedding in place, one invocation per (row, head, pair). B holds the cos and sin of
+// every (row, pair) angle, [n, n_dims/2, 2], computed on the host by the CPU's own code
+// (cpu::ops::Rope::for_each_angle): WGSL's cos/sin are only accurate to 2^-11 absolute.
 @compute @workgroup_size(64)
 fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = gid(wid, nwg, lid);
@@ -95,17 +93,8 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let i = g % half;
     let h = (g / half) % heads;
     let t = g / (half * heads);
-    var theta = f32(P.pos0 + t);
-    for (var j = 0u; j < i; j++) {
-        theta = theta * P.f1;
-    }
-    var ff = 1.0;
-    if P.has_ff == 1u {
-        ff = B[i];
-    }
-    let ang = P.f0 * (theta / ff);
-    let c = cos(ang);
-    let s = sin(ang);
+    let c = B[2u * (t * half + i)];
+    let s = B[2u * (t * half + i) + 1u];
     let base = t * P.width + h * P.head_dim;
     var i0 = base + 2u * i;
     var i1 = i0 + 1u;

@@ -1,6 +1,6 @@
 //! WGSL kernels of webgguf. One `.wgsl` file per kernel family lives in `shaders/`; a family's
 //! module is its file with the helper files it uses prepended (WGSL has no includes):
-//! `dequant.wgsl` (weight block layout → values) and one of the two workgroup-sum variants,
+//! `dequant.wgsl` (weight block layout → values), `f16.wgsl` (exact f16 rounding) and one of the two workgroup-sum variants,
 //! `reduce_shared.wgsl` (every adapter) or `reduce_subgroup.wgsl` (adapters with subgroups).
 //! Sizes that vary per call are uniforms; per-pipeline choices (weight type, KV type) are WGSL
 //! `override` constants.
@@ -63,6 +63,10 @@ impl Family {
         matches!(self, Family::Matmul | Family::Embed)
     }
 
+    fn uses_f16_rounding(self) -> bool {
+        matches!(self, Family::Elementwise | Family::ActQuant | Family::Attention)
+    }
+
     fn uses_reduce(self) -> bool {
         matches!(self, Family::Matmul | Family::Norm | Family::Attention)
     }
@@ -79,6 +83,7 @@ pub enum Reduce {
 }
 
 pub const DEQUANT: &str = include_str!("../shaders/dequant.wgsl");
+pub const F16: &str = include_str!("../shaders/f16.wgsl");
 pub const REDUCE_SHARED: &str = include_str!("../shaders/reduce_shared.wgsl");
 pub const REDUCE_SUBGROUP: &str = include_str!("../shaders/reduce_subgroup.wgsl");
 pub const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
@@ -99,6 +104,9 @@ pub fn source(family: Family, reduce: Reduce) -> String {
     }
     if family.uses_dequant() {
         s.push_str(DEQUANT);
+    }
+    if family.uses_f16_rounding() {
+        s.push_str(F16);
     }
     if family.uses_reduce() {
         s.push_str(match reduce {

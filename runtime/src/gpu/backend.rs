@@ -43,8 +43,8 @@ pub struct WeightChunk {
 /// A weight on the device: 1-D tensors (norms, biases, rope factors) as f32, matrices in the GPU
 /// block layout, split into chunks no larger than the binding limit.
 pub enum GpuWeight {
-    /// `[len]` f32
-    Vector { buf: wgpu::Buffer, len: usize },
+    /// `[len]` f32, with a host copy (rope frequency factors are read on the host)
+    Vector { buf: wgpu::Buffer, len: usize, host: Vec<f32> },
     Matrix { ty: GgmlType, rows: usize, cols: usize, row_words: usize, chunks: Vec<WeightChunk> },
 }
 
@@ -61,7 +61,7 @@ struct MatrixView<'a> {
 impl GpuWeight {
     fn view(&self) -> Result<MatrixView<'_>, GpuError> {
         Ok(match self {
-            GpuWeight::Vector { buf, len } => MatrixView {
+            GpuWeight::Vector { buf, len, .. } => MatrixView {
                 ty: GgmlType::F32,
                 rows: 1,
                 cols: *len,
@@ -183,8 +183,6 @@ pub struct GpuBackend {
     params: Vec<u8>,
     params_buf: wgpu::Buffer,
     pool: Rc<RefCell<Pool>>,
-    /// Bound where an entry point needs a buffer the op does not use (rope without factors).
-    dummy: wgpu::Buffer,
     staging: Option<wgpu::Buffer>,
     /// `[1]` u32, the argmax result
     argmax_out: wgpu::Buffer,
@@ -217,12 +215,6 @@ impl GpuBackend {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let dummy = dev.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("dummy"),
-            size: 16,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
         let argmax_out = dev.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("argmax"),
             size: 16,
@@ -238,7 +230,6 @@ impl GpuBackend {
             params: Vec::new(),
             params_buf,
             pool: Rc::default(),
-            dummy,
             staging: None,
             argmax_out,
             dispatches: 0,
@@ -491,7 +482,11 @@ impl GpuBackend {
             .device
             .poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(std::time::Duration::from_secs(600)) })
             .map_err(|e| GpuError::Readback(e.to_string()))?;
-        fut.await?;
+        // A failed map is most often the symptom of a lost device: report the cause.
+        if let Err(e) = fut.await {
+            self.dev.check()?;
+            return Err(e);
+        }
         self.dev.check()?;
         let out = slice.get_mapped_range().map_err(|e| GpuError::Readback(e.to_string()))?.to_vec();
         staging.unmap();
@@ -571,12 +566,9 @@ struct EwParams {
     width: u32,
     head_dim: u32,
     n_dims: u32,
-    pos0: u32,
     neox: u32,
-    has_ff: u32,
     gelu: u32,
     f0: f32,
-    f1: f32,
 }
 
 /// Uniforms of attention.wgsl.
@@ -626,7 +618,7 @@ impl GpuBackend {
             contents: bytes_of(v),
             usage: wgpu::BufferUsages::STORAGE,
         });
-        GpuWeight::Vector { buf, len: v.len() }
+        GpuWeight::Vector { buf, len: v.len(), host: v.to_vec() }
     }
 }
 
@@ -747,7 +739,7 @@ impl Backend for GpuBackend {
     }
 
     fn rms_norm(&mut self, x: &GpuAct, weight: &GpuWeight, eps: f32) -> Result<GpuAct, ModelError> {
-        let GpuWeight::Vector { buf, len } = weight else {
+        let GpuWeight::Vector { buf, len, .. } = weight else {
             return Err(GpuError::Shape("rms_norm weight is a matrix".into()).into());
         };
         if *len == 0 || x.width % len != 0 {
@@ -782,7 +774,7 @@ impl Backend for GpuBackend {
     }
 
     fn add_bias(&mut self, x: &mut GpuAct, bias: &GpuWeight) -> Result<(), ModelError> {
-        let GpuWeight::Vector { buf, len } = bias else {
+        let GpuWeight::Vector { buf, len, .. } = bias else {
             return Err(GpuError::Shape("bias is a matrix".into()).into());
         };
         if *len != x.width {
@@ -809,26 +801,37 @@ impl Backend for GpuBackend {
         if head_dim == 0 || x.width % head_dim != 0 || rope.n_dims % 2 != 0 || rope.n_dims > head_dim {
             return Err(shape_err("rope head_dim", x.width, head_dim));
         }
-        let ff = match factors {
-            Some(GpuWeight::Vector { buf, len }) if *len >= rope.n_dims / 2 => Some(buf.clone()),
+        let freq_factors = match factors {
+            Some(GpuWeight::Vector { host, .. }) if host.len() >= rope.n_dims / 2 => Some(host.clone()),
             Some(_) => return Err(GpuError::Shape("rope frequency factors".into()).into()),
             None => None,
         };
+        // cos/sin of every (row, pair) by the CPU's own code: bit-identical angles everywhere.
+        let cpu_rope = crate::cpu::ops::Rope {
+            n_dims: rope.n_dims,
+            freq_base: rope.freq_base,
+            freq_scale: rope.freq_scale,
+            mode: crate::cpu::ops::RopeMode::Normal,
+            freq_factors,
+        };
+        let mut table = Vec::with_capacity(x.n_tokens * rope.n_dims); // [n_tokens, n_dims/2, 2]
+        for t in 0..x.n_tokens {
+            cpu_rope.for_each_angle(pos0 + t, |_, c, s| table.extend_from_slice(&[c, s]));
+        }
+        let b = self.dev.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("rope cos/sin"),
+            contents: bytes_of(&table),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
         let count = x.n_tokens * (x.width / head_dim) * (rope.n_dims / 2);
         let p = EwParams {
             count: count as u32,
             width: x.width as u32,
             head_dim: head_dim as u32,
             n_dims: rope.n_dims as u32,
-            pos0: pos0 as u32,
             neox: u32::from(rope.kind == RopeKind::Neox),
-            has_ff: u32::from(ff.is_some()),
-            gelu: 0,
-            f0: rope.freq_scale,
-            // The same f32 the CPU's Rope::for_each_angle computes.
-            f1: rope.freq_base.powf(-2.0 / rope.n_dims as f32),
+            ..EwParams::default()
         };
-        let b = ff.unwrap_or_else(|| self.dummy.clone());
         self.elementwise("rope", x.buf.get(), Some(&b), None, &p, count)?;
         Ok(())
     }
@@ -948,6 +951,10 @@ impl Backend for GpuBackend {
 
     fn argmax(&mut self, x: GpuAct) -> Result<u32, ModelError> {
         Ok(block_on("greedy argmax", self.argmax_async(&x))?)
+    }
+
+    fn argmax_on_device(&self) -> bool {
+        true
     }
 
     fn describe(&self) -> String {

@@ -306,3 +306,19 @@ fn unsupported_shapes_are_typed_errors() {
     let r = g.load_weight("short", GgmlType::Q8_0, &[32, 2], &[0u8; 34]);
     assert!(r.is_err());
 }
+
+/// A lost device (here destroyed on purpose) turns the next operations into typed errors, not
+/// panics or hangs.
+#[test]
+fn lost_device_is_a_typed_error() {
+    let mut g = gpu();
+    let mut x = g.upload(&[1.0; 8], 1, 8).unwrap();
+    g.device().device.destroy();
+    let r = g.softcap(&mut x, 2.0).and_then(|()| g.into_host(x));
+    match r {
+        Err(crate::ModelError::Gpu(crate::GpuError::DeviceLost(m))) => println!("after destroy: {m}"),
+        other => panic!("expected a GPU error after losing the device, got {other:?}"),
+    }
+    let again = g.load_weight("w", GgmlType::F32, &[4, 2], &[0u8; 32]);
+    assert!(matches!(again, Err(crate::ModelError::Gpu(_))), "{:?}", again.err());
+}

@@ -82,6 +82,11 @@ pub trait Backend {
         Ok(argmax_last(&v))
     }
 
+    /// Whether [`Backend::argmax`] saves a logits readback (greedy decoding then uses it).
+    fn argmax_on_device(&self) -> bool {
+        false
+    }
+
     /// The device, for stats ("cpu", or the GPU adapter and what was chosen).
     fn describe(&self) -> String {
         "cpu".to_owned()
