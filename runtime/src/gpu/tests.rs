@@ -7,7 +7,9 @@ use super::backend::SENTINEL;
 use super::*;
 use crate::cpu::tests::Rng;
 use crate::kv_cache::KvType;
-use crate::model::{Activation, Arch, Backend, CpuAct, CpuBackend, CpuWeight, ModelConfig, RopeKind, RopeParams};
+use crate::model::{
+    Activation, Arch, Backend, CpuAct, CpuBackend, CpuWeight, ModelConfig, RopeKind, RopeParams,
+};
 use crate::quant::{self, GgmlType};
 
 fn gpu() -> GpuBackend {
@@ -22,7 +24,11 @@ fn read_checked(g: &mut GpuBackend, x: &GpuAct, what: &str) -> Vec<f32> {
     let n = x.n_tokens * x.width;
     assert!(words.len() >= n + 16, "{what}: no room for sentinels");
     for (i, &w) in words[n..].iter().enumerate() {
-        assert_eq!(w, SENTINEL, "{what}: word {} past the output was overwritten", i);
+        assert_eq!(
+            w, SENTINEL,
+            "{what}: word {} past the output was overwritten",
+            i
+        );
     }
     let v: Vec<f32> = words[..n].iter().map(|&w| f32::from_bits(w)).collect();
     for (i, x) in v.iter().enumerate() {
@@ -34,8 +40,16 @@ fn read_checked(g: &mut GpuBackend, x: &GpuAct, what: &str) -> Vec<f32> {
 /// Normalized MSE of `got` against `want`.
 fn nmse(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len());
-    let num: f64 = got.iter().zip(want).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum();
-    let den: f64 = want.iter().map(|&b| f64::from(b).powi(2)).sum::<f64>().max(1e-30);
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+        .sum();
+    let den: f64 = want
+        .iter()
+        .map(|&b| f64::from(b).powi(2))
+        .sum::<f64>()
+        .max(1e-30);
     num / den
 }
 
@@ -59,12 +73,26 @@ fn weight_bytes(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8
     out
 }
 
-fn both(g: &mut GpuBackend, c: &mut CpuBackend, name: &str, ty: GgmlType, shape: &[u64], bytes: &[u8]) -> (GpuWeight, CpuWeight) {
-    (g.load_weight(name, ty, shape, bytes).unwrap(), c.load_weight(name, ty, shape, bytes).unwrap())
+fn both(
+    g: &mut GpuBackend,
+    c: &mut CpuBackend,
+    name: &str,
+    ty: GgmlType,
+    shape: &[u64],
+    bytes: &[u8],
+) -> (GpuWeight, CpuWeight) {
+    (
+        g.load_weight(name, ty, shape, bytes).unwrap(),
+        c.load_weight(name, ty, shape, bytes).unwrap(),
+    )
 }
 
 fn cpu_act(data: Vec<f32>, n_tokens: usize, width: usize) -> CpuAct {
-    CpuAct { data, n_tokens, width }
+    CpuAct {
+        data,
+        n_tokens,
+        width,
+    }
 }
 
 const TYPES: [GgmlType; 13] = [
@@ -107,7 +135,12 @@ fn matmul_every_type_matches_cpu() {
                 let gy = g.matmul(&gw, &gx).unwrap();
                 let got = read_checked(&mut g, &gy, &format!("{ty} {rows}x{cols} n={n}"));
                 let want = c.matmul(&cw, &cpu_act(x, n, cols)).unwrap().data;
-                assert_close(&got, &want, 1e-6, &format!("matmul {ty} {rows}x{cols} n={n}"));
+                assert_close(
+                    &got,
+                    &want,
+                    1e-6,
+                    &format!("matmul {ty} {rows}x{cols} n={n}"),
+                );
             }
         }
     }
@@ -124,8 +157,19 @@ fn chunked_weights_match_cpu() {
     for ty in [GgmlType::Q8_0, GgmlType::Q6_K] {
         let bytes = weight_bytes(&mut rng, ty, rows, cols);
         g.max_chunk_bytes = Some(7 * 1024);
-        let (gw, cw) = both(&mut g, &mut c, "big", ty, &[cols as u64, rows as u64], &bytes);
-        assert!(GpuBackend::chunk_count(&gw) >= 3, "{ty}: {} chunks", GpuBackend::chunk_count(&gw));
+        let (gw, cw) = both(
+            &mut g,
+            &mut c,
+            "big",
+            ty,
+            &[cols as u64, rows as u64],
+            &bytes,
+        );
+        assert!(
+            GpuBackend::chunk_count(&gw) >= 3,
+            "{ty}: {} chunks",
+            GpuBackend::chunk_count(&gw)
+        );
         for n in [1usize, 40] {
             let x = acts(&mut rng, n, cols);
             let gx = g.upload(&x, n, cols).unwrap();
@@ -139,7 +183,10 @@ fn chunked_weights_match_cpu() {
         let got = read_checked(&mut g, &ge, "chunked embed");
         let want = c.embed(&cw, &ids, Some(1.5)).unwrap().data;
         assert_eq!(got, want, "embedding rows are exact");
-        assert!(matches!(g.embed(&gw, &[300], None), Err(crate::ModelError::TokenOutOfRange { id: 300, .. })));
+        assert!(matches!(
+            g.embed(&gw, &[300], None),
+            Err(crate::ModelError::TokenOutOfRange { id: 300, .. })
+        ));
     }
 }
 
@@ -169,14 +216,31 @@ fn elementwise_ops_match_cpu() {
     let y = acts(&mut rng, n, width);
     let norm: Vec<f32> = (0..width).map(|_| 1.0 + rng.f()).collect();
     let head_norm: Vec<f32> = (0..32).map(|_| 1.0 + rng.f()).collect();
-    let (gn, cn) = both(&mut g, &mut c, "n", GgmlType::F32, &[width as u64], bytemuck::cast_slice(&norm));
-    let (ghn, chn) = both(&mut g, &mut c, "hn", GgmlType::F32, &[32], bytemuck::cast_slice(&head_norm));
+    let (gn, cn) = both(
+        &mut g,
+        &mut c,
+        "n",
+        GgmlType::F32,
+        &[width as u64],
+        bytemuck::cast_slice(&norm),
+    );
+    let (ghn, chn) = both(
+        &mut g,
+        &mut c,
+        "hn",
+        GgmlType::F32,
+        &[32],
+        bytemuck::cast_slice(&head_norm),
+    );
     let gx = g.upload(&x, n, width).unwrap();
     let gy = g.upload(&y, n, width).unwrap();
     let cx = cpu_act(x.clone(), n, width);
     let cy = cpu_act(y.clone(), n, width);
 
-    for (w_g, w_c, what) in [(&gn, &cn, "rms_norm row"), (&ghn, &chn, "rms_norm per head")] {
+    for (w_g, w_c, what) in [
+        (&gn, &cn, "rms_norm row"),
+        (&ghn, &chn, "rms_norm per head"),
+    ] {
         let o = g.rms_norm(&gx, w_g, 1e-6).unwrap();
         let got = read_checked(&mut g, &o, what);
         assert_close(&got, &c.rms_norm(&cx, w_c, 1e-6).unwrap().data, 1e-11, what);
@@ -184,7 +248,12 @@ fn elementwise_ops_match_cpu() {
     for act in [Activation::Silu, Activation::GeluTanh] {
         let o = g.glu(&gx, &gy, act).unwrap();
         let got = read_checked(&mut g, &o, "glu");
-        assert_close(&got, &c.glu(&cx, &cy, act).unwrap().data, 1e-10, &format!("glu {act:?}"));
+        assert_close(
+            &got,
+            &c.glu(&cx, &cy, act).unwrap().data,
+            1e-10,
+            &format!("glu {act:?}"),
+        );
     }
     {
         let mut a = g.upload(&x, n, width).unwrap();
@@ -198,18 +267,39 @@ fn elementwise_ops_match_cpu() {
         let got = read_checked(&mut g, &a, "add/bias/softcap");
         assert_close(&got, &b.data, 1e-12, "add/bias/softcap");
         let last = g.last_rows(&a, 1).unwrap();
-        assert_eq!(read_checked(&mut g, &last, "last_rows"), got[(n - 1) * width..], "last_rows");
+        assert_eq!(
+            read_checked(&mut g, &last, "last_rows"),
+            got[(n - 1) * width..],
+            "last_rows"
+        );
     }
     let factors: Vec<f32> = (0..16).map(|i| 1.0 + i as f32 * 0.25).collect();
-    let (gf, cf) = both(&mut g, &mut c, "ff", GgmlType::F32, &[16], bytemuck::cast_slice(&factors));
+    let (gf, cf) = both(
+        &mut g,
+        &mut c,
+        "ff",
+        GgmlType::F32,
+        &[16],
+        bytemuck::cast_slice(&factors),
+    );
     for kind in [RopeKind::Normal, RopeKind::Neox] {
         for (n_dims, ff) in [(32usize, false), (24, false), (32, true)] {
-            let rope = RopeParams { kind, n_dims, freq_base: 10000.0, freq_scale: 0.5 };
+            let rope = RopeParams {
+                kind,
+                n_dims,
+                freq_base: 10000.0,
+                freq_scale: 0.5,
+            };
             let mut a = g.upload(&x, n, width).unwrap();
             let mut b = cx.clone();
             g.rope(&mut a, 32, 1000, &rope, ff.then_some(&gf)).unwrap();
             c.rope(&mut b, 32, 1000, &rope, ff.then_some(&cf)).unwrap();
-            assert_close(&read_checked(&mut g, &a, "rope"), &b.data, 1e-9, &format!("rope {kind:?} {n_dims} ff={ff}"));
+            assert_close(
+                &read_checked(&mut g, &a, "rope"),
+                &b.data,
+                1e-9,
+                &format!("rope {kind:?} {n_dims} ff={ff}"),
+            );
         }
     }
 }
@@ -231,7 +321,12 @@ fn argmax_matches_cpu() {
 }
 
 fn test_config(n_heads: usize, n_kv_heads: usize, hd: usize, window: Option<usize>) -> ModelConfig {
-    let rope = RopeParams { kind: RopeKind::Neox, n_dims: hd, freq_base: 10000.0, freq_scale: 1.0 };
+    let rope = RopeParams {
+        kind: RopeKind::Neox,
+        n_dims: hd,
+        freq_base: 10000.0,
+        freq_scale: 1.0,
+    };
     ModelConfig {
         arch: Arch::Llama,
         n_layers: 2,
@@ -258,40 +353,61 @@ fn test_config(n_heads: usize, n_kv_heads: usize, hd: usize, window: Option<usiz
 }
 
 /// Prefill of 6 tokens then 2 single-token steps, every cache type, grouped-query heads, a
-/// sliding-window layer: outputs equal the CPU's attention over its own cache.
+/// sliding-window layer, head dims 64 and 256 (one KV head, large peaked scores as real models
+/// have): outputs equal the CPU's attention over its own cache.
 #[test]
 fn attention_every_cache_type_matches_cpu() {
     let mut g = gpu();
     let mut c = CpuBackend::new();
     let mut rng = Rng::new(6);
-    let (nh, nkv, hd) = (4usize, 2usize, 64usize);
-    let cfg = test_config(nh, nkv, hd, Some(3));
-    for kv in [KvType::F32, KvType::F16, KvType::Q8, KvType::Q4] {
-        let mut gc = g.new_cache(&cfg, kv, 16).unwrap();
-        let mut cc = c.new_cache(&cfg, kv, 16).unwrap();
-        let mut pos = 0;
-        for n in [6usize, 1, 1] {
-            let q = acts(&mut rng, n, nh * hd);
-            let k = acts(&mut rng, n, nkv * hd);
-            let v = acts(&mut rng, n, nkv * hd);
-            for layer in 0..2 {
-                let gq = g.upload(&q, n, nh * hd).unwrap();
-                let gk = g.upload(&k, n, nkv * hd).unwrap();
-                let gv = g.upload(&v, n, nkv * hd).unwrap();
-                let go = g.attention(&mut gc, &cfg, layer, &gq, &gk, &gv, pos).unwrap();
-                let got = read_checked(&mut g, &go, "attention");
-                let want = c
-                    .attention(&mut cc, &cfg, layer, &cpu_act(q.clone(), n, nh * hd), &cpu_act(k.clone(), n, nkv * hd), &cpu_act(v.clone(), n, nkv * hd), pos)
-                    .unwrap()
-                    .data;
-                assert_close(&got, &want, 1e-9, &format!("attention {kv:?} layer {layer} pos {pos} n {n}"));
+    for (nh, nkv, hd, big) in [(4usize, 2usize, 64usize, 1.0f32), (4, 1, 256, 8.0)] {
+        let cfg = test_config(nh, nkv, hd, Some(3));
+        for kv in [KvType::F32, KvType::F16, KvType::Q8, KvType::Q4] {
+            let mut gc = g.new_cache(&cfg, kv, 16).unwrap();
+            let mut cc = c.new_cache(&cfg, kv, 16).unwrap();
+            let mut pos = 0;
+            for n in [6usize, 1, 1] {
+                // big: large attention logits (peaked softmax), as real models have
+                let q: Vec<f32> = acts(&mut rng, n, nh * hd).iter().map(|x| x * big).collect();
+                let k = acts(&mut rng, n, nkv * hd);
+                let v = acts(&mut rng, n, nkv * hd);
+                for layer in 0..2 {
+                    let gq = g.upload(&q, n, nh * hd).unwrap();
+                    let gk = g.upload(&k, n, nkv * hd).unwrap();
+                    let gv = g.upload(&v, n, nkv * hd).unwrap();
+                    let go = g
+                        .attention(&mut gc, &cfg, layer, &gq, &gk, &gv, pos)
+                        .unwrap();
+                    let got = read_checked(&mut g, &go, "attention");
+                    let want = c
+                        .attention(
+                            &mut cc,
+                            &cfg,
+                            layer,
+                            &cpu_act(q.clone(), n, nh * hd),
+                            &cpu_act(k.clone(), n, nkv * hd),
+                            &cpu_act(v.clone(), n, nkv * hd),
+                            pos,
+                        )
+                        .unwrap()
+                        .data;
+                    assert_close(
+                        &got,
+                        &want,
+                        1e-9,
+                        &format!("attention {kv:?} hd {hd} layer {layer} pos {pos} n {n}"),
+                    );
+                }
+                pos += n;
             }
-            pos += n;
+            let q = acts(&mut rng, 1, nh * hd);
+            let gq = g.upload(&q, 1, nh * hd).unwrap();
+            let full = g.attention(&mut gc, &cfg, 0, &gq, &gq, &gq, 16);
+            assert!(
+                matches!(full, Err(crate::ModelError::ContextFull { .. })),
+                "{kv:?}: position past the cache"
+            );
         }
-        let q = acts(&mut rng, 1, nh * hd);
-        let gq = g.upload(&q, 1, nh * hd).unwrap();
-        let full = g.attention(&mut gc, &cfg, 0, &gq, &gq, &gq, 16);
-        assert!(matches!(full, Err(crate::ModelError::ContextFull { .. })), "{kv:?}: position past the cache");
     }
 }
 
@@ -299,10 +415,17 @@ fn attention_every_cache_type_matches_cpu() {
 fn unsupported_shapes_are_typed_errors() {
     let mut g = gpu();
     let cfg = test_config(2, 1, 48, None);
-    assert!(matches!(g.new_cache(&cfg, KvType::F16, 8), Err(crate::ModelError::Gpu(crate::GpuError::Shape(_)))));
+    assert!(matches!(
+        g.new_cache(&cfg, KvType::F16, 8),
+        Err(crate::ModelError::Gpu(crate::GpuError::Shape(_)))
+    ));
     // 6 columns: not a whole number of 4-value GPU blocks
     let r = g.load_weight("odd", GgmlType::F32, &[6, 2], &[0u8; 48]);
-    assert!(matches!(r, Err(crate::ModelError::UnsupportedTensorType { .. })), "{:?}", r.err());
+    assert!(
+        matches!(r, Err(crate::ModelError::UnsupportedTensorType { .. })),
+        "{:?}",
+        r.err()
+    );
     let r = g.load_weight("short", GgmlType::Q8_0, &[32, 2], &[0u8; 34]);
     assert!(r.is_err());
 }
@@ -316,9 +439,15 @@ fn lost_device_is_a_typed_error() {
     g.device().device.destroy();
     let r = g.softcap(&mut x, 2.0).and_then(|()| g.into_host(x));
     match r {
-        Err(crate::ModelError::Gpu(crate::GpuError::DeviceLost(m))) => println!("after destroy: {m}"),
+        Err(crate::ModelError::Gpu(crate::GpuError::DeviceLost(m))) => {
+            println!("after destroy: {m}")
+        }
         other => panic!("expected a GPU error after losing the device, got {other:?}"),
     }
     let again = g.load_weight("w", GgmlType::F32, &[4, 2], &[0u8; 32]);
-    assert!(matches!(again, Err(crate::ModelError::Gpu(_))), "{:?}", again.err());
+    assert!(
+        matches!(again, Err(crate::ModelError::Gpu(_))),
+        "{:?}",
+        again.err()
+    );
 }
