@@ -3,8 +3,11 @@
 // products as the CPU backend up to summation order:
 //   mode 1 F16   per value, round to f16 (ggml_fp32_to_fp16, nearest even)
 //   mode 2 BF16  per value, ggml_fp32_to_bf16
-//   mode 3 Q8_0 / Q8_1  blocks of 32: d = amax/127, q = round-half-away(x/d), value q · f16(d)
-//                       (quantize_row_q8_0_ref)
+//   mode 3 Q8_0  blocks of 32: d = amax/127, q = round-half-away(x/d), value q · f16(d)
+//                (quantize_row_q8_0_ref)
+//   mode 5 Q8_1  as Q8_0, and Sfix[block] = s − f16(d)·Σq, where s = f16(d·Σq) is the block sum
+//                ggml's Q4_1/Q5_1 dot products multiply the weight minimum with
+//                (quantize_row_q8_1_ref); `min_fix` in matmul.wgsl adds m · Sfix per block
 //   mode 4 Q8_K  blocks of 256: max = first value of largest |x|, iscale = -127/max,
 //                q = min(127, nearest-even(iscale·x)), value q · (1/iscale) (quantize_row_q8_K_ref)
 // One workgroup per block (modes 3, 4) or per 64 values (modes 1, 2).
@@ -16,6 +19,7 @@ struct QuantParams {
 
 @group(0) @binding(0) var<storage, read_write> X: array<f32>;
 @group(0) @binding(1) var<uniform> P: QuantParams;
+@group(0) @binding(2) var<storage, read_write> Sfix: array<f32>;   // mode 5: [n / 32]
 
 var<workgroup> amax_buf: array<f32, 64>;
 var<workgroup> idx_buf: array<u32, 64>;
@@ -52,6 +56,7 @@ fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         return;
     }
     let bs = select(32u, 256u, P.mode == 4u);
+
     let base = g * bs;
     if base >= P.n {
         return;
@@ -87,15 +92,30 @@ fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         vmax = X[base + imax];  // read before any invocation overwrites it
     }
     workgroupBarrier();
-    if P.mode == 3u {
-        let d = amax / 127.0;
+    if P.mode == 3u || P.mode == 5u {
+        let d = div_rn(amax, 127.0);
         var id = 0.0;
         if d != 0.0 {
-            id = 1.0 / d;
+            id = div_rn(1.0, d);
         }
         let dh = round_f16(d);
+        var qsum = 0.0;
         for (var i = tid; i < bs; i += 64u) {
-            X[base + i] = round_half_away(X[base + i] * id) * dh;
+            let q = round_half_away(X[base + i] * id);
+            qsum += q;
+            X[base + i] = q * dh;
+        }
+        if P.mode == 5u {
+            // Σq is an integer below 2^13: exact in f32 in any order.
+            amax_buf[tid] = qsum;
+            workgroupBarrier();
+            if tid == 0u {
+                var total = 0.0;
+                for (var i = 0u; i < 64u; i++) {
+                    total += amax_buf[i];
+                }
+                Sfix[g] = round_f16(total * d) - dh * total;
+            }
         }
     } else {
         if amax == 0.0 {
@@ -104,8 +124,8 @@ fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             }
             return;
         }
-        let iscale = -127.0 / vmax;
-        let d = 1.0 / iscale;
+        let iscale = div_rn(-127.0, vmax);
+        let d = div_rn(1.0, iscale);
         for (var i = tid; i < bs; i += 64u) {
             X[base + i] = min(round(iscale * X[base + i]), 127.0) * d;
         }

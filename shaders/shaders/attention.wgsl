@@ -109,10 +109,10 @@ fn store_group(dst: u32, from_v: bool, src: u32) {
             }
         }
         case 8u: {
-            let d = amax / 127.0;
+            let d = div_rn(amax, 127.0);
             var id = 0.0;
             if d != 0.0 {
-                id = 1.0 / d;
+                id = div_rn(1.0, d);
             }
             for (var w = 0u; w < 8u; w++) {
                 var word = 0u;
@@ -125,10 +125,10 @@ fn store_group(dst: u32, from_v: bool, src: u32) {
             KV[dst + 8u] = pack2x16float(vec2<f32>(round_f16(d), 0.0));
         }
         default: {
-            let d = vmax / -8.0;
+            let d = div_rn(vmax, -8.0);
             var id = 0.0;
             if d != 0.0 {
-                id = 1.0 / d;
+                id = div_rn(1.0, d);
             }
             for (var w = 0u; w < 4u; w++) {
                 var word = 0u;

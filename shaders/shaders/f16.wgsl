@@ -1,3 +1,6 @@
+// Exact rounding helpers: kernels that must reproduce the CPU's f32 results bit for bit use these
+// where WGSL leaves precision to the implementation.
+
 // f32 → nearest f16 (ties to even) → f32, as ggml_fp32_to_fp16 rounds. WGSL leaves the rounding
 // of quantizeToF16 / pack2x16float to the implementation, so kernels that must match the CPU
 // round with this first (packing an exactly representable value is then exact everywhere).
@@ -18,4 +21,48 @@ fn round_f16(x: f32) -> f32 {
     }
     let r = (a + 0xfffu + ((a >> 13u) & 1u)) & 0xffffe000u;
     return bitcast<f32>(sign | r);
+}
+
+// a / b correctly rounded (nearest, ties to even) for normal a, b and a normal quotient, by
+// long division of the 24-bit significands: WGSL only promises 2.5 ULP for `/`, and a quotient
+// one ULP off flips a quantized activation now and then. Anything else falls back to `/`.
+fn div_rn(a: f32, b: f32) -> f32 {
+    let ua = bitcast<u32>(a);
+    let ub = bitcast<u32>(b);
+    let ea = (ua >> 23u) & 0xffu;
+    let eb = (ub >> 23u) & 0xffu;
+    if a == 0.0 || ea == 0u || eb == 0u || ea == 0xffu || eb == 0xffu {
+        return a / b;
+    }
+    let sign = (ua ^ ub) & 0x80000000u;
+    var num = (ua & 0x7fffffu) | 0x800000u;
+    let den = (ub & 0x7fffffu) | 0x800000u;
+    var e = i32(ea) - i32(eb) + 127;
+    if num < den {
+        num = num << 1u;
+        e -= 1;
+    }
+    // 24 quotient bits and a rounding bit; what remains is the sticky part.
+    var q = 0u;
+    for (var i = 0u; i < 25u; i++) {
+        q = q << 1u;
+        if num >= den {
+            num -= den;
+            q |= 1u;
+        }
+        num = num << 1u;
+    }
+    let round_bit = q & 1u;
+    q = q >> 1u;
+    if round_bit == 1u && (num != 0u || (q & 1u) == 1u) {
+        q += 1u;
+        if q == 0x1000000u {
+            q = 0x800000u;
+            e += 1;
+        }
+    }
+    if e <= 0 || e >= 255 {
+        return a / b;
+    }
+    return bitcast<f32>(sign | (u32(e) << 23u) | (q & 0x7fffffu));
 }

@@ -44,6 +44,32 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
 }
 
+// Q4_1 / Q5_1 only: Y[t, y_offset + r] += Σ_b m[r, b] · Sfix[t, b], the difference between
+// ggml's Q8_1 block sums (f16-rounded) and the rounded activations' sums (act_quant.wgsl mode
+// 5), so these types match the CPU to summation order too. One workgroup per output value.
+@group(0) @binding(4) var<storage, read> Sfix: array<f32>;             // [n, cols / 32]
+
+@compute @workgroup_size(64)
+fn min_fix(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) tid: u32) {
+    let g = wid.x + wid.y * nwg.x;
+    if g >= P.rows * P.n {
+        return;
+    }
+    let r = g % P.rows;
+    let t = g / P.rows;
+    let nb = P.cols / 32u;
+    var acc = 0.0;
+    for (var b = tid; b < nb; b += 64u) {
+        acc += hi_f16(W[r * P.row_words + b * block_words()]) * Sfix[t * nb + b];
+    }
+    let s = wg_sum(acc, tid);
+    if tid == 0u {
+        let i = t * P.y_stride + P.y_offset + r;
+        Y[i] = Y[i] + s;
+    }
+}
+
 const TILE: u32 = 32u;
 var<workgroup> w_tile: array<vec4<f32>, 256>;   // [32 rows][8 vec4 along k]
 var<workgroup> x_tile: array<vec4<f32>, 256>;   // [32 tokens][8 vec4 along k]

@@ -165,8 +165,9 @@ fn act_mode(ty: GgmlType) -> u32 {
     match ty.vec_dot_type() {
         GgmlType::F16 => 1,
         GgmlType::BF16 => 2,
-        GgmlType::Q8_0 | GgmlType::Q8_1 => 3,
+        GgmlType::Q8_0 => 3,
         GgmlType::Q8_K => 4,
+        GgmlType::Q8_1 => 5,
         _ => 0,
     }
 }
@@ -415,19 +416,41 @@ impl GpuBackend {
         Ok(out)
     }
 
-    /// Rounds `x` in place as ggml rounds activations for `mode` (act_quant.wgsl).
-    fn act_round(&mut self, x: &GpuAct, mode: u32) -> Result<(), GpuError> {
+    /// Rounds `x` in place as ggml rounds activations for `mode` (act_quant.wgsl). Mode 5 (Q8_1)
+    /// also returns each block's sum correction (`[n_tokens, width / 32]`) for `min_fix`.
+    fn act_round(&mut self, x: &GpuAct, mode: u32) -> Result<Option<PooledBuffer>, GpuError> {
         let n = x.n_tokens * x.width;
         let block = match mode {
-            3 => 32,
+            3 | 5 => 32,
             4 => 256,
             _ => 64,
         };
         if mode >= 3 && x.width % block != 0 {
             return Err(GpuError::Shape(format!("rows of {} values are not whole blocks of {block}", x.width)));
         }
+        // Every mode binds the correction buffer (the entry point uses it in mode 5).
+        let sfix = self.alloc((n / 32 * 4) as u64)?;
         let params = [n as u32, mode];
-        self.dispatch(Family::ActQuant, "act_round", ("", 0), &[(0, x.buf.get())], 1, bytes_of(&params), n.div_ceil(block))
+        self.dispatch(Family::ActQuant, "act_round", ("", 0), &[(0, x.buf.get()), (2, sfix.get())], 1, bytes_of(&params), n.div_ceil(block))?;
+        Ok((mode == 5).then_some(sfix))
+    }
+
+    /// Adds the Q8_1 block-sum corrections of `act_round` mode 5 to `y = x · Wᵀ` (Q4_1, Q5_1).
+    fn min_fix(&mut self, w: &GpuWeight, n_tokens: usize, sfix: &PooledBuffer, y: &GpuAct) -> Result<(), GpuError> {
+        let m = w.view()?;
+        for (buf, row0, rows) in m.chunks {
+            let params = [rows as u32, m.cols as u32, n_tokens as u32, m.row_words as u32, m.rows as u32, row0 as u32];
+            self.dispatch(
+                Family::Matmul,
+                "min_fix",
+                ("WTYPE", m.ty.id()),
+                &[(0, buf), (2, y.buf.get()), (4, sfix.get())],
+                3,
+                bytes_of(&params),
+                rows * n_tokens,
+            )?;
+        }
+        Ok(())
     }
 
     /// Records the matmul of `w` with activations `x` (already rounded) into `y`.
@@ -767,8 +790,11 @@ impl Backend for GpuBackend {
             self.matmul_into(w, x, &y)?;
         } else {
             let xr = self.copy_act(x)?;
-            self.act_round(&xr, mode)?;
+            let sfix = self.act_round(&xr, mode)?;
             self.matmul_into(w, &xr, &y)?;
+            if let Some(sfix) = sfix {
+                self.min_fix(w, x.n_tokens, &sfix, &y)?;
+            }
         }
         Ok(y)
     }
