@@ -16,21 +16,7 @@ fn main() {
         "kernels: {}, threads: {threads}",
         cpu::Kernels::best().name()
     );
-    let types = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-    ];
+    let types = GgmlType::WEIGHT_TYPES;
     let mut seed = 0x1234_5678_u64;
     let mut rnd = move || {
         seed ^= seed << 13;

@@ -34,21 +34,6 @@ pub struct Args {
     tokens: usize,
 }
 
-const TYPES: [GgmlType; 13] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q8_0,
-    GgmlType::Q6_K,
-    GgmlType::Q5_K,
-    GgmlType::Q5_1,
-    GgmlType::Q5_0,
-    GgmlType::Q4_K,
-    GgmlType::Q4_1,
-    GgmlType::Q4_0,
-    GgmlType::Q3_K,
-    GgmlType::Q2_K,
-];
 
 /// Pseudo-random bytes (xorshift): bandwidth does not depend on the values.
 fn noise(n: usize, seed: u64) -> Vec<u8> {
@@ -120,7 +105,7 @@ fn run_on<B: Timed>(mut b: B, args: &Args, describe: String) -> Result<(), Strin
     println!("copy: {copy:.2} GB/s (read + written, {} MB buffers)", copy_bytes >> 20);
     println!("{:<6} {:>10} {:>10} {:>8}", "type", "MB", "GB/s", "vs copy");
     let x: Vec<f32> = noise(args.cols, 3).iter().map(|&v| f32::from(v) / 128.0 - 0.5).collect();
-    for ty in TYPES {
+    for ty in GgmlType::WEIGHT_TYPES {
         let Some(row_bytes) = ty.row_bytes(args.cols as u64) else { continue };
         let bytes = noise(row_bytes as usize * args.rows, ty.id().into());
         let w = b.load_weight("bench", ty, &[args.cols as u64, args.rows as u64], &bytes).map_err(|e| e.to_string())?;

@@ -191,6 +191,37 @@ impl ModelConfig {
     }
 
     /// Rope parameters of layer `il`.
+    /// A two-layer llama-style configuration for attention kernel tests: `n_heads` query heads
+    /// over `n_kv_heads` KV heads of `head_dim` values, NeoX rope, and with `window` a sliding
+    /// window on layer 1 (layer 0 attends globally).
+    #[doc(hidden)]
+    pub fn attention_test(n_heads: usize, n_kv_heads: usize, head_dim: usize, window: Option<usize>) -> ModelConfig {
+        let rope = RopeParams { kind: RopeKind::Neox, n_dims: head_dim, freq_base: 10000.0, freq_scale: 1.0 };
+        ModelConfig {
+            arch: Arch::Llama,
+            n_layers: 2,
+            d_model: n_heads * head_dim,
+            n_heads,
+            n_kv_heads,
+            head_dim_k: head_dim,
+            head_dim_v: head_dim,
+            ffn_dim: 4 * head_dim,
+            n_vocab: 10,
+            n_ctx_train: 64,
+            rms_eps: 1e-6,
+            rope,
+            rope_local: rope,
+            sliding_window: window,
+            layer_is_swa: vec![false, window.is_some()],
+            embed_scale: None,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            qk_norm: false,
+            post_norms: false,
+            activation: Activation::Silu,
+            final_logit_softcap: 0.0,
+        }
+    }
+
     pub fn rope_for_layer(&self, il: usize) -> &RopeParams {
         if self.layer_is_swa.get(il).copied().unwrap_or(false) {
             &self.rope_local

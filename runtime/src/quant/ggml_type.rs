@@ -95,6 +95,24 @@ impl GgmlType {
         TABLE.iter().find(|r| r.1 == id).map(|r| r.0)
     }
 
+    /// The weight types every compute path (CPU and GPU kernels) supports, float then legacy
+    /// then K-quants.
+    pub const WEIGHT_TYPES: [GgmlType; 13] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ];
+
     /// Every known type, in ggml id order.
     pub fn all() -> impl Iterator<Item = GgmlType> {
         TABLE.iter().map(|r| r.0)
