@@ -79,25 +79,23 @@ impl GpuWeight {
     }
 }
 
-/// A pooled storage buffer that goes back to its pool when dropped.
+/// A pooled storage buffer that goes back to its pool when dropped (`wgpu::Buffer` is a shared
+/// handle: the pool keeps a clone).
 pub struct PooledBuffer {
-    buf: Option<wgpu::Buffer>,
+    buf: wgpu::Buffer,
     pool: Rc<RefCell<Pool>>,
 }
 
 impl PooledBuffer {
     fn get(&self) -> &wgpu::Buffer {
-        // Some until drop.
-        self.buf.as_ref().expect("pooled buffer present until drop")
+        &self.buf
     }
 }
 
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
-        if let Some(b) = self.buf.take() {
-            if let Ok(mut p) = self.pool.try_borrow_mut() {
-                p.free.entry(b.size()).or_default().push(b);
-            }
+        if let Ok(mut p) = self.pool.try_borrow_mut() {
+            p.free.entry(self.buf.size()).or_default().push(self.buf.clone());
         }
     }
 }
@@ -297,7 +295,7 @@ impl GpuBackend {
                 contents: bytes_of(&words),
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             });
-            return Ok(PooledBuffer { buf: Some(buf), pool: Rc::default() });
+            return Ok(PooledBuffer { buf, pool: Rc::default() });
         }
         let reused = self.pool.borrow_mut().free.get_mut(&size).and_then(Vec::pop);
         let buf = match reused {
@@ -309,7 +307,7 @@ impl GpuBackend {
                 mapped_at_creation: false,
             }),
         };
-        Ok(PooledBuffer { buf: Some(buf), pool: self.pool.clone() })
+        Ok(PooledBuffer { buf, pool: self.pool.clone() })
     }
 
     fn new_act(&mut self, n_tokens: usize, width: usize) -> Result<GpuAct, GpuError> {
@@ -333,7 +331,7 @@ impl GpuBackend {
             contents: bytes_of(&words),
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
         });
-        Ok(GpuAct { buf: PooledBuffer { buf: Some(buf), pool: self.pool.clone() }, n_tokens, width })
+        Ok(GpuAct { buf: PooledBuffer { buf, pool: self.pool.clone() }, n_tokens, width })
     }
 
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
@@ -548,7 +546,7 @@ impl GpuBackend {
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    /// Bandwidth of a plain copy kernel over `bytes`, for `webgguf bench`: records `reps` copies.
+    /// Records one pass of the plain copy kernel over `words` u32 words (`webgguf bench`'s baseline).
     pub fn record_copy(&mut self, src: &wgpu::Buffer, dst: &wgpu::Buffer, words: usize) -> Result<(), GpuError> {
         let p = EwParams { count: words as u32, ..EwParams::default() };
         self.elementwise("copy", src, None, Some(dst), &p, words)
@@ -573,11 +571,6 @@ impl GpuBackend {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
-    }
-
-    /// Records `x · Wᵀ` (the weight's matmul as the forward pass runs it) into a new activation.
-    pub fn record_matmul(&mut self, w: &GpuWeight, x: &GpuAct) -> Result<GpuAct, ModelError> {
-        self.matmul(w, x)
     }
 }
 
@@ -985,6 +978,16 @@ impl Backend for GpuBackend {
 
     fn describe(&self) -> String {
         let i = &self.dev.info;
-        format!("gpu: {} ({}, {}), f16 {}, subgroups {}", i.adapter, i.backend, i.device_type, i.shader_f16, i.subgroups)
+        format!(
+            "gpu: {} ({}, {}), shader-f16 {}, subgroups {}, max binding {} MiB, max buffer {} MiB, workgroup storage {} KiB",
+            i.adapter,
+            i.backend,
+            i.device_type,
+            i.shader_f16,
+            i.subgroups,
+            i.max_storage_buffer_binding_size >> 20,
+            i.max_buffer_size >> 20,
+            i.max_compute_workgroup_storage_size >> 10
+        )
     }
 }
