@@ -68,21 +68,7 @@ fn check_finite(v: &[f32], what: &str) {
     }
 }
 
-const ALL_TYPES: [GgmlType; 13] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
+const ALL_TYPES: [GgmlType; 13] = GgmlType::WEIGHT_TYPES;
 
 fn col_sizes(ty: GgmlType) -> &'static [usize] {
     match ty.block_size() {
