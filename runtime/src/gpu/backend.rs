@@ -134,17 +134,6 @@ pub struct GpuCache {
     layers: Vec<wgpu::Buffer>,
 }
 
-impl GpuCache {
-    pub fn kv_type(&self) -> KvType {
-        self.ty
-    }
-
-    /// Bytes allocated for all layers.
-    pub fn capacity_bytes(&self) -> u64 {
-        self.layers.iter().map(wgpu::Buffer::size).sum()
-    }
-}
-
 fn cache_row_words(ty: KvType, hd: usize) -> usize {
     match ty {
         KvType::F32 => hd,
