@@ -16,7 +16,7 @@ use serde_json::Value;
 use webgguf::engine::{Session, SessionOptions};
 use webgguf::gpu::GpuBackend;
 use webgguf::kv_cache::KvType;
-use webgguf::model::{Backend, CpuBackend, Model};
+use webgguf::model::{Backend, CpuBackend};
 use webgguf_tests::{fixtures_dir, model_path, use_all_cores};
 
 const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1";
@@ -25,8 +25,7 @@ const GREEDY_STEPS: usize = 8;
 
 fn session<B: Backend>(mut backend: B, name: &str, kv: KvType) -> Session<B> {
     let path = model_path(&format!("{name}.gguf"));
-    let (gguf, mut source) = webgguf::loader::open_files(&[path]).expect("open model");
-    let model = Model::load(&mut backend, &gguf, &mut source).expect("load model");
+    let (_, model) = webgguf::loader::load_files(&[path], &mut backend).expect("load model");
     Session::new(backend, model, SessionOptions { kv, n_ctx: 256 }).expect("session")
 }
 

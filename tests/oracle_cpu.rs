@@ -6,7 +6,7 @@
 use serde_json::Value;
 use webgguf::engine::{Session, SessionOptions};
 use webgguf::kv_cache::KvType;
-use webgguf::model::{CpuBackend, Model};
+use webgguf::model::CpuBackend;
 use webgguf_tests::{use_all_cores, fixtures_dir, model_path, workspace_root};
 
 const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1";
@@ -20,9 +20,8 @@ fn oracle(name: &str) -> Value {
 fn session(name: &str, kv: KvType) -> Session<CpuBackend> {
     use_all_cores();
     let path = model_path(&format!("{name}.gguf"));
-    let (gguf, mut source) = webgguf::loader::open_files(&[path]).expect("open model");
     let mut backend = CpuBackend::new();
-    let model = Model::load(&mut backend, &gguf, &mut source).expect("load model");
+    let (_, model) = webgguf::loader::load_files(&[path], &mut backend).expect("load model");
     Session::new(backend, model, SessionOptions { kv, n_ctx: 1024 }).expect("session")
 }
 

@@ -3,7 +3,7 @@
 
 use webgguf::engine::{Session, SessionOptions};
 use webgguf::kv_cache::KvType;
-use webgguf::model::{CpuBackend, Model};
+use webgguf::model::CpuBackend;
 use webgguf::tokenizer::Tokenizer;
 use webgguf_tests::{use_all_cores, fixtures_dir, model_path};
 
@@ -15,13 +15,12 @@ fn check(name: &str) {
     let text = std::fs::read_to_string(want["text"].as_str().expect("text path")).expect("GPL-3 text (Debian's common-licenses)");
     let ctx = want["ctx"].as_u64().expect("ctx") as usize;
 
-    let (gguf, mut source) = webgguf::loader::open_files(&[model_path(&format!("{name}.gguf"))]).expect("open");
+    let mut backend = CpuBackend::new();
+    let (gguf, model) = webgguf::loader::load_files(&[model_path(&format!("{name}.gguf"))], &mut backend).expect("load");
     let tok = Tokenizer::from_metadata(gguf.metadata()).expect("tokenizer");
     let tokens = tok.tokenize(&text, false, false).expect("tokenize");
     assert_eq!(tokens.len() as u64, want["tokens"].as_u64().expect("tokens"), "{name}: token count differs from llama.cpp");
 
-    let mut backend = CpuBackend::new();
-    let model = Model::load(&mut backend, &gguf, &mut source).expect("load");
     let mut s = Session::new(backend, model, SessionOptions { kv: KvType::F32, n_ctx: ctx }).expect("session");
     let bos = if tok.add_bos() { tok.bos() } else { None };
     let p = s.perplexity(&tokens, ctx, bos).expect("perplexity");

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 use webgguf::engine::{Session, SessionOptions};
 use webgguf::gpu::GpuBackend;
-use webgguf::model::{Backend, CpuBackend, Model};
+use webgguf::model::{Backend, CpuBackend};
 use webgguf::GgmlType;
 
 #[derive(clap::Args)]
@@ -122,7 +122,7 @@ fn run_on<B: Timed>(mut b: B, args: &Args, describe: String) -> Result<(), Strin
         println!("{:<6} {:>10.1} {:>10.2} {:>8.2}", ty.name(), dev_bytes as f64 / 1e6, gbs, gbs / copy);
     }
     if let Some(path) = &args.model {
-        let (gguf, mut source) = webgguf::loader::open_files(std::slice::from_ref(path)).map_err(|e| e.to_string())?;
+        let gguf = webgguf::loader::read_headers(std::slice::from_ref(path)).map_err(|e| e.to_string())?;
         // Decode reads every matrix once per token; the embedding table only when it is also
         // the output projection (tied).
         let tied = !gguf.tensors().any(|(_, t)| t.name == "output.weight");
@@ -132,7 +132,7 @@ fn run_on<B: Timed>(mut b: B, args: &Args, describe: String) -> Result<(), Strin
             .filter(|t| t.shape.len() >= 2 && t.shape[1] > 1 && (t.name != "token_embd.weight" || tied))
             .map(|t| B::weight_bytes(t.ty, t.shape.iter().skip(1).product::<u64>() as usize, t.shape[0] as usize))
             .sum();
-        let model = Model::load(&mut b, &gguf, &mut source).map_err(|e| e.to_string())?;
+        let (_, model) = webgguf::loader::load_files(std::slice::from_ref(path), &mut b).map_err(|e| e.to_string())?;
         let mut s = Session::new(b, model, SessionOptions { kv: webgguf::kv_cache::KvType::F16, n_ctx: 64 + args.tokens }).map_err(|e| e.to_string())?;
         let mut id = s.eval_argmax(&[1, 2, 3, 4]).map_err(|e| e.to_string())?;
         let t = Instant::now();

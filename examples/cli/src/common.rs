@@ -6,10 +6,9 @@ use webgguf::engine::{Session, SessionOptions};
 use webgguf::gguf::GgufModel;
 use webgguf::kv_cache::KvType;
 use webgguf::loader::LoadError;
-use webgguf::model::TensorSource;
 use webgguf::ModelError;
 use webgguf::gpu::GpuBackend;
-use webgguf::model::{Backend, CpuBackend, Model};
+use webgguf::model::{Backend, CpuBackend};
 use webgguf::tokenizer::Tokenizer;
 
 /// Options shared by generate / logits / perplexity.
@@ -70,23 +69,19 @@ pub fn fail(e: impl std::fmt::Display, malformed: bool) -> ExitCode {
 pub fn load(args: &ModelArgs) -> Result<Loaded, ExitCode> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     webgguf::cpu::set_num_threads(args.threads.unwrap_or(cores));
-    let (gguf, mut source) = webgguf::loader::open_files(&args.model).map_err(|e| {
-        let malformed = matches!(e, LoadError::Gguf { .. });
-        fail(e, malformed)
-    })?;
-    let tokenizer = Tokenizer::from_metadata(gguf.metadata()).map_err(|e| fail(e, true))?;
     let options = SessionOptions { kv: args.kv, n_ctx: args.ctx };
     if args.device != "cpu" {
         match GpuBackend::open() {
             Ok(gpu) if args.device == "gpu" || gpu.device().info.device_type != "Cpu" => {
-                match session_on(gpu, &gguf, &mut source, options) {
-                    Ok(s) => {
+                match session_on(gpu, &args.model, options) {
+                    Ok((gguf, s)) => {
                         eprintln!("[device: {}]", s.device());
+                        let tokenizer = Tokenizer::from_metadata(gguf.metadata()).map_err(|e| fail(e, true))?;
                         return Ok(Loaded { session: AnySession::Gpu(s), tokenizer, gguf });
                     }
-                    Err(e) if args.device == "gpu" => {
-                        let malformed = matches!(e, ModelError::Gguf(_));
-                        return Err(fail(e, malformed));
+                    Err(e) if args.device == "gpu" || malformed(&e) => {
+                        let m = malformed(&e);
+                        return Err(fail(e, m));
                     }
                     Err(e) => eprintln!("[the model does not run on the GPU ({e}); using the CPU]"),
                 }
@@ -96,14 +91,20 @@ pub fn load(args: &ModelArgs) -> Result<Loaded, ExitCode> {
             Err(e) => eprintln!("[{e}; using the CPU]"),
         }
     }
-    let session = session_on(CpuBackend::new(), &gguf, &mut source, options).map_err(|e| {
-        let malformed = !matches!(e, ModelError::Kv(_) | ModelError::Gpu(_));
-        fail(e, malformed)
+    let (gguf, session) = session_on(CpuBackend::new(), &args.model, options).map_err(|e| {
+        let m = malformed(&e);
+        fail(e, m)
     })?;
+    let tokenizer = Tokenizer::from_metadata(gguf.metadata()).map_err(|e| fail(e, true))?;
     Ok(Loaded { session: AnySession::Cpu(session), tokenizer, gguf })
 }
 
-fn session_on<B: Backend, S: TensorSource>(mut backend: B, gguf: &GgufModel, source: &mut S, options: SessionOptions) -> Result<Session<B>, ModelError> {
-    let model = Model::load(&mut backend, gguf, source)?;
-    Session::new(backend, model, options)
+/// A file that is not a usable GGUF model (exit code 2), rather than a device or I/O failure.
+fn malformed(e: &LoadError) -> bool {
+    !matches!(e, LoadError::Io { .. } | LoadError::Model(ModelError::Kv(_) | ModelError::Gpu(_)))
+}
+
+fn session_on<B: Backend>(mut backend: B, paths: &[PathBuf], options: SessionOptions) -> Result<(GgufModel, Session<B>), LoadError> {
+    let (gguf, model) = webgguf::loader::load_files(paths, &mut backend)?;
+    Ok((gguf, Session::new(backend, model, options)?))
 }

@@ -8,6 +8,7 @@ mod generate;
 mod inspect;
 mod logits;
 mod perplexity;
+mod shard;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,8 @@ enum Command {
     Perplexity(perplexity::Args),
     /// Matvec bandwidth per weight type vs a copy, and decode speed vs the roofline.
     Bench(bench::Args),
+    /// Split a model into llama.cpp split GGUF files (gguf-split's layout) plus manifest.json.
+    Shard(shard::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,5 +48,6 @@ fn main() -> ExitCode {
         Command::Logits(args) => logits::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Shard(args) => shard::run(args),
     }
 }

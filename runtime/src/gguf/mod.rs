@@ -10,6 +10,7 @@
 //! - `metadata`: the key/value map and typed accessors
 //! - `split`: split-GGUF shards assembled into one model
 //! - `writer`: encoders and a builder for writing files
+//! - `shard_writer`: splitting a file into llama.cpp split shards + manifest.json (native)
 
 mod cursor;
 mod header;
@@ -18,12 +19,16 @@ mod metadata;
 mod split;
 mod value;
 pub mod writer;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod shard_writer;
 
 pub use header::{parse_header, GgufHeader, Parsed, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC};
 pub use limits::{Limits, MAX_DIMS};
 pub use metadata::{Hyperparameters, Metadata, TokenizerMetadata};
 pub use split::{GgufModel, SplitInfo, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
 pub use value::{Array, Value, ValueType};
+#[cfg(not(target_arch = "wasm32"))]
+pub use shard_writer::{write_shards, ShardError};
 
 use crate::error::GgufError;
 

@@ -118,27 +118,16 @@ impl GgufBuilder {
     /// (relative to the data section). Tensors whose shape does not fit their type get size 0.
     pub fn header(&self) -> (Vec<u8>, Vec<u64>) {
         let align = self.alignment();
-        let mut out = Vec::new();
-        out.extend_from_slice(&GGUF_MAGIC);
-        put_u32(&mut out, 3);
-        put_u64(&mut out, self.tensors.len() as u64);
-        put_u64(&mut out, self.metadata.len() as u64);
-        for (k, v) in &self.metadata {
-            put_kv(&mut out, k, v);
-        }
-        let mut offsets = Vec::with_capacity(self.tensors.len());
-        let mut offset = 0u64;
-        for (t, bytes) in self.tensors.iter().zip(self.tensor_bytes()) {
-            put_string(&mut out, &t.name);
-            put_u32(&mut out, t.shape.len() as u32);
-            t.shape.iter().for_each(|&d| put_u64(&mut out, d));
-            put_u32(&mut out, t.ty.id());
-            put_u64(&mut out, offset);
-            offsets.push(offset);
-            offset = (offset + bytes.unwrap_or(0)).div_ceil(align) * align;
-        }
-        out.resize(out.len().div_ceil(align as usize) * align as usize, 0);
-        (out, offsets)
+        let sizes: Vec<u64> = self.tensor_bytes().into_iter().map(|b| b.unwrap_or(0)).collect();
+        let (offsets, _) = data_layout(&sizes, align);
+        let metadata: Vec<(&str, &Value)> = self.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let infos: Vec<TensorEntry<'_>> = self
+            .tensors
+            .iter()
+            .zip(&offsets)
+            .map(|(t, &offset)| TensorEntry { name: &t.name, shape: &t.shape, ty: t.ty, offset })
+            .collect();
+        (encode_header(&metadata, &infos, align), offsets)
     }
 
     /// A whole file in memory: header, then each tensor's bytes (`data[i]` for tensor i),
@@ -154,6 +143,51 @@ impl GgufBuilder {
         out.resize(out.len().div_ceil(align) * align, 0);
         out
     }
+}
+
+/// One tensor info as written: offset is relative to the data section.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorEntry<'a> {
+    pub name: &'a str,
+    /// ggml order (row length first).
+    pub shape: &'a [u64],
+    pub ty: GgmlType,
+    pub offset: u64,
+}
+
+/// Offsets of tensors of `sizes` bytes packed in order, each rounded up to `alignment`
+/// (ggml's `gguf_add_tensor`), and the padded size of the whole data section.
+pub fn data_layout(sizes: &[u64], alignment: u64) -> (Vec<u64>, u64) {
+    let mut offsets = Vec::with_capacity(sizes.len());
+    let mut offset = 0u64;
+    for &s in sizes {
+        offsets.push(offset);
+        offset = (offset + s).div_ceil(alignment) * alignment;
+    }
+    (offsets, offset)
+}
+
+/// A GGUF v3 header from borrowed parts: metadata in the order given, tensor infos, zeros up
+/// to `alignment`. Tensor data is written after it by the caller (streamed by the sharder).
+pub fn encode_header(metadata: &[(&str, &Value)], tensors: &[TensorEntry<'_>], alignment: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&GGUF_MAGIC);
+    put_u32(&mut out, 3);
+    put_u64(&mut out, tensors.len() as u64);
+    put_u64(&mut out, metadata.len() as u64);
+    for (k, v) in metadata {
+        put_kv(&mut out, k, v);
+    }
+    for t in tensors {
+        put_string(&mut out, t.name);
+        put_u32(&mut out, t.shape.len() as u32);
+        t.shape.iter().for_each(|&d| put_u64(&mut out, d));
+        put_u32(&mut out, t.ty.id());
+        put_u64(&mut out, t.offset);
+    }
+    let align = alignment.max(1) as usize;
+    out.resize(out.len().div_ceil(align) * align, 0);
+    out
 }
 
 /// The type tag ValueType of a value, re-exported for raw writers.

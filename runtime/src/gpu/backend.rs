@@ -179,6 +179,10 @@ pub struct GpuBackend {
     pub(crate) sentinel: bool,
     /// Tests: a smaller binding limit, so weights split into several chunks.
     pub(crate) max_chunk_bytes: Option<u64>,
+    /// `[<= UPLOAD_PIECE]` repacked words of the weight piece being uploaded
+    upload_staged: Vec<u8>,
+    /// Bytes written to weight buffers since the last submission.
+    unsubmitted_upload: u64,
 }
 
 /// Fill word of activation buffers in sentinel mode (a NaN: an unwritten output shows).
@@ -223,6 +227,8 @@ impl GpuBackend {
             dispatches: 0,
             sentinel: false,
             max_chunk_bytes: None,
+            upload_staged: Vec::new(),
+            unsubmitted_upload: 0,
         }
     }
 
@@ -616,7 +622,54 @@ fn shape_err(what: &str, a: usize, b: usize) -> ModelError {
     ModelError::BadHyperparameter { what: what.to_owned(), value: format!("{a} vs {b}") }
 }
 
+/// A matrix being uploaded: its buffers exist; rows arrive in order. Host memory held: the
+/// part of one row not yet complete (`carry`), plus [`UPLOAD_PIECE`] of repacked words while a
+/// piece is written. 1-D tensors keep their (small) bytes in `carry` until finished.
+pub struct PendingGpuWeight {
+    name: String,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    row_words: usize,
+    /// Tensor bytes (GGUF layout) expected and received so far.
+    bytes: u64,
+    written: u64,
+    /// Empty for a 1-D tensor.
+    chunks: Vec<WeightChunk>,
+    /// `[< row_bytes]` the start of the next row (a whole 1-D tensor)
+    carry: Vec<u8>,
+}
+
+/// Uploads written but not yet submitted, above which a submission lets wgpu free its staging
+/// copies (natively they are held until the next submit; the browser copies at writeBuffer).
+const UNSUBMITTED_UPLOAD_LIMIT: u64 = 64 << 20;
+
 impl GpuBackend {
+    /// Repacks whole rows `src` (`[n, row_bytes]`, starting at row `row`) into `w`'s buffers in
+    /// pieces of at most [`UPLOAD_PIECE`].
+    fn upload_rows(&mut self, w: &PendingGpuWeight, mut row: usize, mut src: &[u8]) -> Result<(), ModelError> {
+        let piece_rows = (UPLOAD_PIECE / (w.row_words * 4)).max(1);
+        while !src.is_empty() {
+            let Some(chunk) = w.chunks.iter().find(|c| row >= c.row0 && row < c.row0 + c.rows) else {
+                return Err(ModelError::TensorRead { name: w.name.clone(), message: format!("row {row} is past the {} rows", w.rows) });
+            };
+            let n = piece_rows.min(chunk.row0 + chunk.rows - row).min(src.len() / w.row_bytes);
+            let (piece, rest) = src.split_at(n * w.row_bytes);
+            self.upload_staged.clear();
+            layout::repack(w.ty, piece, &mut self.upload_staged)?;
+            self.dev.queue.write_buffer(&chunk.buf, ((row - chunk.row0) * w.row_words * 4) as u64, &self.upload_staged);
+            self.unsubmitted_upload += self.upload_staged.len() as u64;
+            if self.unsubmitted_upload > UNSUBMITTED_UPLOAD_LIMIT {
+                self.dev.queue.submit(std::iter::empty());
+                self.unsubmitted_upload = 0;
+            }
+            row += n;
+            src = rest;
+        }
+        Ok(())
+    }
+
     fn upload_vector(&mut self, name: &str, v: &[f32]) -> GpuWeight {
         let buf = self.dev.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(name),
@@ -632,26 +685,28 @@ impl Backend for GpuBackend {
     type Act = GpuAct;
     type Cache = GpuCache;
 
-    fn load_weight(&mut self, name: &str, ty: GgmlType, shape: &[u64], bytes: &[u8]) -> Result<GpuWeight, ModelError> {
+    type Pending = PendingGpuWeight;
+
+    fn begin_weight(&mut self, name: &str, ty: GgmlType, shape: &[u64]) -> Result<PendingGpuWeight, ModelError> {
+        let bytes = crate::model::tensor_bytes(name, ty, shape)?;
         let cols = shape.first().copied().unwrap_or(1) as usize;
         let rows = shape.iter().skip(1).product::<u64>() as usize;
-        let row_bytes = ty.row_bytes(cols as u64).map(|b| b as usize).ok_or_else(|| ModelError::UnsupportedTensorType { name: name.to_owned(), ty })?;
-        if bytes.len() != row_bytes * rows {
-            return Err(shape_err(&format!("{name} bytes"), bytes.len(), row_bytes * rows));
-        }
+        let unsupported = || ModelError::UnsupportedTensorType { name: name.to_owned(), ty };
+        let row_bytes = ty.row_bytes(cols as u64).map(|b| b as usize).ok_or_else(unsupported)?;
         if rows == 1 {
-            let mut v = vec![0f32; cols];
-            crate::quant::dequantize_row(ty, bytes, &mut v)?;
-            return Ok(self.upload_vector(name, &v));
+            // 1-D tensors (norms, biases) are dequantized to f32 at the end: keep their bytes.
+            if !ty.is_supported() {
+                return Err(unsupported());
+            }
+            return Ok(PendingGpuWeight { name: name.to_owned(), ty, rows, cols, row_bytes, bytes, written: 0, row_words: 0, chunks: Vec::new(), carry: Vec::new() });
         }
-        let row_words = layout::row_words(ty, cols).map_err(|_| ModelError::UnsupportedTensorType { name: name.to_owned(), ty })?;
+        let row_words = layout::row_words(ty, cols).map_err(|_| unsupported())?;
         let limit = self.max_chunk_bytes.unwrap_or(self.dev.max_binding()).min(self.dev.max_binding());
         let rows_per_chunk = (limit / (row_words as u64 * 4)).min(rows as u64) as usize;
         if rows_per_chunk == 0 {
             return Err(GpuError::TooLarge { what: format!("one row of {name}"), bytes: row_words as u64 * 4, limit }.into());
         }
         let mut chunks = Vec::new();
-        let mut staged = Vec::new();
         let mut row0 = 0;
         while row0 < rows {
             let n = rows_per_chunk.min(rows - row0);
@@ -661,22 +716,54 @@ impl Backend for GpuBackend {
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
-            // Repack and upload in bounded pieces of whole rows.
-            let piece_rows = (UPLOAD_PIECE / (row_words * 4)).max(1);
-            let mut r = 0;
-            while r < n {
-                let m = piece_rows.min(n - r);
-                let src = &bytes[(row0 + r) * row_bytes..(row0 + r + m) * row_bytes];
-                staged.clear();
-                layout::repack(ty, src, &mut staged)?;
-                self.dev.queue.write_buffer(&buf, (r * row_words * 4) as u64, &staged);
-                r += m;
-            }
             chunks.push(WeightChunk { buf, row0, rows: n });
             row0 += n;
         }
+        // An allocation the device refused shows here rather than at the first op.
         self.dev.check()?;
-        Ok(GpuWeight::Matrix { ty, rows, cols, row_words, chunks })
+        Ok(PendingGpuWeight { name: name.to_owned(), ty, rows, cols, row_bytes, bytes, written: 0, row_words, chunks, carry: Vec::new() })
+    }
+
+    fn write_weight(&mut self, w: &mut PendingGpuWeight, mut bytes: &[u8]) -> Result<(), ModelError> {
+        let total = w.written + bytes.len() as u64;
+        if total > w.bytes {
+            return Err(ModelError::TensorRead { name: w.name.clone(), message: format!("{total} bytes written, the tensor has {}", w.bytes) });
+        }
+        let before = w.written;
+        w.written = total;
+        if w.chunks.is_empty() {
+            w.carry.extend_from_slice(bytes);
+            return Ok(());
+        }
+        // Rows are repacked whole: complete the row held back from the last piece first.
+        let mut row = ((before - w.carry.len() as u64) / w.row_bytes as u64) as usize;
+        if !w.carry.is_empty() {
+            let take = (w.row_bytes - w.carry.len()).min(bytes.len());
+            w.carry.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if w.carry.len() == w.row_bytes {
+                self.upload_rows(w, row, &w.carry)?;
+                w.carry.clear();
+                row += 1;
+            }
+        }
+        let whole = bytes.len() / w.row_bytes * w.row_bytes;
+        self.upload_rows(w, row, &bytes[..whole])?;
+        w.carry.extend_from_slice(&bytes[whole..]);
+        Ok(())
+    }
+
+    fn finish_weight(&mut self, w: PendingGpuWeight) -> Result<GpuWeight, ModelError> {
+        if w.written != w.bytes {
+            return Err(ModelError::TensorRead { name: w.name, message: format!("{} of {} bytes arrived", w.written, w.bytes) });
+        }
+        if w.chunks.is_empty() {
+            let mut v = vec![0f32; w.cols];
+            crate::quant::dequantize_row(w.ty, &w.carry, &mut v)?;
+            return Ok(self.upload_vector(&w.name, &v));
+        }
+        self.dev.check()?;
+        Ok(GpuWeight::Matrix { ty: w.ty, rows: w.rows, cols: w.cols, row_words: w.row_words, chunks: w.chunks })
     }
 
     fn new_cache(&mut self, cfg: &ModelConfig, kv: KvType, n_ctx: usize) -> Result<GpuCache, ModelError> {

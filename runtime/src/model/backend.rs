@@ -15,8 +15,26 @@ pub trait Backend {
     /// The KV cache of one session.
     type Cache;
 
-    /// Takes a tensor's GGUF bytes (`shape` in ggml order, packed blocks of `ty`).
-    fn load_weight(&mut self, name: &str, ty: GgmlType, shape: &[u64], bytes: &[u8]) -> Result<Self::Weight, ModelError>;
+    /// A weight whose bytes are still arriving (streamed loading).
+    type Pending;
+
+    /// Starts receiving a tensor (`shape` in ggml order, packed blocks of `ty`): checks that the
+    /// device can hold it and reserves its storage.
+    fn begin_weight(&mut self, name: &str, ty: GgmlType, shape: &[u64]) -> Result<Self::Pending, ModelError>;
+
+    /// The next bytes of the tensor, in order, in pieces of any length. Devices keep at most a
+    /// bounded staging window in host memory (the CPU backend keeps the tensor: it is its storage).
+    fn write_weight(&mut self, w: &mut Self::Pending, bytes: &[u8]) -> Result<(), ModelError>;
+
+    /// Completes a tensor; every byte must have been written.
+    fn finish_weight(&mut self, w: Self::Pending) -> Result<Self::Weight, ModelError>;
+
+    /// A whole tensor at once.
+    fn load_weight(&mut self, name: &str, ty: GgmlType, shape: &[u64], bytes: &[u8]) -> Result<Self::Weight, ModelError> {
+        let mut w = self.begin_weight(name, ty, shape)?;
+        self.write_weight(&mut w, bytes)?;
+        self.finish_weight(w)
+    }
 
     fn new_cache(&mut self, cfg: &ModelConfig, kv: KvType, n_ctx: usize) -> Result<Self::Cache, ModelError>;
 

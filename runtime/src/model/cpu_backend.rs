@@ -34,6 +34,30 @@ impl CpuWeight {
     }
 }
 
+/// A tensor being received: its bytes accumulate in `data` (`[bytes]`, the packed blocks).
+pub struct PendingCpuWeight {
+    name: String,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    bytes: u64,
+    data: Vec<u8>,
+}
+
+/// Bytes of a tensor of `shape` (ggml order) and type `ty`, checked to fit this platform's
+/// memory (a wasm32 tensor above 4 GiB, or a row not a whole number of blocks, is an error).
+pub fn tensor_bytes(name: &str, ty: GgmlType, shape: &[u64]) -> Result<u64, ModelError> {
+    let bad = |why: &str| ModelError::TensorShape { name: format!("{name} ({why})"), expected: vec![], found: shape.to_vec() };
+    let cols = shape.first().copied().unwrap_or(1);
+    let rows = shape.iter().skip(1).try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("element count overflows"))?;
+    let row = ty.row_bytes(cols).ok_or_else(|| bad("row is not a whole number of blocks"))?;
+    let bytes = row.checked_mul(rows).ok_or_else(|| bad("byte count overflows"))?;
+    if usize::try_from(bytes).is_err() || usize::try_from(rows).is_err() || usize::try_from(cols).is_err() {
+        return Err(bad("larger than this platform's address space"));
+    }
+    Ok(bytes)
+}
+
 /// Activations `[n_tokens, width]`, row-major.
 #[derive(Clone, Debug)]
 pub struct CpuAct {
@@ -64,20 +88,45 @@ impl Backend for CpuBackend {
     type Act = CpuAct;
     type Cache = KvCache;
 
-    fn load_weight(&mut self, name: &str, ty: GgmlType, shape: &[u64], bytes: &[u8]) -> Result<CpuWeight, ModelError> {
+    type Pending = PendingCpuWeight;
+
+    fn begin_weight(&mut self, name: &str, ty: GgmlType, shape: &[u64]) -> Result<PendingCpuWeight, ModelError> {
         if !ty.is_supported() {
             return Err(ModelError::UnsupportedTensorType { name: name.to_owned(), ty });
         }
+        let bytes = tensor_bytes(name, ty, shape)?;
         let cols = shape.first().copied().unwrap_or(1) as usize;
         let rows = shape.iter().skip(1).product::<u64>() as usize;
+        let data = Vec::new();
+        Ok(PendingCpuWeight { name: name.to_owned(), ty, rows, cols, bytes, data })
+    }
+
+    fn write_weight(&mut self, w: &mut PendingCpuWeight, bytes: &[u8]) -> Result<(), ModelError> {
+        let total = w.data.len() as u64 + bytes.len() as u64;
+        if total > w.bytes {
+            return Err(ModelError::TensorRead { name: w.name.clone(), message: format!("{total} bytes written, the tensor has {}", w.bytes) });
+        }
+        if w.data.capacity() == 0 {
+            // Reserved at the first write, so a tensor announced but never written costs nothing.
+            w.data.try_reserve_exact(w.bytes as usize).map_err(|e| ModelError::TensorRead { name: w.name.clone(), message: e.to_string() })?;
+        }
+        w.data.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finish_weight(&mut self, w: PendingCpuWeight) -> Result<CpuWeight, ModelError> {
+        let PendingCpuWeight { name, ty, rows, cols, bytes, data } = w;
+        if data.len() as u64 != bytes {
+            return Err(ModelError::TensorRead { name, message: format!("{} of {bytes} bytes arrived", data.len()) });
+        }
         if rows == 1 {
             let mut v = vec![0f32; cols];
-            crate::quant::dequantize_row(ty, bytes, &mut v)?;
+            crate::quant::dequantize_row(ty, &data, &mut v)?;
             return Ok(CpuWeight::Vector(v));
         }
         // Validate the byte count once here; kernels then trust it.
-        QMatrix::new(ty, rows, cols, bytes)?;
-        Ok(CpuWeight::Matrix { ty, rows, cols, data: bytes.to_vec() })
+        QMatrix::new(ty, rows, cols, &data)?;
+        Ok(CpuWeight::Matrix { ty, rows, cols, data })
     }
 
     fn new_cache(&mut self, cfg: &ModelConfig, kv: KvType, n_ctx: usize) -> Result<KvCache, ModelError> {

@@ -9,14 +9,10 @@ mod weights;
 
 pub use backend::Backend;
 pub use config::{Activation, Arch, ModelConfig, RopeKind, RopeParams};
-pub use cpu_backend::{CpuAct, CpuBackend, CpuWeight};
+pub use cpu_backend::{tensor_bytes, CpuAct, CpuBackend, CpuWeight, PendingCpuWeight};
 pub use forward::Logits;
-pub use weights::{BytesSource, LayerWeights, TensorSource, Weights};
-#[cfg(not(target_arch = "wasm32"))]
-pub use weights::FileSource;
+pub use weights::{same_shape, LayerWeights, WeightProvider, Weights};
 
-use crate::error::ModelError;
-use crate::gguf::GgufModel;
 
 /// A loaded model: its configuration and its weights on backend `B`.
 pub struct Model<B: Backend> {
@@ -24,11 +20,3 @@ pub struct Model<B: Backend> {
     pub weights: Weights<B::Weight>,
 }
 
-impl<B: Backend> Model<B> {
-    /// Reads the configuration from the model's metadata and loads every tensor it needs.
-    pub fn load<S: TensorSource>(backend: &mut B, gguf: &GgufModel, source: &mut S) -> Result<Model<B>, ModelError> {
-        let config = ModelConfig::from_metadata(gguf.metadata())?;
-        let weights = Weights::load(backend, &config, gguf, source)?;
-        Ok(Model { config, weights })
-    }
-}

@@ -2,10 +2,14 @@
 //! in-browser test and benchmark (`runtime/tests/web_engine.rs`). The full JS API (streaming
 //! fetch loader, workers, OpenAI-shaped chat) comes later and grows out of this.
 
+pub mod cache;
+pub mod load;
+mod platform;
+
 use crate::cpu::Kernels;
 use crate::engine::{Flow, Session, SessionOptions};
 use crate::kv_cache::KvType;
-use crate::model::{BytesSource, CpuBackend, Model};
+use crate::model::CpuBackend;
 use crate::sampler::{Sampler, SamplerConfig, StopConditions};
 use crate::tokenizer::Tokenizer;
 use wasm_bindgen::prelude::*;
@@ -31,10 +35,9 @@ impl WasmEngine {
     pub fn new(model_bytes: &[u8], kv: &str, n_ctx: u32) -> Result<WasmEngine, JsError> {
         console_error_panic_hook::set_once();
         let kv = KvType::from_name(kv).ok_or_else(|| JsError::new(&format!("unknown KV type {kv:?} (f32, f16, q8, q4)")))?;
-        let gguf = crate::loader::parse_bytes(&[model_bytes]).map_err(js_err)?;
-        let tokenizer = Tokenizer::from_metadata(gguf.metadata()).map_err(js_err)?;
         let mut backend = CpuBackend::new();
-        let model = Model::load(&mut backend, &gguf, &mut BytesSource(vec![model_bytes])).map_err(js_err)?;
+        let (gguf, model) = crate::loader::load_bytes(&[model_bytes], &mut backend).map_err(js_err)?;
+        let tokenizer = Tokenizer::from_metadata(gguf.metadata()).map_err(js_err)?;
         let session = Session::new(backend, model, SessionOptions { kv, n_ctx: n_ctx as usize }).map_err(js_err)?;
         Ok(WasmEngine { session, tokenizer })
     }

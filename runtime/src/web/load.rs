@@ -1,0 +1,670 @@
+//! Loading a model over fetch in the browser: shards stream from the network (or the cache)
+//! through [`ModelStream`] into the backend's memory — GPU buffers, or the CPU backend's — so wasm
+//! memory holds only the header, one network chunk and the backend's staging window.
+//!
+//! Per shard: a committed cache entry is read if there is one; otherwise the shard is fetched,
+//! each response checked (status, Content-Range, length, GGUF magic); a connection that fails or
+//! ends early is resumed with `Range: bytes=<next>-` after a backoff, at most `max_attempts`
+//! times without progress; a server that ignores Range (200 to a range request) is read from the
+//! start with the bytes already received discarded. The sha256 from the manifest is checked at
+//! the shard's end, before the shard is cached.
+
+use super::cache::{CacheFailure, ShardCache};
+use super::platform::{get_f64, js_message, scope, Scope};
+use crate::gguf::GgufModel;
+use crate::loader::manifest::{hex, Manifest, MAX_MANIFEST_BYTES};
+use crate::loader::{LoadError, ModelStream};
+use crate::model::{Backend, Model};
+use js_sys::{Array, Reflect, Uint8Array};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use web_time::Instant;
+
+/// Where a model comes from.
+#[derive(Clone, Debug)]
+pub enum ModelSource {
+    /// One `.gguf`; a name `…-00001-of-0000N.gguf` stands for all N shards of a split.
+    Url(String),
+    /// Every shard, in split order.
+    Urls(Vec<String>),
+    /// A `manifest.json` written by `webgguf shard`.
+    Manifest(String),
+}
+
+/// One shard to load.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardSpec {
+    pub url: String,
+    pub bytes: Option<u64>,
+    pub sha256: Option<String>,
+}
+
+pub struct LoadOptions {
+    /// Read and write the shard cache.
+    pub use_cache: bool,
+    /// Consecutive failed attempts (fetch or body errors without progress) before giving up.
+    pub max_attempts: u32,
+    /// First retry delay; doubles each retry.
+    pub retry_delay_ms: i32,
+    pub signal: Option<web_sys::AbortSignal>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { use_cache: true, max_attempts: 5, retry_delay_ms: 200, signal: None }
+    }
+}
+
+/// A progress event. `phase`: "shard" while bytes arrive, "ready" once at the end.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Progress {
+    pub phase: &'static str,
+    /// Shard being read (0-based) and how many there are.
+    pub shard: usize,
+    pub shards: usize,
+    pub url: String,
+    /// Bytes of the model received so far, and in all (when the sizes are known).
+    pub loaded: u64,
+    pub total: Option<u64>,
+    pub from_cache: u64,
+    pub from_network: u64,
+    /// Network bytes per second so far, and the time left at that rate.
+    pub rate_bytes_per_s: f64,
+    pub eta_s: Option<f64>,
+    /// Set at "ready".
+    pub report: Option<LoadReport>,
+}
+
+/// How a load went.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct LoadReport {
+    pub bytes: u64,
+    pub from_cache: u64,
+    pub from_network: u64,
+    /// Network bytes received but not used (a server that ignored Range sent them again).
+    pub discarded: u64,
+    /// Requests that resumed a shard after a failure.
+    pub resumes: u32,
+    /// Shards written to the cache by this load.
+    pub cached_now: usize,
+    /// Why shards were not cached (storage full, no Cache Storage…), if they were not.
+    pub cache_note: Option<String>,
+    pub ms_total: f64,
+    /// Waiting for the network, reading the cache, and in the backend (repack + upload).
+    pub ms_network: f64,
+    pub ms_cache: f64,
+    pub ms_upload: f64,
+}
+
+/// The shards `source` stands for (fetches the manifest).
+pub async fn resolve(source: &ModelSource, opts: &LoadOptions) -> Result<Vec<ShardSpec>, LoadError> {
+    let spec = |url: String| ShardSpec { url, bytes: None, sha256: None };
+    match source {
+        ModelSource::Urls(v) => Ok(v.iter().cloned().map(spec).collect()),
+        ModelSource::Url(u) => Ok(split_names(u).unwrap_or_else(|| vec![u.clone()]).into_iter().map(spec).collect()),
+        ModelSource::Manifest(url) => {
+            let sc = scope().map_err(LoadError::Cache)?;
+            let req = request(url, None, opts)?;
+            let resp = fetch(&sc, &req, url, opts).await?;
+            if !resp.ok() {
+                return Err(LoadError::Http { url: url.clone(), status: resp.status(), detail: String::new() });
+            }
+            let body = JsFuture::from(resp.array_buffer().map_err(|e| net_err(url, 1, 0, &e))?).await.map_err(|e| net_err(url, 1, 0, &e))?;
+            let bytes = Uint8Array::new(&body);
+            if bytes.length() as usize > MAX_MANIFEST_BYTES {
+                return Err(crate::loader::manifest::ManifestError::TooLarge(bytes.length() as usize).into());
+            }
+            let m = Manifest::parse(&bytes.to_vec())?;
+            m.shards
+                .iter()
+                .map(|s| {
+                    let u = web_sys::Url::new_with_base(&s.file, url).map_err(|e| LoadError::Http { url: s.file.clone(), status: 0, detail: js_message(&e) })?;
+                    Ok(ShardSpec { url: u.href(), bytes: Some(s.bytes), sha256: s.sha256.clone() })
+                })
+                .collect()
+        }
+    }
+}
+
+/// `…-00001-of-0000N.gguf` → the N shard names (llama.cpp's split naming).
+pub fn split_names(url: &str) -> Option<Vec<String>> {
+    let stem = url.strip_suffix(".gguf")?;
+    let (head, count) = stem.rsplit_once("-of-")?;
+    let (base, first) = head.rsplit_once('-')?;
+    if first != "00001" || count.len() != 5 || !count.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let n: usize = count.parse().ok().filter(|&n| n >= 1)?;
+    Some((1..=n).map(|i| format!("{base}-{i:05}-of-{count}.gguf")).collect())
+}
+
+fn net_err(url: &str, attempts: u32, at: u64, e: &JsValue) -> LoadError {
+    LoadError::Network { url: url.to_owned(), attempts, at, message: js_message(e) }
+}
+
+fn request(url: &str, range_from: Option<u64>, opts: &LoadOptions) -> Result<web_sys::Request, LoadError> {
+    let init = web_sys::RequestInit::new();
+    init.set_method("GET");
+    // The browser's HTTP cache would hold a second copy of every shard.
+    init.set_cache(web_sys::RequestCache::NoStore);
+    if let Some(from) = range_from {
+        let headers = web_sys::Headers::new().map_err(|e| net_err(url, 0, from, &e))?;
+        headers.set("Range", &format!("bytes={from}-")).map_err(|e| net_err(url, 0, from, &e))?;
+        init.set_headers(&headers);
+    }
+    init.set_signal(opts.signal.as_ref());
+    web_sys::Request::new_with_str_and_init(url, &init).map_err(|e| net_err(url, 0, range_from.unwrap_or(0), &e))
+}
+
+fn aborted(opts: &LoadOptions) -> bool {
+    opts.signal.as_ref().is_some_and(|s| s.aborted())
+}
+
+async fn fetch(sc: &Scope, req: &web_sys::Request, url: &str, opts: &LoadOptions) -> Result<web_sys::Response, LoadError> {
+    match JsFuture::from(sc.fetch(req)).await {
+        Ok(r) => Ok(r.unchecked_into()),
+        Err(_) if aborted(opts) => Err(LoadError::Aborted),
+        Err(e) => Err(net_err(url, 1, 0, &e)),
+    }
+}
+
+/// The next chunk of a body: Some(bytes), None at its end, Err on a failed connection.
+async fn read_chunk(reader: &web_sys::ReadableStreamDefaultReader) -> Result<Option<Uint8Array>, JsValue> {
+    let r = JsFuture::from(reader.read()).await?;
+    if Reflect::get(&r, &"done".into())?.as_bool() == Some(true) {
+        return Ok(None);
+    }
+    Ok(Some(Reflect::get(&r, &"value".into())?.unchecked_into()))
+}
+
+fn body_reader(resp: &web_sys::Response) -> Option<web_sys::ReadableStreamDefaultReader> {
+    resp.body().and_then(|b| b.get_reader().dyn_into().ok())
+}
+
+/// Parses `Content-Range: bytes a-b/total` → (a, total).
+fn content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (a, _) = range.split_once('-')?;
+    Some((a.trim().parse().ok()?, total.trim().parse().ok()))
+}
+
+/// Loader state shared across shards.
+struct Run<'a, B: Backend> {
+    sc: Scope,
+    opts: &'a LoadOptions,
+    stream: ModelStream<B>,
+    cache: Option<ShardCache>,
+    report: LoadReport,
+    total: Option<u64>,
+    shards: usize,
+    t0: Instant,
+    last_progress: f64,
+    /// `[<= one network chunk]` reused copy buffer
+    buf: Vec<u8>,
+}
+
+/// Loads the model `source` names onto `backend`, calling `progress` as bytes arrive.
+pub async fn load_model<B: Backend>(
+    source: &ModelSource,
+    backend: &mut B,
+    opts: &LoadOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(GgufModel, Model<B>, LoadReport), LoadError> {
+    let specs = resolve(source, opts).await?;
+    match load_shards(&specs, backend, opts, progress).await {
+        // A cache entry that proved corrupt was deleted: the network has the truth.
+        Err(ShardFailure::CorruptCache(why)) => {
+            let (gguf, model, mut report) = load_shards(&specs, backend, opts, progress).await.map_err(ShardFailure::into_error)?;
+            report.cache_note.get_or_insert_with(|| why.to_string());
+            Ok((gguf, model, report))
+        }
+        r => r.map_err(ShardFailure::into_error),
+    }
+}
+
+enum ShardFailure {
+    Load(LoadError),
+    CorruptCache(LoadError),
+}
+
+impl ShardFailure {
+    fn into_error(self) -> LoadError {
+        match self {
+            ShardFailure::Load(e) | ShardFailure::CorruptCache(e) => e,
+        }
+    }
+}
+
+impl From<LoadError> for ShardFailure {
+    fn from(e: LoadError) -> Self {
+        ShardFailure::Load(e)
+    }
+}
+
+async fn load_shards<B: Backend>(
+    specs: &[ShardSpec],
+    backend: &mut B,
+    opts: &LoadOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(GgufModel, Model<B>, LoadReport), ShardFailure> {
+    let sc = scope().map_err(LoadError::Cache)?;
+    let total = specs.iter().map(|s| s.bytes).sum::<Option<u64>>();
+    let mut run = Run {
+        sc,
+        opts,
+        stream: ModelStream::default(),
+        cache: None,
+        report: LoadReport::default(),
+        total,
+        shards: specs.len(),
+        t0: Instant::now(),
+        last_progress: f64::NEG_INFINITY,
+        buf: Vec::new(),
+    };
+    if opts.use_cache {
+        run.open_cache(total).await;
+    }
+    for (i, spec) in specs.iter().enumerate() {
+        if aborted(opts) {
+            return Err(LoadError::Aborted.into());
+        }
+        run.shard(i, spec, backend, progress).await?;
+    }
+    let t = Instant::now();
+    let Run { stream, mut report, t0, shards, .. } = run;
+    let (gguf, model) = stream.finish()?;
+    report.ms_upload += ms(t);
+    report.ms_total = ms(t0);
+    let done = Progress {
+        phase: "ready",
+        shard: shards.saturating_sub(1),
+        shards,
+        loaded: report.bytes,
+        total: Some(report.bytes),
+        from_cache: report.from_cache,
+        from_network: report.from_network,
+        report: Some(report.clone()),
+        ..Progress::default()
+    };
+    progress(&done);
+    Ok((gguf, model, report))
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+impl<B: Backend> Run<'_, B> {
+    /// Opens the cache, asks for persistent storage once, and notes why caching is off if it is.
+    async fn open_cache(&mut self, total: Option<u64>) {
+        let storage = match self.sc.caches() {
+            Ok(s) => s,
+            Err(e) => {
+                self.report.cache_note = Some(format!("no Cache Storage here ({})", js_message(&e)));
+                return;
+            }
+        };
+        match ShardCache::open(&storage).await {
+            Ok(c) => self.cache = Some(c),
+            Err(e) => {
+                self.report.cache_note = Some(format!("cache unavailable: {}", e.message()));
+                return;
+            }
+        }
+        let manager = self.sc.storage();
+        if let Ok(p) = manager.persisted() {
+            if JsFuture::from(p).await.ok().and_then(|v| v.as_bool()) == Some(false) {
+                if let Ok(p) = manager.persist() {
+                    let _ = JsFuture::from(p).await;
+                }
+            }
+        }
+        // Downloading what cannot be stored would only evict it again: check room first.
+        if let (Some(total), Ok(p)) = (total, manager.estimate()) {
+            if let Ok(est) = JsFuture::from(p).await {
+                if let (Some(quota), Some(usage)) = (get_f64(&est, "quota"), get_f64(&est, "usage")) {
+                    let free = (quota - usage).max(0.0) as u64;
+                    if free < total {
+                        self.cache = None;
+                        self.report.cache_note = Some(format!("not cached: the model needs {total} bytes, storage has {free} free"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, i: usize, url: &str, progress: &mut dyn FnMut(&Progress), force: bool) {
+        let now = ms(self.t0);
+        if !force && now - self.last_progress < 100.0 {
+            return;
+        }
+        self.last_progress = now;
+        let rate = if self.report.ms_network > 0.0 { self.report.from_network as f64 / (self.report.ms_network / 1e3) } else { 0.0 };
+        let loaded = self.stream.bytes_fed();
+        let eta_s = self.total.filter(|_| rate > 0.0).map(|t| t.saturating_sub(loaded) as f64 / rate);
+        progress(&Progress {
+            phase: "shard",
+            shard: i,
+            shards: self.shards,
+            url: url.to_owned(),
+            loaded,
+            total: self.total,
+            from_cache: self.report.from_cache,
+            from_network: self.report.from_network,
+            rate_bytes_per_s: rate,
+            eta_s,
+            report: None,
+        });
+    }
+
+    /// Hands a chunk to the model stream (and the hash, and the cache copy).
+    fn feed(&mut self, backend: &mut B, chunk: &Uint8Array, skip: u64, hash: &mut Option<Sha256>, keep: &mut Option<Array>) -> Result<(), LoadError> {
+        let n = chunk.length() as usize;
+        let skip = (skip as usize).min(n);
+        if skip == n {
+            return Ok(());
+        }
+        let part = if skip > 0 { chunk.subarray(skip as u32, n as u32) } else { chunk.clone() };
+        self.buf.resize(n - skip, 0);
+        part.copy_to(&mut self.buf);
+        let t = Instant::now();
+        self.stream.feed(backend, &self.buf)?;
+        self.report.ms_upload += ms(t);
+        if let Some(h) = hash {
+            h.update(&self.buf);
+        }
+        if let Some(parts) = keep {
+            // A copy outside wasm memory (the fetch chunk may be reused by the stream).
+            parts.push(&Uint8Array::new(&part));
+        }
+        Ok(())
+    }
+
+    async fn shard(&mut self, i: usize, spec: &ShardSpec, backend: &mut B, progress: &mut dyn FnMut(&Progress)) -> Result<(), ShardFailure> {
+        let url = spec.url.as_str();
+        self.stream.begin_shard(url, spec.bytes)?;
+        self.emit(i, url, progress, true);
+        let mut hash = spec.sha256.as_ref().map(|_| Sha256::new());
+        if self.read_cached(i, spec, backend, &mut hash, progress).await? {
+            return Ok(());
+        }
+        let mut keep = self.cache.as_ref().map(|_| Array::new());
+        let etag = self.download(i, spec, backend, &mut hash, &mut keep, progress).await?;
+        let t = Instant::now();
+        let bytes = self.stream.shard_pos();
+        if let (Some(want), Some(h)) = (&spec.sha256, hash) {
+            let found = hex(&h.finalize());
+            if &found != want {
+                if let Some(c) = &self.cache {
+                    let _ = c.remove(url).await;
+                }
+                return Err(LoadError::Integrity { url: url.to_owned(), expected: want.clone(), found }.into());
+            }
+        }
+        self.stream.end_shard(backend)?;
+        self.report.ms_upload += ms(t);
+        if let (Some(c), Some(parts)) = (&self.cache, keep) {
+            match c.store(url, bytes, spec.sha256.as_deref(), etag.as_deref(), &parts).await {
+                Ok(()) => self.report.cached_now += 1,
+                Err(CacheFailure::Quota(m)) => {
+                    self.report.cache_note = Some(format!("storage full, not cached: {m}"));
+                    self.cache = None;
+                }
+                Err(CacheFailure::Other(m)) => self.report.cache_note = Some(format!("not cached: {m}")),
+            }
+        }
+        self.emit(i, url, progress, true);
+        Ok(())
+    }
+
+    /// Streams a committed cache entry, if there is one. A read error, a short entry or a hash
+    /// mismatch deletes it and fails with `CorruptCache` (the load then restarts from the network).
+    async fn read_cached(&mut self, i: usize, spec: &ShardSpec, backend: &mut B, hash: &mut Option<Sha256>, progress: &mut dyn FnMut(&Progress)) -> Result<bool, ShardFailure> {
+        let Some(cache) = &self.cache else { return Ok(false) };
+        let url = spec.url.as_str();
+        let t = Instant::now();
+        let hit = cache.lookup(url, spec.sha256.as_deref()).await;
+        self.report.ms_cache += ms(t);
+        let Ok(Some((record, response))) = hit else { return Ok(false) };
+        let corrupt = |why: String| ShardFailure::CorruptCache(LoadError::Cache(format!("{url}: cached copy {why}; deleted")));
+        let Some(reader) = body_reader(&response) else {
+            let _ = cache.remove(url).await;
+            return Err(corrupt("has no body".into()));
+        };
+        loop {
+            if aborted(self.opts) {
+                return Err(LoadError::Aborted.into());
+            }
+            let t = Instant::now();
+            let chunk = read_chunk(&reader).await;
+            self.report.ms_cache += ms(t);
+            match chunk {
+                Ok(Some(c)) => {
+                    self.report.from_cache += c.length() as u64;
+                    self.report.bytes += c.length() as u64;
+                    // Bytes the cache should not have held fail the parse: the entry goes.
+                    if let Err(e) = self.feed(backend, &c, 0, hash, &mut None) {
+                        self.drop_entry(url).await;
+                        return Err(corrupt(format!("is not a valid shard ({e})")));
+                    }
+                    self.emit(i, url, progress, false);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.drop_entry(url).await;
+                    return Err(corrupt(format!("could not be read ({})", js_message(&e))));
+                }
+            }
+        }
+        let got = self.stream.shard_pos();
+        if got != record.bytes {
+            self.drop_entry(url).await;
+            return Err(corrupt(format!("has {got} of {} bytes", record.bytes)));
+        }
+        if let (Some(want), Some(h)) = (&spec.sha256, hash.take()) {
+            if &hex(&h.finalize()) != want {
+                self.drop_entry(url).await;
+                return Err(corrupt("does not match the manifest's sha256".into()));
+            }
+        }
+        let t = Instant::now();
+        if let Err(e) = self.stream.end_shard(backend) {
+            self.drop_entry(url).await;
+            return Err(corrupt(format!("is not a valid shard ({e})")));
+        }
+        self.report.ms_upload += ms(t);
+        self.emit(i, url, progress, true);
+        Ok(true)
+    }
+
+    async fn drop_entry(&self, url: &str) {
+        if let Some(c) = &self.cache {
+            let _ = c.remove(url).await;
+        }
+    }
+
+    /// Fetches the rest of the shard (from `stream.shard_pos()`), resuming after failures.
+    /// Returns the ETag, when the server sent one.
+    async fn download(
+        &mut self,
+        i: usize,
+        spec: &ShardSpec,
+        backend: &mut B,
+        hash: &mut Option<Sha256>,
+        keep: &mut Option<Array>,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Option<String>, LoadError> {
+        let url = spec.url.as_str();
+        let mut expected = spec.bytes;
+        let mut etag = None;
+        let mut failures = 0u32;
+        let mut magic = Vec::with_capacity(4);
+        loop {
+            if aborted(self.opts) {
+                return Err(LoadError::Aborted);
+            }
+            let pos = self.stream.shard_pos();
+            if failures > 0 {
+                if failures >= self.opts.max_attempts {
+                    return Err(LoadError::Network { url: url.to_owned(), attempts: failures, at: pos, message: "gave up".into() });
+                }
+                let delay = self.opts.retry_delay_ms.saturating_mul(1 << (failures - 1).min(10));
+                self.sc.sleep(delay).await;
+                self.report.resumes += 1;
+            }
+            let req = request(url, (pos > 0).then_some(pos), self.opts)?;
+            let t = Instant::now();
+            let resp = match fetch(&self.sc, &req, url, self.opts).await {
+                Ok(r) => r,
+                Err(LoadError::Network { .. }) => {
+                    self.report.ms_network += ms(t);
+                    failures += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            self.report.ms_network += ms(t);
+            let status = resp.status();
+            let header = |name: &str| resp.headers().get(name).ok().flatten();
+            if status >= 500 {
+                if failures + 1 >= self.opts.max_attempts {
+                    return Err(LoadError::Http { url: url.to_owned(), status, detail: String::new() });
+                }
+                failures += 1;
+                continue;
+            }
+            // A wrong length is reported after the first bytes were checked for GGUF's magic,
+            // which names the likelier cause (an HTML page) when they are not.
+            let mut wrong_length = None;
+            // Bytes of this response to discard: all of a 200 to a range request up to `pos`.
+            let skip = match status {
+                200 => {
+                    if let Some(len) = header("content-length").and_then(|v| v.parse::<u64>().ok()) {
+                        match expected {
+                            Some(want) if want != len => {
+                                let e = LoadError::Length { url: url.to_owned(), what: "Content-Length".into(), expected: want, found: len };
+                                if pos > 0 {
+                                    return Err(e);
+                                }
+                                wrong_length = Some(e);
+                            }
+                            _ => expected = Some(len),
+                        }
+                    }
+                    pos
+                }
+                206 => {
+                    let cr = header("content-range").unwrap_or_default();
+                    let (start, total) = content_range(&cr)
+                        .ok_or_else(|| LoadError::Http { url: url.to_owned(), status, detail: format!(" with Content-Range {cr:?}") })?;
+                    if start != pos {
+                        return Err(LoadError::Length { url: url.to_owned(), what: "Content-Range start".into(), expected: pos, found: start });
+                    }
+                    if let (Some(want), Some(t)) = (expected, total) {
+                        if want != t {
+                            return Err(LoadError::Length { url: url.to_owned(), what: "Content-Range total".into(), expected: want, found: t });
+                        }
+                    }
+                    expected = expected.or(total);
+                    0
+                }
+                _ => {
+                    let detail = resp.status_text();
+                    return Err(LoadError::Http { url: url.to_owned(), status, detail: if detail.is_empty() { detail } else { format!(" {detail}") } });
+                }
+            };
+            if let Some(e) = header("etag") {
+                etag = Some(e);
+            }
+            let Some(reader) = body_reader(&resp) else {
+                failures += 1;
+                continue;
+            };
+            let content_type = header("content-type").unwrap_or_default();
+            let mut skip = skip;
+            let mut progressed = false;
+            let ended = loop {
+                if aborted(self.opts) {
+                    let _ = reader.cancel();
+                    return Err(LoadError::Aborted);
+                }
+                let t = Instant::now();
+                let chunk = read_chunk(&reader).await;
+                self.report.ms_network += ms(t);
+                let chunk = match chunk {
+                    Ok(Some(c)) => c,
+                    Ok(None) => match wrong_length.take() {
+                        Some(e) => return Err(e),
+                        None => break true,
+                    },
+                    Err(_) if aborted(self.opts) => return Err(LoadError::Aborted),
+                    Err(_) => break false,
+                };
+                let n = chunk.length() as u64;
+                self.report.from_network += n;
+                let used = n.saturating_sub(skip);
+                self.report.discarded += n - used;
+                if used > 0 && self.stream.shard_pos() < 4 {
+                    // The first bytes must be GGUF's magic: an HTML page served with 200 is not a model.
+                    let at = (n - used) as u32;
+                    let head = chunk.subarray(at, at + (used as u32).min(4 - magic.len() as u32)).to_vec();
+                    magic.extend_from_slice(&head);
+                    if magic.as_slice() != &b"GGUF"[..magic.len()] {
+                        let mut start = vec![0u8; (used as usize).min(24)];
+                        chunk.subarray(at, at + start.len() as u32).copy_to(&mut start);
+                        return Err(LoadError::NotGguf { url: url.to_owned(), start: String::from_utf8_lossy(&start).into_owned(), content_type });
+                    }
+                }
+                if let Some(e) = wrong_length.take() {
+                    return Err(e);
+                }
+                if let Some(e) = expected {
+                    if self.stream.shard_pos() + used > e {
+                        return Err(LoadError::ShardTooLong { shard: url.to_owned(), expected: e });
+                    }
+                }
+                self.report.bytes += used;
+                self.feed(backend, &chunk, skip, hash, keep)?;
+                skip = skip.saturating_sub(n);
+                progressed |= used > 0;
+                self.emit(i, url, progress, false);
+            };
+            if progressed {
+                failures = 0;
+            }
+            let pos = self.stream.shard_pos();
+            match expected {
+                // Done: everything announced arrived (or the body ended and no size was known).
+                Some(e) if pos == e => return Ok(etag),
+                None if ended => return Ok(etag),
+                // A dropped connection or a body that ended early: resume.
+                _ => failures += 1,
+            }
+        }
+    }
+}
+
+/// Every committed shard in the browser's cache.
+pub async fn cached_shards() -> Result<Vec<super::cache::CommitRecord>, LoadError> {
+    let c = open_cache().await?;
+    c.list().await.map_err(|e| LoadError::Cache(e.message().to_owned()))
+}
+
+/// Deletes the cached copy of each of `urls` (shard URLs).
+pub async fn delete_cached(urls: &[String]) -> Result<(), LoadError> {
+    let c = open_cache().await?;
+    for u in urls {
+        c.remove(u).await.map_err(|e| LoadError::Cache(e.message().to_owned()))?;
+    }
+    Ok(())
+}
+
+pub async fn open_cache() -> Result<ShardCache, LoadError> {
+    let sc = scope().map_err(LoadError::Cache)?;
+    let storage = sc.caches().map_err(|e| LoadError::Cache(js_message(&e)))?;
+    ShardCache::open(&storage).await.map_err(|e| LoadError::Cache(e.message().to_owned()))
+}
