@@ -5,9 +5,10 @@
 //! `bench_decode` is ignored here; `pkg-scripts/bench-cpu` runs it.
 #![cfg(target_arch = "wasm32")]
 
-use wasm_bindgen::JsValue;
+use wasm_bindgen::prelude::{Closure, JsValue};
+use wasm_bindgen::JsCast;
 use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
-use webgguf::web::{fetch_bytes, WasmEngine};
+use webgguf::web::WasmEngine;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -24,13 +25,50 @@ const ORACLE_MARGINS: [f64; 8] = [2.422, 1.111, 1.338, 1.749, 0.898, 0.034, 1.64
 /// by more. Step 5 (" capital" 14.468 vs " United" 14.434) is such a close call.
 const CLOSE_CALL: f64 = 0.05;
 
-async fn load(kv: &str) -> WasmEngine {
+fn model_url() -> &'static str {
     // Missing at build time fails the test at run time (clippy rejects `.expect` on option_env!).
     let Some(url) = option_env!("WEBGGUF_TEST_MODEL_URL") else {
         panic!("WEBGGUF_TEST_MODEL_URL was not set at build time: run pkg-scripts/test-wasm-browser")
     };
-    let bytes = fetch_bytes(url).await.unwrap_or_else(|e| panic!("fetching {url}: {e:?}"));
-    WasmEngine::new(&bytes, kv, 256).map_err(JsValue::from).expect("loading the model")
+    url
+}
+
+fn options(pairs: &[(&str, JsValue)]) -> JsValue {
+    let o = js_sys::Object::new();
+    for (k, v) in pairs {
+        js_sys::Reflect::set(&o, &(*k).into(), v).expect("set option");
+    }
+    o.into()
+}
+
+/// Through the JS-facing loader (`WasmEngine.load`: options object, progress callback), uncached.
+async fn load(kv: &str) -> WasmEngine {
+    let events = std::rc::Rc::new(std::cell::RefCell::new(Vec::<JsValue>::new()));
+    let sink = events.clone();
+    let on_progress = Closure::<dyn FnMut(JsValue)>::new(move |p: JsValue| sink.borrow_mut().push(p));
+    let opts = options(&[("kv", kv.into()), ("contextLength", 256.into()), ("cache", false.into())]);
+    let engine = WasmEngine::load(model_url().into(), opts, Some(on_progress.as_ref().unchecked_ref::<js_sys::Function>().clone()))
+        .await
+        .expect("loading the model");
+    let last = events.borrow().last().cloned().expect("progress events");
+    let phase = js_sys::Reflect::get(&last, &"phase".into()).ok().and_then(|v| v.as_string());
+    assert_eq!(phase.as_deref(), Some("ready"));
+    engine
+}
+
+/// Errors reach JS as `Error`s with a stable `code`.
+#[wasm_bindgen_test]
+async fn load_errors_carry_codes() {
+    let code = |e: JsValue| js_sys::Reflect::get(&e, &"code".into()).ok().and_then(|v| v.as_string()).unwrap_or_default();
+    let missing = model_url().replace(".gguf", "-missing.gguf");
+    let e = WasmEngine::load(missing.into(), options(&[]), None).await.err().expect("404");
+    assert_eq!(code(e), "http");
+    let e = WasmEngine::load(model_url().into(), options(&[("kv", "q3".into())]), None).await.err().expect("bad kv");
+    assert_eq!(code(e), "options");
+    let e = WasmEngine::load(JsValue::from(7), options(&[]), None).await.err().expect("bad source");
+    assert_eq!(code(e), "options");
+    let e = WasmEngine::new(b"GGUF", "f16", 16).map(|_| ()).map_err(JsValue::from).expect_err("4 bytes");
+    assert!(e.is_object());
 }
 
 fn expected_kernels() -> &'static str {

@@ -1,6 +1,7 @@
-//! Browser bindings (wasm32 only): a minimal `WasmEngine` over the CPU backend, used by the
-//! in-browser test and benchmark (`runtime/tests/web_engine.rs`). The full JS API (streaming
-//! fetch loader, workers, OpenAI-shaped chat) comes later and grows out of this.
+//! Browser bindings (wasm32 only): the streaming loader (`load`: fetch, resume, cache, progress;
+//! `cache`: the shard cache) and a small `WasmEngine` over the CPU backend, used by the in-browser
+//! tests and benchmark (`runtime/tests/web_engine.rs`, `web_loader.rs`). The OpenAI-shaped JS
+//! API (workers, chat) comes with the npm package and grows out of this.
 
 pub mod cache;
 pub mod load;
@@ -42,6 +43,42 @@ impl WasmEngine {
         Ok(WasmEngine { session, tokenizer })
     }
 
+    /// Streams a model onto the CPU backend. `source`: a URL string (a split's first shard's
+    /// name loads every shard), an array of shard URLs, or `{ manifest: url }`. `options`:
+    /// `{ kv, contextLength, cache (default true), signal (AbortSignal), maxAttempts,
+    /// retryDelayMs }`. `on_progress` (optional) receives progress objects (see
+    /// `load::Progress`); the last has `phase: "ready"` and the load report. Errors are `Error`s
+    /// with a stable `code` (network, http, malformed, length, integrity, aborted, model…).
+    pub async fn load(source: JsValue, options: JsValue, on_progress: Option<js_sys::Function>) -> Result<WasmEngine, JsValue> {
+        console_error_panic_hook::set_once();
+        let source = model_source(&source)?;
+        let get = |k: &str| js_sys::Reflect::get(&options, &k.into()).ok().filter(|v| !v.is_undefined() && !v.is_null());
+        let kv_name = get("kv").and_then(|v| v.as_string()).unwrap_or_else(|| "f16".into());
+        let kv = KvType::from_name(&kv_name).ok_or_else(|| coded_error("options", &format!("unknown KV type {kv_name:?} (f32, f16, q8, q4)")))?;
+        let n_ctx = get("contextLength").and_then(|v| v.as_f64()).unwrap_or(4096.0) as usize;
+        let mut opts = load::LoadOptions::default();
+        if let Some(c) = get("cache").and_then(|v| v.as_bool()) {
+            opts.use_cache = c;
+        }
+        if let Some(n) = get("maxAttempts").and_then(|v| v.as_f64()) {
+            opts.max_attempts = (n as u32).max(1);
+        }
+        if let Some(ms) = get("retryDelayMs").and_then(|v| v.as_f64()) {
+            opts.retry_delay_ms = ms as i32;
+        }
+        opts.signal = get("signal").and_then(|v| v.dyn_into().ok());
+        let mut report = |p: &load::Progress| {
+            if let Some(f) = &on_progress {
+                let _ = f.call1(&JsValue::NULL, &to_js(p));
+            }
+        };
+        let mut backend = CpuBackend::new();
+        let (gguf, model, _) = load::load_model(&source, &mut backend, &opts, &mut report).await.map_err(load_error)?;
+        let tokenizer = Tokenizer::from_metadata(gguf.metadata()).map_err(|e| coded_error("model", &e.to_string()))?;
+        let session = Session::new(backend, model, SessionOptions { kv, n_ctx }).map_err(|e| coded_error("model", &e.to_string()))?;
+        Ok(WasmEngine { session, tokenizer })
+    }
+
     pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>, JsError> {
         self.tokenizer.tokenize(text, add_special, parse_special).map_err(js_err)
     }
@@ -71,6 +108,53 @@ impl WasmEngine {
     pub fn kernels() -> String {
         Kernels::best().name().to_owned()
     }
+}
+
+/// A JS `Error` with a stable `code` property.
+fn coded_error(code: &str, message: &str) -> JsValue {
+    let e = js_sys::Error::new(message);
+    e.set_name("WebggufError");
+    let _ = js_sys::Reflect::set(&e, &"code".into(), &code.into());
+    e.into()
+}
+
+fn load_error(e: crate::loader::LoadError) -> JsValue {
+    coded_error(e.code(), &e.to_string())
+}
+
+fn to_js<T: serde::Serialize>(v: &T) -> JsValue {
+    serde_json::to_string(v).ok().and_then(|s| js_sys::JSON::parse(&s).ok()).unwrap_or(JsValue::NULL)
+}
+
+/// A URL string, an array of URLs, or `{ manifest: url }`.
+fn model_source(v: &JsValue) -> Result<load::ModelSource, JsValue> {
+    if let Some(url) = v.as_string() {
+        return Ok(load::ModelSource::Url(url));
+    }
+    if js_sys::Array::is_array(v) {
+        let urls: Option<Vec<String>> = js_sys::Array::from(v).iter().map(|u| u.as_string()).collect();
+        return urls.filter(|u| !u.is_empty()).map(load::ModelSource::Urls).ok_or_else(|| coded_error("options", "model: an array of URL strings"));
+    }
+    if let Some(m) = js_sys::Reflect::get(v, &"manifest".into()).ok().and_then(|m| m.as_string()) {
+        return Ok(load::ModelSource::Manifest(m));
+    }
+    Err(coded_error("options", "model: a URL, an array of shard URLs, or { manifest: url }"))
+}
+
+/// Every shard in the browser's cache: `[{ url, bytes, sha256, etag, committed_ms }]`.
+#[wasm_bindgen(js_name = cachedShards)]
+pub async fn cached_shards() -> Result<JsValue, JsValue> {
+    let list = load::cached_shards().await.map_err(load_error)?;
+    Ok(to_js(&list))
+}
+
+/// Deletes the cached shards of a model (`source` as for `WasmEngine.load`).
+#[wasm_bindgen(js_name = deleteCachedModel)]
+pub async fn delete_cached_model(source: JsValue) -> Result<(), JsValue> {
+    let source = model_source(&source)?;
+    let specs = load::resolve(&source, &load::LoadOptions { use_cache: false, ..Default::default() }).await.map_err(load_error)?;
+    let urls: Vec<String> = specs.into_iter().map(|s| s.url).collect();
+    load::delete_cached(&urls).await.map_err(load_error)
 }
 
 /// Fetches `url` whole, from a window or a worker; a non-2xx status is an error.
