@@ -17,6 +17,7 @@ use webgguf::kv_cache::KvType;
 use webgguf::loader::LoadError;
 use webgguf::model::{Backend, CpuBackend, Logits, Model};
 use webgguf::web::load::{cached_shards, delete_cached, load_model, resolve, LoadOptions, LoadReport, ModelSource, Progress};
+use webgguf::web::store::StoreKind;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -309,6 +310,42 @@ async fn torn_and_corrupt_cache_entries_are_not_used() {
     assert_eq!((report.from_cache, report.from_network), (specs[0].bytes.expect("size"), report.bytes - specs[0].bytes.expect("size")), "{report:?}");
     assert_eq!(greedy_cpu(&mut b, &model), ORACLE_GREEDY);
     assert_cache_verified(&source, specs.len()).await;
+}
+
+/// A model that does not fit the cache budget (as when storage is short) still loads; the
+/// report says why it was not cached, and nothing of it is in the cache.
+#[wasm_bindgen_test]
+async fn model_over_the_cache_budget_loads_uncached() {
+    let source = manifest("404@budget");
+    forget(&source).await;
+    let o = LoadOptions { max_cache_bytes: Some(1 << 20), ..opts(true) };
+    let mut b = CpuBackend::new();
+    let (r, _) = load(&source, &mut b, &o).await;
+    let (model, report) = r.expect("uncached load");
+    assert_eq!(report.cached_now, 0);
+    assert!(report.cache_note.as_deref().is_some_and(|n| n.starts_with("not cached")), "{report:?}");
+    assert_cache_verified(&source, 0).await;
+    assert_eq!(greedy_cpu(&mut b, &model), ORACLE_GREEDY);
+}
+
+/// The OPFS store: shards written to disk as they arrive, committed after verification, read
+/// back with no network byte.
+#[wasm_bindgen_test]
+async fn opfs_store_caches_and_serves() {
+    let source = manifest("404@opfs");
+    forget(&source).await;
+    let o = LoadOptions { store: StoreKind::Opfs, ..opts(true) };
+    let mut b = CpuBackend::new();
+    let (r, _) = load(&source, &mut b, &o).await;
+    let (model, report) = r.expect("load into OPFS");
+    assert_eq!((report.cached_now, report.cache_note.as_deref()), (3, None), "{report:?}");
+    drop(model);
+    assert_cache_verified(&source, 3).await;
+    let mut b = CpuBackend::new();
+    let (r, _) = load(&source, &mut b, &o).await;
+    let (model, report) = r.expect("load from OPFS");
+    assert_eq!((report.from_network, report.from_cache), (0, report.bytes), "{report:?}");
+    assert_eq!(greedy_cpu(&mut b, &model), ORACLE_GREEDY);
 }
 
 fn wasm_memory_bytes() -> f64 {

@@ -41,7 +41,7 @@ pub enum CacheFailure {
 }
 
 impl CacheFailure {
-    fn from_js(e: JsValue) -> CacheFailure {
+    pub(crate) fn from_js(e: JsValue) -> CacheFailure {
         if is_dom_error(&e, "QuotaExceededError") {
             CacheFailure::Quota(js_message(&e))
         } else {

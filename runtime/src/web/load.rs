@@ -9,13 +9,14 @@
 //! start with the bytes already received discarded. The sha256 from the manifest is checked at
 //! the shard's end, before the shard is cached.
 
-use super::cache::{CacheFailure, ShardCache};
+use super::cache::{CacheFailure, CommitRecord};
+use super::store::{Keep, Store, StoreKind};
 use super::platform::{get_f64, js_message, scope, Scope};
 use crate::gguf::GgufModel;
 use crate::loader::manifest::{hex, Manifest, MAX_MANIFEST_BYTES};
 use crate::loader::{LoadError, ModelStream};
 use crate::model::{Backend, Model};
-use js_sys::{Array, Reflect, Uint8Array};
+use js_sys::{Reflect, Uint8Array};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
@@ -45,16 +46,20 @@ pub struct ShardSpec {
 pub struct LoadOptions {
     /// Read and write the shard cache.
     pub use_cache: bool,
+    /// Which browser storage caches shards.
+    pub store: StoreKind,
     /// Consecutive failed attempts (fetch or body errors without progress) before giving up.
     pub max_attempts: u32,
     /// First retry delay; doubles each retry.
     pub retry_delay_ms: i32,
     pub signal: Option<web_sys::AbortSignal>,
+    /// Cache a model only when it fits in this many bytes (besides the storage quota).
+    pub max_cache_bytes: Option<u64>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { use_cache: true, max_attempts: 5, retry_delay_ms: 200, signal: None }
+        LoadOptions { use_cache: true, store: StoreKind::CacheStorage, max_attempts: 5, retry_delay_ms: 200, signal: None, max_cache_bytes: None }
     }
 }
 
@@ -197,7 +202,7 @@ struct Run<'a, B: Backend> {
     sc: Scope,
     opts: &'a LoadOptions,
     stream: ModelStream<B>,
-    cache: Option<ShardCache>,
+    cache: Option<Store>,
     report: LoadReport,
     total: Option<u64>,
     shards: usize,
@@ -301,15 +306,11 @@ fn ms(since: Instant) -> f64 {
 impl<B: Backend> Run<'_, B> {
     /// Opens the cache, asks for persistent storage once, and notes why caching is off if it is.
     async fn open_cache(&mut self, total: Option<u64>) {
-        let storage = match self.sc.caches() {
-            Ok(s) => s,
-            Err(e) => {
-                self.report.cache_note = Some(format!("no Cache Storage here ({})", js_message(&e)));
-                return;
+        match Store::open(self.opts.store, &self.sc).await {
+            Ok((store, note)) => {
+                self.cache = Some(store);
+                self.report.cache_note = note;
             }
-        };
-        match ShardCache::open(&storage).await {
-            Ok(c) => self.cache = Some(c),
             Err(e) => {
                 self.report.cache_note = Some(format!("cache unavailable: {}", e.message()));
                 return;
@@ -324,7 +325,13 @@ impl<B: Backend> Run<'_, B> {
             }
         }
         // Downloading what cannot be stored would only evict it again: check room first.
-        if let (Some(total), Ok(p)) = (total, manager.estimate()) {
+        let Some(total) = total else { return };
+        if let Some(limit) = self.opts.max_cache_bytes.filter(|&l| l < total) {
+            self.cache = None;
+            self.report.cache_note = Some(format!("not cached: the model needs {total} bytes, over the {limit} allowed"));
+            return;
+        }
+        if let Ok(p) = manager.estimate() {
             if let Ok(est) = JsFuture::from(p).await {
                 if let (Some(quota), Some(usage)) = (get_f64(&est, "quota"), get_f64(&est, "usage")) {
                     let free = (quota - usage).max(0.0) as u64;
@@ -361,12 +368,13 @@ impl<B: Backend> Run<'_, B> {
         });
     }
 
-    /// Hands a chunk to the model stream (and the hash, and the cache copy).
-    fn feed(&mut self, backend: &mut B, chunk: &Uint8Array, skip: u64, hash: &mut Option<Sha256>, keep: &mut Option<Array>) -> Result<(), LoadError> {
+    /// Hands a chunk (less its first `skip` bytes) to the model stream and the hash; returns
+    /// the part used, for the cache.
+    fn feed(&mut self, backend: &mut B, chunk: &Uint8Array, skip: u64, hash: &mut Option<Sha256>) -> Result<Option<Uint8Array>, LoadError> {
         let n = chunk.length() as usize;
         let skip = (skip as usize).min(n);
         if skip == n {
-            return Ok(());
+            return Ok(None);
         }
         let part = if skip > 0 { chunk.subarray(skip as u32, n as u32) } else { chunk.clone() };
         self.buf.resize(n - skip, 0);
@@ -377,11 +385,7 @@ impl<B: Backend> Run<'_, B> {
         if let Some(h) = hash {
             h.update(&self.buf);
         }
-        if let Some(parts) = keep {
-            // A copy outside wasm memory (the fetch chunk may be reused by the stream).
-            parts.push(&Uint8Array::new(&part));
-        }
-        Ok(())
+        Ok(Some(part))
     }
 
     async fn shard(&mut self, i: usize, spec: &ShardSpec, backend: &mut B, progress: &mut dyn FnMut(&Progress)) -> Result<(), ShardFailure> {
@@ -392,33 +396,65 @@ impl<B: Backend> Run<'_, B> {
         if self.read_cached(i, spec, backend, &mut hash, progress).await? {
             return Ok(());
         }
-        let mut keep = self.cache.as_ref().map(|_| Array::new());
-        let etag = self.download(i, spec, backend, &mut hash, &mut keep, progress).await?;
+        let mut keep = match &self.cache {
+            Some(c) => match c.begin(url).await {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    self.cache_failed(e);
+                    None
+                }
+            },
+            None => None,
+        };
+        let etag = match self.download(i, spec, backend, &mut hash, &mut keep, progress).await {
+            Ok(e) => e,
+            Err(e) => {
+                if let Some(k) = keep {
+                    k.discard().await;
+                }
+                return Err(e.into());
+            }
+        };
         let t = Instant::now();
         let bytes = self.stream.shard_pos();
         if let (Some(want), Some(h)) = (&spec.sha256, hash) {
             let found = hex(&h.finalize());
             if &found != want {
+                if let Some(k) = keep {
+                    k.discard().await;
+                }
                 if let Some(c) = &self.cache {
                     let _ = c.remove(url).await;
                 }
                 return Err(LoadError::Integrity { url: url.to_owned(), expected: want.clone(), found }.into());
             }
         }
-        self.stream.end_shard(backend)?;
+        if let Err(e) = self.stream.end_shard(backend) {
+            if let Some(k) = keep {
+                k.discard().await;
+            }
+            return Err(e.into());
+        }
         self.report.ms_upload += ms(t);
-        if let (Some(c), Some(parts)) = (&self.cache, keep) {
-            match c.store(url, bytes, spec.sha256.as_deref(), etag.as_deref(), &parts).await {
+        if let (Some(c), Some(k)) = (&self.cache, keep) {
+            match c.commit(k, url, bytes, spec.sha256.as_deref(), etag.as_deref()).await {
                 Ok(()) => self.report.cached_now += 1,
-                Err(CacheFailure::Quota(m)) => {
-                    self.report.cache_note = Some(format!("storage full, not cached: {m}"));
-                    self.cache = None;
-                }
-                Err(CacheFailure::Other(m)) => self.report.cache_note = Some(format!("not cached: {m}")),
+                Err(e) => self.cache_failed(e),
             }
         }
         self.emit(i, url, progress, true);
         Ok(())
+    }
+
+    /// Notes why a shard was not cached; a full storage stops caching for this load.
+    fn cache_failed(&mut self, e: CacheFailure) {
+        match e {
+            CacheFailure::Quota(m) => {
+                self.report.cache_note = Some(format!("storage full, not cached: {m}"));
+                self.cache = None;
+            }
+            CacheFailure::Other(m) => self.report.cache_note = Some(format!("not cached: {m}")),
+        }
     }
 
     /// Streams a committed cache entry, if there is one. A read error, a short entry or a hash
@@ -429,9 +465,9 @@ impl<B: Backend> Run<'_, B> {
         let t = Instant::now();
         let hit = cache.lookup(url, spec.sha256.as_deref()).await;
         self.report.ms_cache += ms(t);
-        let Ok(Some((record, response))) = hit else { return Ok(false) };
+        let Ok(Some((record, reader))) = hit else { return Ok(false) };
         let corrupt = |why: String| ShardFailure::CorruptCache(LoadError::Cache(format!("{url}: cached copy {why}; deleted")));
-        let Some(reader) = body_reader(&response) else {
+        let Some(reader) = reader else {
             let _ = cache.remove(url).await;
             return Err(corrupt("has no body".into()));
         };
@@ -447,7 +483,7 @@ impl<B: Backend> Run<'_, B> {
                     self.report.from_cache += c.length() as u64;
                     self.report.bytes += c.length() as u64;
                     // Bytes the cache should not have held fail the parse: the entry goes.
-                    if let Err(e) = self.feed(backend, &c, 0, hash, &mut None) {
+                    if let Err(e) = self.feed(backend, &c, 0, hash) {
                         self.drop_entry(url).await;
                         return Err(corrupt(format!("is not a valid shard ({e})")));
                     }
@@ -495,7 +531,7 @@ impl<B: Backend> Run<'_, B> {
         spec: &ShardSpec,
         backend: &mut B,
         hash: &mut Option<Sha256>,
-        keep: &mut Option<Array>,
+        keep: &mut Option<Keep>,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<Option<String>, LoadError> {
         let url = spec.url.as_str();
@@ -628,7 +664,16 @@ impl<B: Backend> Run<'_, B> {
                     }
                 }
                 self.report.bytes += used;
-                self.feed(backend, &chunk, skip, hash, keep)?;
+                if let Some(part) = self.feed(backend, &chunk, skip, hash)? {
+                    if let Some(k) = keep.as_mut() {
+                        if let Err(e) = k.push(&part).await {
+                            if let Some(k) = keep.take() {
+                                k.discard().await;
+                            }
+                            self.cache_failed(e);
+                        }
+                    }
+                }
                 skip = skip.saturating_sub(n);
                 progressed |= used > 0;
                 self.emit(i, url, progress, false);
@@ -648,23 +693,39 @@ impl<B: Backend> Run<'_, B> {
     }
 }
 
-/// Every committed shard in the browser's cache.
-pub async fn cached_shards() -> Result<Vec<super::cache::CommitRecord>, LoadError> {
-    let c = open_cache().await?;
-    c.list().await.map_err(|e| LoadError::Cache(e.message().to_owned()))
+/// Every committed shard in the browser's caches (Cache Storage and, where present, OPFS).
+pub async fn cached_shards() -> Result<Vec<CommitRecord>, LoadError> {
+    let mut out = Vec::new();
+    for store in stores().await? {
+        out.extend(store.list().await.map_err(|e| LoadError::Cache(e.message().to_owned()))?);
+    }
+    Ok(out)
 }
 
-/// Deletes the cached copy of each of `urls` (shard URLs).
+/// Deletes the cached copy of each of `urls` (shard URLs) from every store.
 pub async fn delete_cached(urls: &[String]) -> Result<(), LoadError> {
-    let c = open_cache().await?;
-    for u in urls {
-        c.remove(u).await.map_err(|e| LoadError::Cache(e.message().to_owned()))?;
+    for store in stores().await? {
+        for u in urls {
+            store.remove(u).await.map_err(|e| LoadError::Cache(e.message().to_owned()))?;
+        }
     }
     Ok(())
 }
 
-pub async fn open_cache() -> Result<ShardCache, LoadError> {
+/// The stores this browser has: Cache Storage, then OPFS when present.
+async fn stores() -> Result<Vec<Store>, LoadError> {
+    let sc = scope().map_err(LoadError::Cache)?;
+    let (cache, _) = Store::open(StoreKind::CacheStorage, &sc).await.map_err(|e| LoadError::Cache(e.message().to_owned()))?;
+    let mut v = vec![cache];
+    if let Ok((opfs @ Store::Opfs(_), _)) = Store::open(StoreKind::Opfs, &sc).await {
+        v.push(opfs);
+    }
+    Ok(v)
+}
+
+/// The Cache Storage store (tests plant torn and corrupt entries in it).
+pub async fn open_cache() -> Result<super::cache::ShardCache, LoadError> {
     let sc = scope().map_err(LoadError::Cache)?;
     let storage = sc.caches().map_err(|e| LoadError::Cache(js_message(&e)))?;
-    ShardCache::open(&storage).await.map_err(|e| LoadError::Cache(e.message().to_owned()))
+    super::cache::ShardCache::open(&storage).await.map_err(|e| LoadError::Cache(e.message().to_owned()))
 }

@@ -5,7 +5,9 @@
 
 pub mod cache;
 pub mod load;
+pub mod opfs;
 mod platform;
+pub mod store;
 
 use crate::cpu::Kernels;
 use crate::engine::{Flow, Session, SessionOptions};
@@ -45,8 +47,8 @@ impl WasmEngine {
 
     /// Streams a model onto the CPU backend. `source`: a URL string (a split's first shard's
     /// name loads every shard), an array of shard URLs, or `{ manifest: url }`. `options`:
-    /// `{ kv, contextLength, cache (default true), signal (AbortSignal), maxAttempts,
-    /// retryDelayMs }`. `on_progress` (optional) receives progress objects (see
+    /// `{ kv, contextLength, cache (default true), store ("cache-storage" (default) or "opfs"),
+    /// maxCacheBytes, signal (AbortSignal), maxAttempts, retryDelayMs }`. `on_progress` (optional) receives progress objects (see
     /// `load::Progress`); the last has `phase: "ready"` and the load report. Errors are `Error`s
     /// with a stable `code` (network, http, malformed, length, integrity, aborted, model…).
     pub async fn load(source: JsValue, options: JsValue, on_progress: Option<js_sys::Function>) -> Result<WasmEngine, JsValue> {
@@ -67,6 +69,12 @@ impl WasmEngine {
             opts.retry_delay_ms = ms as i32;
         }
         opts.signal = get("signal").and_then(|v| v.dyn_into().ok());
+        match get("store").and_then(|v| v.as_string()).as_deref() {
+            None | Some("cache-storage") => {}
+            Some("opfs") => opts.store = store::StoreKind::Opfs,
+            Some(other) => return Err(coded_error("options", &format!("store {other:?} (cache-storage or opfs)"))),
+        }
+        opts.max_cache_bytes = get("maxCacheBytes").and_then(|v| v.as_f64()).map(|b| b as u64);
         let mut report = |p: &load::Progress| {
             if let Some(f) = &on_progress {
                 let _ = f.call1(&JsValue::NULL, &to_js(p));
