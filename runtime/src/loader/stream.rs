@@ -180,7 +180,8 @@ impl<B: Backend> ModelStream<B> {
     fn plan(&mut self, name: &str, index: usize, h: GgufHeader) -> Result<Vec<Planned>, LoadError> {
         let gguf_err = |source| LoadError::Gguf { path: name.to_owned(), source };
         let split = h.split().map_err(gguf_err)?;
-        let no = split.map_or(0, |s| s.no as usize);
+        // (A split number past usize on wasm32 must not wrap onto a small one.)
+        let no = split.map_or(0, |s| usize::try_from(s.no).unwrap_or(usize::MAX));
         if no != index {
             return Err(LoadError::ShardOrder { shard: name.to_owned(), expected: index, found: no });
         }
@@ -188,9 +189,9 @@ impl<B: Backend> ModelStream<B> {
             let config = ModelConfig::from_metadata(&h.metadata)?;
             self.wanted = Weights::wanted(&config)?.into_iter().collect();
             self.config = Some(config);
-            self.n_shards = Some(split.map_or(1, |s| s.count as usize));
+            self.n_shards = Some(split.map_or(1, |s| usize::try_from(s.count).unwrap_or(usize::MAX)));
         } else if let (Some(n), Some(s)) = (self.n_shards, split) {
-            if s.count as usize != n {
+            if usize::try_from(s.count).ok() != Some(n) {
                 return Err(gguf_err(crate::GgufError::SplitCountMismatch { shard: s.no, expected: n as u64, found: s.count }));
             }
         }
