@@ -183,6 +183,8 @@ pub struct GpuBackend {
     upload_staged: Vec<u8>,
     /// Bytes written to weight buffers since the last submission.
     unsubmitted_upload: u64,
+    /// The latest rope cos/sin tables (`[n_tokens, n_dims/2, 2]` f32), oldest first.
+    rope_tables: Vec<(RopeKey, wgpu::Buffer)>,
 }
 
 /// Fill word of activation buffers in sentinel mode (a NaN: an unwritten output shows).
@@ -229,6 +231,7 @@ impl GpuBackend {
             max_chunk_bytes: None,
             upload_staged: Vec::new(),
             unsubmitted_upload: 0,
+            rope_tables: Vec::new(),
         }
     }
 
@@ -641,6 +644,20 @@ pub struct PendingGpuWeight {
     carry: Vec<u8>,
 }
 
+/// What a rope cos/sin table depends on (`factors`: the frequency-factor weight's address).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct RopeKey {
+    pos0: usize,
+    n_tokens: usize,
+    n_dims: usize,
+    freq_base: u32,
+    freq_scale: u32,
+    factors: Option<usize>,
+}
+
+/// Rope tables kept: a pass uses one per rope base (Gemma-3: local and global).
+const ROPE_TABLES: usize = 4;
+
 /// Uploads written but not yet submitted, above which a submission lets wgpu free its staging
 /// copies (natively they are held until the next submit; the browser copies at writeBuffer).
 const UNSUBMITTED_UPLOAD_LIMIT: u64 = 64 << 20;
@@ -688,6 +705,8 @@ impl Backend for GpuBackend {
     type Pending = PendingGpuWeight;
 
     fn begin_weight(&mut self, name: &str, ty: GgmlType, shape: &[u64]) -> Result<PendingGpuWeight, ModelError> {
+        // A new model may place its rope factors where an old one's were.
+        self.rope_tables.clear();
         let bytes = crate::model::tensor_bytes(name, ty, shape)?;
         let cols = shape.first().copied().unwrap_or(1) as usize;
         let rows = shape.iter().skip(1).product::<u64>() as usize;
@@ -897,27 +916,46 @@ impl Backend for GpuBackend {
             return Err(shape_err("rope head_dim", x.width, head_dim));
         }
         let freq_factors = match factors {
-            Some(GpuWeight::Vector { host, .. }) if host.len() >= rope.n_dims / 2 => Some(host.clone()),
+            Some(GpuWeight::Vector { host, .. }) if host.len() >= rope.n_dims / 2 => Some(host),
             Some(_) => return Err(GpuError::Shape("rope frequency factors".into()).into()),
             None => None,
         };
-        // cos/sin of every (row, pair) by the CPU's own code: bit-identical angles everywhere.
-        let cpu_rope = crate::cpu::ops::Rope {
+        let key = RopeKey {
+            pos0,
+            n_tokens: x.n_tokens,
             n_dims: rope.n_dims,
-            freq_base: rope.freq_base,
-            freq_scale: rope.freq_scale,
-            mode: crate::cpu::ops::RopeMode::Normal,
-            freq_factors,
+            freq_base: rope.freq_base.to_bits(),
+            freq_scale: rope.freq_scale.to_bits(),
+            factors: freq_factors.map(|f| f.as_ptr() as usize),
         };
-        let mut table = Vec::with_capacity(x.n_tokens * rope.n_dims); // [n_tokens, n_dims/2, 2]
-        for t in 0..x.n_tokens {
-            cpu_rope.for_each_angle(pos0 + t, |_, c, s| table.extend_from_slice(&[c, s]));
-        }
-        let b = self.dev.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("rope cos/sin"),
-            contents: bytes_of(&table),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+        // Every layer ropes q and k at the same positions: one table per (positions, params).
+        let b = match self.rope_tables.iter().find(|(k, _)| *k == key) {
+            Some((_, b)) => b.clone(),
+            None => {
+                // cos/sin of every (row, pair) by the CPU's own code: bit-identical angles everywhere.
+                let cpu_rope = crate::cpu::ops::Rope {
+                    n_dims: rope.n_dims,
+                    freq_base: rope.freq_base,
+                    freq_scale: rope.freq_scale,
+                    mode: crate::cpu::ops::RopeMode::Normal,
+                    freq_factors: freq_factors.cloned(),
+                };
+                let mut table = Vec::with_capacity(x.n_tokens * rope.n_dims); // [n_tokens, n_dims/2, 2]
+                for t in 0..x.n_tokens {
+                    cpu_rope.for_each_angle(pos0 + t, |_, c, s| table.extend_from_slice(&[c, s]));
+                }
+                let b = self.dev.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("rope cos/sin"),
+                    contents: bytes_of(&table),
+                    usage: wgpu::BufferUsages::STORAGE,
+                });
+                if self.rope_tables.len() >= ROPE_TABLES {
+                    self.rope_tables.remove(0);
+                }
+                self.rope_tables.push((key, b.clone()));
+                b
+            }
+        };
         let count = x.n_tokens * (x.width / head_dim) * (rope.n_dims / 2);
         let p = EwParams {
             count: count as u32,
