@@ -17,7 +17,7 @@ use webgguf::engine::{Session, SessionOptions};
 use webgguf::gpu::GpuBackend;
 use webgguf::kv_cache::KvType;
 use webgguf::model::{Backend, CpuBackend};
-use webgguf_tests::{fixtures_dir, model_path, use_all_cores};
+use webgguf_tests::{fixtures_dir, ids, model_path, top2, use_all_cores};
 
 const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1";
 const GEMMA: &str = "gemma-3-270m-q4_k_m";
@@ -27,22 +27,6 @@ fn session<B: Backend>(mut backend: B, name: &str, kv: KvType) -> Session<B> {
     let path = model_path(&format!("{name}.gguf"));
     let (_, model) = webgguf::loader::load_files(&[path], &mut backend).expect("load model");
     Session::new(backend, model, SessionOptions { kv, n_ctx: 256 }).expect("session")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("id array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
-}
-
-/// Top-1 id (lowest among ties) and its margin over the runner-up.
-fn top2(row: &[f32]) -> (u32, f32) {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    let second = row.iter().enumerate().filter(|&(i, _)| i != best).map(|(_, &x)| x).fold(f32::MIN, f32::max);
-    (best as u32, row[best] - second)
 }
 
 /// `sequences` oracle cases teacher-forced on both backends (each prompt + llama.cpp's greedy

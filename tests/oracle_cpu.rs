@@ -7,7 +7,7 @@ use serde_json::Value;
 use webgguf::engine::{Session, SessionOptions};
 use webgguf::kv_cache::KvType;
 use webgguf::model::CpuBackend;
-use webgguf_tests::{use_all_cores, fixtures_dir, model_path, workspace_root};
+use webgguf_tests::{argmax, fixtures_dir, ids, model_path, top2, use_all_cores, workspace_root};
 
 const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1";
 const GEMMA: &str = "gemma-3-270m-q4_k_m";
@@ -23,27 +23,6 @@ fn session(name: &str, kv: KvType) -> Session<CpuBackend> {
     let mut backend = CpuBackend::new();
     let (_, model) = webgguf::loader::load_files(&[path], &mut backend).expect("load model");
     Session::new(backend, model, SessionOptions { kv, n_ctx: 1024 }).expect("session")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("id array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
-}
-
-/// Top-1 id and its margin over the runner-up.
-fn top2(row: &[f32]) -> (u32, f32) {
-    let id = argmax(row);
-    let second = row.iter().enumerate().filter(|&(i, _)| i as u32 != id).map(|(_, &x)| x).fold(f32::MIN, f32::max);
-    (id, row[id as usize] - second)
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// Per-position top-1 of our teacher-forced logits vs the oracle's, split by oracle margin.

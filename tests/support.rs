@@ -33,3 +33,30 @@ pub fn model_path(name: &str) -> PathBuf {
 pub fn use_all_cores() {
     webgguf::cpu::set_num_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
 }
+
+/// Token ids of a JSON array (oracle files).
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an id array")
+        .iter()
+        .map(|x| u32::try_from(x.as_u64().expect("an id")).expect("an id fits u32"))
+        .collect()
+}
+
+/// The top token of a row of logits (lowest id among ties) and its margin over the runner-up.
+pub fn top2(row: &[f32]) -> (u32, f32) {
+    let id = argmax(row);
+    let second = row.iter().enumerate().filter(|&(i, _)| i as u32 != id).map(|(_, &x)| x).fold(f32::MIN, f32::max);
+    (id, row[id as usize] - second)
+}
+
+/// Index of the largest of `row` (lowest among ties).
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 use webgguf::gguf::{read_header_from_path, Limits, Metadata, Value as GgufValue};
 use webgguf::tokenizer::{pre_tokenize, Tokenizer, TokenizerKind};
-use webgguf_tests::{fixtures_dir, model_path};
+use webgguf_tests::{fixtures_dir, ids, model_path};
 
 const SMOLLM: &str = "SmolLM2-135M-Instruct.Q4_1";
 const GEMMA: &str = "gemma-3-270m-q4_k_m";
@@ -37,14 +37,6 @@ fn model(name: &str) -> &'static Model {
     static GEM: OnceLock<Model> = OnceLock::new();
     let cell = if name == SMOLLM { &SMOL } else { &GEM };
     cell.get_or_init(|| load(name))
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("an id array")
-        .iter()
-        .map(|x| u32::try_from(x.as_u64().expect("an id")).expect("an id fits u32"))
-        .collect()
 }
 
 fn entries<'a>(m: &'a Model, key: &str) -> &'a [Value] {

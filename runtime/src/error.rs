@@ -154,6 +154,9 @@ pub enum ModelError {
     Kv(#[from] KvError),
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    /// Logits that cannot be sampled (NaN).
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
 }
 
 /// Errors of the WebGPU backend (`gpu/`). `NoAdapter` and `MissingFeature` mean "use the CPU".

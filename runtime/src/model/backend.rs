@@ -93,11 +93,11 @@ pub trait Backend {
     /// hands its buffer over without a copy.
     fn into_host(&mut self, x: Self::Act) -> Result<Vec<f32>, ModelError>;
 
-    /// Index of the largest value of the last row of `x` (lowest index among ties): greedy
-    /// sampling. Devices override it to read back 4 bytes instead of the logits.
+    /// Index of the largest value of `x`, one row of logits (lowest index among ties; NaN is an
+    /// error): greedy sampling. Devices override it to read back 4 bytes instead of the logits.
     fn argmax(&mut self, x: Self::Act) -> Result<u32, ModelError> {
         let v = self.into_host(x)?;
-        Ok(argmax_last(&v))
+        Ok(crate::sampler::argmax(&v)?)
     }
 
     /// Whether [`Backend::argmax`] saves a logits readback (greedy decoding then uses it).
@@ -109,15 +109,4 @@ pub trait Backend {
     fn describe(&self) -> String {
         "cpu".to_owned()
     }
-}
-
-/// Index of the largest of `v` (lowest among ties; 0 when empty). `v` is one row.
-fn argmax_last(v: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
