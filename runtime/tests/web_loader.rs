@@ -208,6 +208,19 @@ async fn server_ignoring_range_still_loads() {
     assert_eq!(greedy_cpu(&mut b, &model), ORACLE_GREEDY);
 }
 
+/// A server that stops sending with the connection open: after the stall timeout the body is
+/// cancelled and the shard resumed from the last byte received.
+#[wasm_bindgen_test]
+async fn stalled_connection_times_out_and_resumes() {
+    let source = manifest("stall@00002-of");
+    let o = LoadOptions { stall_timeout_ms: 1000, ..opts(false) };
+    let mut b = CpuBackend::new();
+    let (r, _) = load(&source, &mut b, &o).await;
+    let (model, report) = r.expect("resumed after the stall");
+    assert_eq!((report.resumes, report.from_network, report.discarded), (1, report.bytes, 0), "{report:?}");
+    assert_eq!(greedy_cpu(&mut b, &model), ORACLE_GREEDY);
+}
+
 async fn expect_error(fault: &str, use_cache: bool) -> LoadError {
     let source = manifest(fault);
     forget(&source).await;

@@ -52,6 +52,9 @@ pub struct LoadOptions {
     pub max_attempts: u32,
     /// First retry delay; doubles each retry.
     pub retry_delay_ms: i32,
+    /// A response or body that delivers nothing for this long counts as a failed attempt
+    /// (the body is cancelled and the shard resumed): a stalled server never hangs a load.
+    pub stall_timeout_ms: i32,
     pub signal: Option<web_sys::AbortSignal>,
     /// Cache a model only when it fits in this many bytes (besides the storage quota).
     pub max_cache_bytes: Option<u64>,
@@ -59,7 +62,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { use_cache: true, store: StoreKind::CacheStorage, max_attempts: 5, retry_delay_ms: 200, signal: None, max_cache_bytes: None }
+        LoadOptions { use_cache: true, store: StoreKind::CacheStorage, max_attempts: 5, retry_delay_ms: 200, stall_timeout_ms: 30_000, signal: None, max_cache_bytes: None }
     }
 }
 
@@ -169,20 +172,40 @@ fn aborted(opts: &LoadOptions) -> bool {
 }
 
 async fn fetch(sc: &Scope, req: &web_sys::Request, url: &str, opts: &LoadOptions) -> Result<web_sys::Response, LoadError> {
-    match JsFuture::from(sc.fetch(req)).await {
-        Ok(r) => Ok(r.unchecked_into()),
+    match sc.within(&sc.fetch(req), opts.stall_timeout_ms).await {
+        Ok(Some(r)) => Ok(r.unchecked_into()),
+        Ok(None) => Err(LoadError::Network { url: url.to_owned(), attempts: 1, at: 0, message: format!("no response within {} ms", opts.stall_timeout_ms) }),
         Err(_) if aborted(opts) => Err(LoadError::Aborted),
         Err(e) => Err(net_err(url, 1, 0, &e)),
     }
 }
 
-/// The next chunk of a body: Some(bytes), None at its end, Err on a failed connection.
-async fn read_chunk(reader: &web_sys::ReadableStreamDefaultReader) -> Result<Option<Uint8Array>, JsValue> {
-    let r = JsFuture::from(reader.read()).await?;
-    if Reflect::get(&r, &"done".into())?.as_bool() == Some(true) {
-        return Ok(None);
+/// The result of one `read()` of a body.
+enum Read {
+    Chunk(Uint8Array),
+    End,
+    /// Nothing arrived within the stall timeout.
+    Stalled,
+}
+
+fn read_result(r: &JsValue) -> Result<Read, JsValue> {
+    if Reflect::get(r, &"done".into())?.as_bool() == Some(true) {
+        return Ok(Read::End);
     }
-    Ok(Some(Reflect::get(&r, &"value".into())?.unchecked_into()))
+    Ok(Read::Chunk(Reflect::get(r, &"value".into())?.unchecked_into()))
+}
+
+/// The next chunk of a body (Err on a failed connection); no time limit (the cache).
+async fn read_chunk(reader: &web_sys::ReadableStreamDefaultReader) -> Result<Read, JsValue> {
+    read_result(&JsFuture::from(reader.read()).await?)
+}
+
+/// The next chunk of a network body, or `Stalled` after `ms` without one.
+async fn read_chunk_within(sc: &Scope, reader: &web_sys::ReadableStreamDefaultReader, ms: i32) -> Result<Read, JsValue> {
+    match sc.within(&reader.read(), ms).await? {
+        Some(r) => read_result(&r),
+        None => Ok(Read::Stalled),
+    }
 }
 
 fn body_reader(resp: &web_sys::Response) -> Option<web_sys::ReadableStreamDefaultReader> {
@@ -479,7 +502,7 @@ impl<B: Backend> Run<'_, B> {
             let chunk = read_chunk(&reader).await;
             self.report.ms_cache += ms(t);
             match chunk {
-                Ok(Some(c)) => {
+                Ok(Read::Chunk(c)) => {
                     self.report.from_cache += c.length() as u64;
                     self.report.bytes += c.length() as u64;
                     // Bytes the cache should not have held fail the parse: the entry goes.
@@ -489,7 +512,7 @@ impl<B: Backend> Run<'_, B> {
                     }
                     self.emit(i, url, progress, false);
                 }
-                Ok(None) => break,
+                Ok(Read::End | Read::Stalled) => break,
                 Err(e) => {
                     self.drop_entry(url).await;
                     return Err(corrupt(format!("could not be read ({})", js_message(&e))));
@@ -538,6 +561,8 @@ impl<B: Backend> Run<'_, B> {
         let mut expected = spec.bytes;
         let mut etag = None;
         let mut failures = 0u32;
+        // What went wrong last, for the error when the attempts run out.
+        let mut problem = String::new();
         let mut magic = Vec::with_capacity(4);
         loop {
             if aborted(self.opts) {
@@ -546,7 +571,7 @@ impl<B: Backend> Run<'_, B> {
             let pos = self.stream.shard_pos();
             if failures > 0 {
                 if failures >= self.opts.max_attempts {
-                    return Err(LoadError::Network { url: url.to_owned(), attempts: failures, at: pos, message: "gave up".into() });
+                    return Err(LoadError::Network { url: url.to_owned(), attempts: failures, at: pos, message: problem });
                 }
                 let delay = self.opts.retry_delay_ms.saturating_mul(1 << (failures - 1).min(10));
                 self.sc.sleep(delay).await;
@@ -556,8 +581,9 @@ impl<B: Backend> Run<'_, B> {
             let t = Instant::now();
             let resp = match fetch(&self.sc, &req, url, self.opts).await {
                 Ok(r) => r,
-                Err(LoadError::Network { .. }) => {
+                Err(LoadError::Network { message, .. }) => {
                     self.report.ms_network += ms(t);
+                    problem = message;
                     failures += 1;
                     continue;
                 }
@@ -570,6 +596,7 @@ impl<B: Backend> Run<'_, B> {
                 if failures + 1 >= self.opts.max_attempts {
                     return Err(LoadError::Http { url: url.to_owned(), status, detail: String::new() });
                 }
+                problem = format!("HTTP {status}");
                 failures += 1;
                 continue;
             }
@@ -617,6 +644,7 @@ impl<B: Backend> Run<'_, B> {
                 etag = Some(e);
             }
             let Some(reader) = body_reader(&resp) else {
+                problem = "a response without a body".into();
                 failures += 1;
                 continue;
             };
@@ -629,16 +657,24 @@ impl<B: Backend> Run<'_, B> {
                     return Err(LoadError::Aborted);
                 }
                 let t = Instant::now();
-                let chunk = read_chunk(&reader).await;
+                let chunk = read_chunk_within(&self.sc, &reader, self.opts.stall_timeout_ms).await;
                 self.report.ms_network += ms(t);
                 let chunk = match chunk {
-                    Ok(Some(c)) => c,
-                    Ok(None) => match wrong_length.take() {
+                    Ok(Read::Chunk(c)) => c,
+                    Ok(Read::End) => match wrong_length.take() {
                         Some(e) => return Err(e),
                         None => break true,
                     },
+                    Ok(Read::Stalled) => {
+                        let _ = reader.cancel();
+                        problem = format!("no data for {} ms", self.opts.stall_timeout_ms);
+                        break false;
+                    }
                     Err(_) if aborted(self.opts) => return Err(LoadError::Aborted),
-                    Err(_) => break false,
+                    Err(e) => {
+                        problem = js_message(&e);
+                        break false;
+                    }
                 };
                 let n = chunk.length() as u64;
                 self.report.from_network += n;
@@ -687,7 +723,12 @@ impl<B: Backend> Run<'_, B> {
                 Some(e) if pos == e => return Ok(etag),
                 None if ended => return Ok(etag),
                 // A dropped connection or a body that ended early: resume.
-                _ => failures += 1,
+                _ => {
+                    if ended {
+                        problem = format!("the body ended at byte {pos}");
+                    }
+                    failures += 1;
+                }
             }
         }
     }

@@ -48,7 +48,8 @@ impl WasmEngine {
     /// Streams a model onto the CPU backend. `source`: a URL string (a split's first shard's
     /// name loads every shard), an array of shard URLs, or `{ manifest: url }`. `options`:
     /// `{ kv, contextLength, cache (default true), store ("cache-storage" (default) or "opfs"),
-    /// maxCacheBytes, signal (AbortSignal), maxAttempts, retryDelayMs }`. `on_progress` (optional) receives progress objects (see
+    /// maxCacheBytes, signal (AbortSignal), maxAttempts, retryDelayMs, stallTimeoutMs }`.
+    /// `on_progress` (optional) receives progress objects (see
     /// `load::Progress`); the last has `phase: "ready"` and the load report. Errors are `Error`s
     /// with a stable `code` (network, http, malformed, length, integrity, aborted, model…).
     pub async fn load(source: JsValue, options: JsValue, on_progress: Option<js_sys::Function>) -> Result<WasmEngine, JsValue> {
@@ -67,6 +68,9 @@ impl WasmEngine {
         }
         if let Some(ms) = get("retryDelayMs").and_then(|v| v.as_f64()) {
             opts.retry_delay_ms = ms as i32;
+        }
+        if let Some(ms) = get("stallTimeoutMs").and_then(|v| v.as_f64()) {
+            opts.stall_timeout_ms = (ms as i32).max(1);
         }
         opts.signal = get("signal").and_then(|v| v.dyn_into().ok());
         match get("store").and_then(|v| v.as_string()).as_deref() {

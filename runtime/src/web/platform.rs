@@ -57,6 +57,29 @@ impl Scope {
     }
 }
 
+impl Scope {
+    /// What `p` settles to, or None when it has not settled within `ms` milliseconds.
+    pub(crate) async fn within(&self, p: &Promise, ms: i32) -> Result<Option<JsValue>, JsValue> {
+        let mut handle = None;
+        // Resolves with `undefined`, which neither fetch nor a stream read ever does.
+        let timer = Promise::new(&mut |resolve, _| {
+            handle = match self {
+                Scope::Window(w) => w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms).ok(),
+                Scope::Worker(w) => w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms).ok(),
+            };
+        });
+        let r = JsFuture::from(Promise::race(&js_sys::Array::of2(p, &timer))).await;
+        if let Some(h) = handle {
+            match self {
+                Scope::Window(w) => w.clear_timeout_with_handle(h),
+                Scope::Worker(w) => w.clear_timeout_with_handle(h),
+            }
+        }
+        let v = r?;
+        Ok(if v.is_undefined() { None } else { Some(v) })
+    }
+}
+
 /// A thrown JS value as text: `Error.message` (with its name), else its string form.
 pub(crate) fn js_message(e: &JsValue) -> String {
     if let Some(err) = e.dyn_ref::<js_sys::Error>() {
