@@ -240,6 +240,14 @@ async fn html_page_is_not_a_model() {
     assert_cache_verified(&manifest("html@00002-of"), 1).await;
 }
 
+/// The file changed between the dropped request and the resume (another ETag): refused, never
+/// spliced.
+#[wasm_bindgen_test]
+async fn file_changed_during_resume_is_refused() {
+    let e = expect_error("drop+newetag@00002-of", false).await;
+    assert!(matches!(&e, LoadError::Http { detail, .. } if detail.contains("changed during the download")), "{e}");
+}
+
 #[wasm_bindgen_test]
 async fn missing_shard_is_http_404() {
     let e = expect_error("404@00003-of", false).await;

@@ -640,8 +640,12 @@ impl<B: Backend> Run<'_, B> {
                     return Err(LoadError::Http { url: url.to_owned(), status, detail: if detail.is_empty() { detail } else { format!(" {detail}") } });
                 }
             };
-            if let Some(e) = header("etag") {
-                etag = Some(e);
+            if let Some(new) = header("etag") {
+                // Bytes of two versions of a file must not be spliced together.
+                if let Some(old) = etag.as_ref().filter(|old| **old != new) {
+                    return Err(LoadError::Http { url: url.to_owned(), status, detail: format!(": the file changed during the download (ETag {old} → {new})") });
+                }
+                etag = Some(new);
             }
             let Some(reader) = body_reader(&resp) else {
                 problem = "a response without a body".into();
