@@ -16,7 +16,7 @@ use webgguf::gpu::{GpuBackend, GpuDevice};
 use webgguf::kv_cache::KvType;
 use webgguf::loader::LoadError;
 use webgguf::model::{Backend, CpuBackend, Logits, Model};
-use webgguf::web::load::{cached_shards, delete_cached, load_model, resolve, LoadOptions, LoadReport, ModelSource, Progress};
+use webgguf::web::load::{cached_models, cached_shards, delete_cached, load_model, resolve, LoadOptions, LoadReport, ModelSource, Progress};
 use webgguf::web::store::StoreKind;
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -181,6 +181,14 @@ async fn dropped_connection_resumes_with_range() {
     assert!(starts.len() == 2 && starts[0] == 0 && starts[1] > 0 && starts[1] <= size / 2, "{path}: requests from {starts:?}");
     assert_eq!(greedy_cpu(&mut b, &model), ORACLE_GREEDY);
     assert_cache_verified(&source, 3).await;
+    // Listed as one model under its manifest URL, then deleted as one.
+    let ModelSource::Manifest(manifest_url) = &source else { panic!("a manifest") };
+    let models = cached_models().await.expect("cached models");
+    let m = models.iter().find(|m| &m.model == manifest_url).unwrap_or_else(|| panic!("{models:?}"));
+    assert_eq!((m.shards, m.bytes), (3, report.bytes));
+    let urls: Vec<String> = resolve(&source, &opts(false)).await.expect("resolve").into_iter().map(|s| s.url).collect();
+    delete_cached(&urls).await.expect("delete");
+    assert!(cached_models().await.expect("cached models").iter().all(|m| &m.model != manifest_url));
 }
 
 /// Every cached entry of `source` carries the manifest's size and hash; `n` of them exist.
@@ -319,7 +327,8 @@ async fn torn_and_corrupt_cache_entries_are_not_used() {
     // Corrupt: shard 2 committed with the manifest's hash but wrong bytes.
     let bytes = specs[1].bytes.expect("size") as usize;
     let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(&vec![0u8; bytes][..]));
-    assert!(cache.store(&specs[1].url, bytes as u64, specs[1].sha256.as_deref(), None, &parts).await.is_ok());
+    let record = webgguf::web::cache::CommitRecord::new(&specs[1].url, bytes as u64, specs[1].sha256.as_deref(), None, None);
+    assert!(cache.store(record, &parts).await.is_ok());
 
     let mut b = CpuBackend::new();
     let (r, _) = load(&source, &mut b, &opts(true)).await;

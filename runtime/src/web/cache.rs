@@ -29,9 +29,27 @@ pub struct CommitRecord {
     pub sha256: Option<String>,
     #[serde(default)]
     pub etag: Option<String>,
+    /// Cache Storage: the data entry's key (empty in OPFS).
     pub data_key: String,
     /// `Date.now()` at commit.
     pub committed_ms: f64,
+    /// The model the shard belongs to (its manifest URL, or its first shard's URL).
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+impl CommitRecord {
+    pub fn new(url: &str, bytes: u64, sha256: Option<&str>, etag: Option<&str>, model: Option<&str>) -> CommitRecord {
+        CommitRecord {
+            url: url.to_owned(),
+            bytes,
+            sha256: sha256.map(str::to_owned),
+            etag: etag.map(str::to_owned),
+            data_key: String::new(),
+            committed_ms: js_sys::Date::now(),
+            model: model.map(str::to_owned),
+        }
+    }
 }
 
 /// Why a cache operation failed: storage full (caching is then skipped), or anything else.
@@ -117,11 +135,13 @@ impl ShardCache {
         Ok(text.as_string().and_then(|t| serde_json::from_str::<CommitRecord>(&t).ok()).filter(|r| r.url == url))
     }
 
-    /// Writes the data (`parts`: Uint8Arrays in order, `bytes` in all), then the commit record.
-    pub async fn store(&self, url: &str, bytes: u64, sha256: Option<&str>, etag: Option<&str>, parts: &Array) -> Result<(), CacheFailure> {
+    /// Writes the data (`parts`: Uint8Arrays in order, `record.bytes` in all), then the record.
+    pub async fn store(&self, mut record: CommitRecord, parts: &Array) -> Result<(), CacheFailure> {
+        let (url, bytes) = (record.url.clone(), record.bytes);
+        let url = url.as_str();
         // Replace, never mix with, an older entry.
         self.remove(url).await?;
-        let key = data_key(url, sha256, etag);
+        let key = data_key(url, record.sha256.as_deref(), record.etag.as_deref());
         let other = |e: JsValue| CacheFailure::Other(js_message(&e));
         let blob = web_sys::Blob::new_with_u8_array_sequence(parts).map_err(other)?;
         if blob.size() as u64 != bytes {
@@ -137,14 +157,8 @@ impl ShardCache {
             let _ = wait(self.cache.delete_with_str(&key)).await;
             return Err(e);
         }
-        let record = CommitRecord {
-            url: url.to_owned(),
-            bytes,
-            sha256: sha256.map(str::to_owned),
-            etag: etag.map(str::to_owned),
-            data_key: key.clone(),
-            committed_ms: js_sys::Date::now(),
-        };
+        record.data_key = key.clone();
+        record.committed_ms = js_sys::Date::now();
         let json = serde_json::to_string(&record).map_err(|e| CacheFailure::Other(e.to_string()))?;
         let commit = web_sys::Response::new_with_opt_str(Some(&json)).map_err(other)?;
         if let Err(e) = wait(self.cache.put_with_str(&commit_key(url), &commit)).await {

@@ -233,6 +233,8 @@ struct Run<'a, B: Backend> {
     last_progress: f64,
     /// `[<= one network chunk]` reused copy buffer
     buf: Vec<u8>,
+    /// What cache records name as the model: the manifest URL or the first shard's.
+    model: String,
 }
 
 /// Loads the model `source` names onto `backend`, calling `progress` as bytes arrive.
@@ -243,10 +245,11 @@ pub async fn load_model<B: Backend>(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<(GgufModel, Model<B>, LoadReport), LoadError> {
     let specs = resolve(source, opts).await?;
-    match load_shards(&specs, backend, opts, progress).await {
+    let key = model_key(source, &specs);
+    match load_shards(&specs, &key, backend, opts, progress).await {
         // A cache entry that proved corrupt was deleted: the network has the truth.
         Err(ShardFailure::CorruptCache(why)) => {
-            let (gguf, model, mut report) = load_shards(&specs, backend, opts, progress).await.map_err(ShardFailure::into_error)?;
+            let (gguf, model, mut report) = load_shards(&specs, &key, backend, opts, progress).await.map_err(ShardFailure::into_error)?;
             report.cache_note.get_or_insert_with(|| why.to_string());
             Ok((gguf, model, report))
         }
@@ -273,8 +276,17 @@ impl From<LoadError> for ShardFailure {
     }
 }
 
+/// The name cache records give a model: its manifest URL, else its first shard's URL.
+fn model_key(source: &ModelSource, specs: &[ShardSpec]) -> String {
+    match source {
+        ModelSource::Manifest(url) => url.clone(),
+        _ => specs.first().map(|s| s.url.clone()).unwrap_or_default(),
+    }
+}
+
 async fn load_shards<B: Backend>(
     specs: &[ShardSpec],
+    model_key: &str,
     backend: &mut B,
     opts: &LoadOptions,
     progress: &mut dyn FnMut(&Progress),
@@ -292,6 +304,7 @@ async fn load_shards<B: Backend>(
         t0: Instant::now(),
         last_progress: f64::NEG_INFINITY,
         buf: Vec::new(),
+        model: model_key.to_owned(),
     };
     if opts.use_cache {
         run.open_cache(total).await;
@@ -460,7 +473,8 @@ impl<B: Backend> Run<'_, B> {
         }
         self.report.ms_upload += ms(t);
         if let (Some(c), Some(k)) = (&self.cache, keep) {
-            match c.commit(k, url, bytes, spec.sha256.as_deref(), etag.as_deref()).await {
+            let record = CommitRecord::new(url, bytes, spec.sha256.as_deref(), etag.as_deref(), Some(&self.model));
+            match c.commit(k, record).await {
                 Ok(()) => self.report.cached_now += 1,
                 Err(e) => self.cache_failed(e),
             }
@@ -743,6 +757,32 @@ pub async fn cached_shards() -> Result<Vec<CommitRecord>, LoadError> {
     let mut out = Vec::new();
     for store in stores().await? {
         out.extend(store.list().await.map_err(|e| LoadError::Cache(e.message().to_owned()))?);
+    }
+    Ok(out)
+}
+
+/// A model in the cache: its name (manifest or first shard URL), shards and bytes cached.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CachedModel {
+    pub model: String,
+    pub shards: usize,
+    pub bytes: u64,
+    pub urls: Vec<String>,
+}
+
+/// The cached shards grouped by model (a shard cached without a model name is its own).
+pub async fn cached_models() -> Result<Vec<CachedModel>, LoadError> {
+    let mut out: Vec<CachedModel> = Vec::new();
+    for r in cached_shards().await? {
+        let name = r.model.clone().unwrap_or_else(|| r.url.clone());
+        match out.iter_mut().find(|m| m.model == name) {
+            Some(m) => {
+                m.shards += 1;
+                m.bytes += r.bytes;
+                m.urls.push(r.url);
+            }
+            None => out.push(CachedModel { model: name, shards: 1, bytes: r.bytes, urls: vec![r.url] }),
+        }
     }
     Ok(out)
 }

@@ -160,6 +160,14 @@ pub async fn cached_shards() -> Result<JsValue, JsValue> {
     Ok(to_js(&list))
 }
 
+/// The cached models: `[{ model, shards, bytes, urls }]` (`model`: the manifest URL or the
+/// first shard's URL it was loaded by).
+#[wasm_bindgen(js_name = cachedModels)]
+pub async fn cached_models() -> Result<JsValue, JsValue> {
+    let list = load::cached_models().await.map_err(load_error)?;
+    Ok(to_js(&list))
+}
+
 /// Deletes the cached shards of a model (`source` as for `WasmEngine.load`).
 #[wasm_bindgen(js_name = deleteCachedModel)]
 pub async fn delete_cached_model(source: JsValue) -> Result<(), JsValue> {

@@ -60,20 +60,10 @@ impl Store {
     }
 
     /// Makes a verified shard an entry: the data complete first, the commit record last.
-    pub async fn commit(&self, keep: Keep, url: &str, bytes: u64, sha256: Option<&str>, etag: Option<&str>) -> Result<(), CacheFailure> {
+    pub async fn commit(&self, keep: Keep, record: CommitRecord) -> Result<(), CacheFailure> {
         match (self, keep) {
-            (Store::Cache(c), Keep::Parts(parts)) => c.store(url, bytes, sha256, etag, &parts).await,
-            (Store::Opfs(o), Keep::File(w)) => {
-                let record = CommitRecord {
-                    url: url.to_owned(),
-                    bytes,
-                    sha256: sha256.map(str::to_owned),
-                    etag: etag.map(str::to_owned),
-                    data_key: String::new(),
-                    committed_ms: js_sys::Date::now(),
-                };
-                o.commit(w, &record).await
-            }
+            (Store::Cache(c), Keep::Parts(parts)) => c.store(record, &parts).await,
+            (Store::Opfs(o), Keep::File(w)) => o.commit(w, &record).await,
             _ => Err(CacheFailure::Other("a shard kept for one store committed to another".into())),
         }
     }
