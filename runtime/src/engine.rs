@@ -111,9 +111,15 @@ impl<B: Backend> Session<B> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        self.advance(ids, which, B::into_host)
+    }
+
+    /// Runs the pass over `ids` at the end of the conversation, reads its logits with `read`,
+    /// and only then counts the positions as taken.
+    fn advance<T>(&mut self, ids: &[u32], which: Logits, read: impl FnOnce(&mut B, B::Act) -> Result<T, ModelError>) -> Result<T, ModelError> {
         self.check_room(ids.len())?;
         let logits = self.model.forward(&mut self.backend, &mut self.cache, ids, self.n_past, which)?;
-        let out = self.backend.into_host(logits)?;
+        let out = read(&mut self.backend, logits)?;
         self.n_past += ids.len();
         self.peak_past = self.peak_past.max(self.n_past);
         Ok(out)
@@ -143,12 +149,8 @@ impl<B: Backend> Session<B> {
         if ids.is_empty() {
             return Err(ModelError::BadHyperparameter { what: "tokens to evaluate".into(), value: "none".into() });
         }
-        self.check_room(ids.len())?;
         let t0 = Instant::now();
-        let logits = self.model.forward(&mut self.backend, &mut self.cache, ids, self.n_past, Logits::Last)?;
-        let id = self.backend.argmax(logits)?;
-        self.n_past += ids.len();
-        self.peak_past = self.peak_past.max(self.n_past);
+        let id = self.advance(ids, Logits::Last, B::argmax)?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         if ids.len() == 1 {
             self.step_ms.push(ms);
