@@ -442,45 +442,56 @@ impl<B: Backend> Run<'_, B> {
             },
             None => None,
         };
-        let etag = match self.download(i, spec, backend, &mut hash, &mut keep, progress).await {
-            Ok(e) => e,
-            Err(e) => {
+        let got = self.download_and_check(i, spec, backend, hash, &mut keep, progress).await;
+        match (got, keep) {
+            (Ok((bytes, etag)), Some(k)) => {
+                if let Some(c) = &self.cache {
+                    let record = CommitRecord::new(url, bytes, spec.sha256.as_deref(), etag.as_deref(), Some(&self.model));
+                    match c.commit(k, record).await {
+                        Ok(()) => self.report.cached_now += 1,
+                        Err(e) => self.cache_failed(e),
+                    }
+                }
+            }
+            (Ok(_), None) => {}
+            (Err(e), keep) => {
+                // Nothing unverified reaches the cache.
                 if let Some(k) = keep {
                     k.discard().await;
                 }
                 return Err(e.into());
             }
-        };
+        }
+        self.emit(i, url, progress, true);
+        Ok(())
+    }
+
+    /// Fetches the shard, checks its sha256 and ends it in the model stream: its size and ETag.
+    async fn download_and_check(
+        &mut self,
+        i: usize,
+        spec: &ShardSpec,
+        backend: &mut B,
+        mut hash: Option<Sha256>,
+        keep: &mut Option<Keep>,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<(u64, Option<String>), LoadError> {
+        let url = spec.url.as_str();
+        let etag = self.download(i, spec, backend, &mut hash, keep, progress).await?;
         let t = Instant::now();
         let bytes = self.stream.shard_pos();
         if let (Some(want), Some(h)) = (&spec.sha256, hash) {
             let found = hex(&h.finalize());
             if &found != want {
-                if let Some(k) = keep {
-                    k.discard().await;
-                }
                 if let Some(c) = &self.cache {
                     let _ = c.remove(url).await;
                 }
-                return Err(LoadError::Integrity { url: url.to_owned(), expected: want.clone(), found }.into());
+                return Err(LoadError::Integrity { url: url.to_owned(), expected: want.clone(), found });
             }
         }
-        if let Err(e) = self.stream.end_shard(backend) {
-            if let Some(k) = keep {
-                k.discard().await;
-            }
-            return Err(e.into());
-        }
+        self.stream.end_shard(backend)?;
         self.report.ms_upload += ms(t);
-        if let (Some(c), Some(k)) = (&self.cache, keep) {
-            let record = CommitRecord::new(url, bytes, spec.sha256.as_deref(), etag.as_deref(), Some(&self.model));
-            match c.commit(k, record).await {
-                Ok(()) => self.report.cached_now += 1,
-                Err(e) => self.cache_failed(e),
-            }
-        }
-        self.emit(i, url, progress, true);
-        Ok(())
+        Ok((bytes, etag))
     }
 
     /// Notes why a shard was not cached; a full storage stops caching for this load.
