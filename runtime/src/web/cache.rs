@@ -101,19 +101,14 @@ impl ShardCache {
         Ok(ShardCache { cache: cache.unchecked_into() })
     }
 
-    /// The committed entry of `url`, if any, with its data response. A record whose hash
-    /// differs from `want_sha256`, or whose data entry is missing or of another size, is stale or
-    /// torn: it is deleted and None returned. Without a record, leftover data entries of `url`
+    /// The committed entry of `url`, if any, with its data response. A record whose data entry
+    /// is missing or of another size is torn: it is deleted and None returned. Without a record, leftover data entries of `url`
     /// (a write interrupted before its commit) are deleted.
-    pub async fn lookup(&self, url: &str, want_sha256: Option<&str>) -> Result<Option<(CommitRecord, web_sys::Response)>, CacheFailure> {
+    pub async fn lookup(&self, url: &str) -> Result<Option<(CommitRecord, web_sys::Response)>, CacheFailure> {
         let Some(record) = self.record(url).await? else {
             self.delete_data_of(url).await?;
             return Ok(None);
         };
-        if want_sha256.is_some() && record.sha256.as_deref() != want_sha256 {
-            self.remove(url).await?;
-            return Ok(None);
-        }
         let hit = wait(self.cache.match_with_str(&record.data_key)).await?;
         let Some(response) = hit.dyn_into::<web_sys::Response>().ok() else {
             self.remove(url).await?;

@@ -73,17 +73,13 @@ impl OpfsStore {
         Ok(text.as_string().and_then(|t| serde_json::from_str::<CommitRecord>(&t).ok()).filter(|r| r.url == url))
     }
 
-    /// The committed entry of `url` (its record and data stream); stale, torn or wrong-sized
-    /// entries are deleted and None returned (see `ShardCache::lookup`).
-    pub async fn lookup(&self, url: &str, want_sha256: Option<&str>) -> Result<Option<(CommitRecord, web_sys::ReadableStream)>, CacheFailure> {
+    /// The committed entry of `url` (its record and data stream); torn or wrong-sized entries
+    /// are deleted and None returned (see `ShardCache::lookup`).
+    pub async fn lookup(&self, url: &str) -> Result<Option<(CommitRecord, web_sys::ReadableStream)>, CacheFailure> {
         let Some(record) = self.record(url).await? else {
             self.remove(url).await?;
             return Ok(None);
         };
-        if want_sha256.is_some() && record.sha256.as_deref() != want_sha256 {
-            self.remove(url).await?;
-            return Ok(None);
-        }
         match self.file(&format!("{}.data", name_of(url))).await? {
             Some(f) if f.size() as u64 == record.bytes => Ok(Some((record, f.stream()))),
             _ => {

@@ -43,13 +43,21 @@ impl Store {
         Ok((Store::Cache(ShardCache::open(&storage).await?), note))
     }
 
-    /// A committed, verified-size entry of `url` and a reader of its bytes.
+    /// A committed, verified-size entry of `url` and a reader of its bytes. An entry recorded
+    /// under another hash than `want_sha256` (the manifest changed) is stale: deleted, None.
     pub async fn lookup(&self, url: &str, want_sha256: Option<&str>) -> Result<Option<(CommitRecord, Option<web_sys::ReadableStreamDefaultReader>)>, CacheFailure> {
         let reader = |s: Option<web_sys::ReadableStream>| s.and_then(|s| s.get_reader().dyn_into().ok());
-        Ok(match self {
-            Store::Cache(c) => c.lookup(url, want_sha256).await?.map(|(r, resp)| (r, reader(resp.body()))),
-            Store::Opfs(o) => o.lookup(url, want_sha256).await?.map(|(r, s)| (r, reader(Some(s)))),
-        })
+        let hit = match self {
+            Store::Cache(c) => c.lookup(url).await?.map(|(r, resp)| (r, reader(resp.body()))),
+            Store::Opfs(o) => o.lookup(url).await?.map(|(r, s)| (r, reader(Some(s)))),
+        };
+        match hit {
+            Some((record, _)) if want_sha256.is_some() && record.sha256.as_deref() != want_sha256 => {
+                self.remove(url).await?;
+                Ok(None)
+            }
+            hit => Ok(hit),
+        }
     }
 
     pub async fn begin(&self, url: &str) -> Result<Keep, CacheFailure> {
