@@ -83,7 +83,7 @@ fn expected_kernels() -> &'static str {
 async fn smollm2_greedy_matches_llama_cpp() {
     assert_eq!(WasmEngine::kernels(), expected_kernels());
     let mut engine = load("f32").await;
-    let prompt = engine.tokenize(PROMPT, false, false).map_err(JsValue::from).expect("tokenize");
+    let prompt = engine.tokenize(PROMPT, false, false).expect("tokenize");
     assert_eq!(prompt, PROMPT_IDS);
     // Greedy from the prompt must follow llama.cpp up to a close call; where it takes the
     // other answer there, force llama.cpp's token and check the rest the same way, so every
@@ -92,8 +92,8 @@ async fn smollm2_greedy_matches_llama_cpp() {
     while forced < ORACLE_GREEDY.len() {
         let context = [&PROMPT_IDS[..], &ORACLE_GREEDY[..forced]].concat();
         let want = &ORACLE_GREEDY[forced..];
-        let ids = engine.generate_greedy(&context, want.len() as u32).map_err(JsValue::from).expect("generate");
-        let text = engine.decode(&ids).map_err(JsValue::from).expect("decode");
+        let ids = engine.generate_greedy(&context, want.len() as u32).expect("generate");
+        let text = engine.decode(&ids).expect("decode");
         console_log!("kernels {}, {forced} oracle tokens forced: {ids:?} {text:?}", WasmEngine::kernels());
         assert_eq!(ids.len(), want.len(), "stopped early: {ids:?}");
         let Some(d) = ids.iter().zip(want).position(|(a, b)| a != b) else { break };
@@ -114,9 +114,9 @@ async fn smollm2_greedy_matches_llama_cpp() {
 #[ignore = "benchmark: pkg-scripts/bench-cpu"]
 async fn bench_decode() {
     let mut engine = load("f16").await;
-    let prompt = engine.tokenize(BENCH_PROMPT, false, false).map_err(JsValue::from).expect("tokenize");
-    engine.generate_greedy(&prompt, 8).map_err(JsValue::from).expect("warm-up");
-    engine.generate_greedy(&prompt, 32).map_err(JsValue::from).expect("generate");
-    let stats = engine.stats_json().map_err(JsValue::from).expect("stats");
+    let prompt = engine.tokenize(BENCH_PROMPT, false, false).expect("tokenize");
+    engine.generate_greedy(&prompt, 8).expect("warm-up");
+    engine.generate_greedy(&prompt, 32).expect("generate");
+    let stats = engine.stats_json().expect("stats");
     console_log!("BENCH {{\"kernels\":\"{}\",\"stats\":{stats}}}", WasmEngine::kernels());
 }

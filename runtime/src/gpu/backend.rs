@@ -1075,7 +1075,7 @@ impl Backend for GpuBackend {
         Ok(())
     }
 
-    fn into_host(&mut self, x: GpuAct) -> Result<Vec<f32>, ModelError> {
+    fn read_host(&mut self, x: GpuAct) -> Result<Vec<f32>, ModelError> {
         let buf = x.buf.get().clone();
         let bytes = x.bytes();
         let out = block_on("reading logits", self.read_async(&buf, bytes))?;

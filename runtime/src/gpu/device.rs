@@ -120,6 +120,15 @@ impl GpuDevice {
         Ok(())
     }
 
+    /// Destroys the device on purpose (tests of device-loss recovery); later operations fail
+    /// with `GpuError::DeviceLost(why)`.
+    pub fn destroy(&self, why: &str) {
+        if let Ok(mut g) = self.faults.lock() {
+            g.lost.get_or_insert_with(|| why.to_owned());
+        }
+        self.device.destroy();
+    }
+
     /// The largest buffer one binding may cover.
     pub fn max_binding(&self) -> u64 {
         self.info.max_storage_buffer_binding_size.min(self.info.max_buffer_size)

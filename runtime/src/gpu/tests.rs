@@ -391,7 +391,7 @@ fn lost_device_is_a_typed_error() {
     let mut g = gpu();
     let mut x = g.upload(&[1.0; 8], 1, 8).unwrap();
     g.device().device.destroy();
-    let r = g.softcap(&mut x, 2.0).and_then(|()| g.into_host(x));
+    let r = g.softcap(&mut x, 2.0).and_then(|()| g.read_host(x));
     match r {
         Err(crate::ModelError::Gpu(crate::GpuError::DeviceLost(m))) => {
             println!("after destroy: {m}")

@@ -54,6 +54,10 @@ pub enum LoadError {
     /// Browser storage failed in a way that is not "full" (that only disables caching).
     #[error("cache: {0}")]
     Cache(String),
+    /// The model could not be cached (storage full, over `maxCacheBytes`) and the caller
+    /// required it to be (`requireCache`, e.g. for offline use).
+    #[error("the model could not be stored: {0}")]
+    Quota(String),
     /// Loader API misuse (feeding bytes with no shard begun…).
     #[error("loader: {0}")]
     Sequence(String),
@@ -75,6 +79,7 @@ impl LoadError {
             LoadError::Integrity { .. } => "integrity",
             LoadError::Aborted => "aborted",
             LoadError::Cache(_) => "cache",
+            LoadError::Quota(_) => "quota",
             LoadError::Sequence(_) => "internal",
         }
     }

@@ -91,12 +91,12 @@ pub trait Backend {
 
     /// Moves an activation matrix (the logits) back to the host, consuming it: the CPU backend
     /// hands its buffer over without a copy.
-    fn into_host(&mut self, x: Self::Act) -> Result<Vec<f32>, ModelError>;
+    fn read_host(&mut self, x: Self::Act) -> Result<Vec<f32>, ModelError>;
 
     /// Index of the largest value of `x`, one row of logits (lowest index among ties; NaN is an
     /// error): greedy sampling. Devices override it to read back 4 bytes instead of the logits.
     fn argmax(&mut self, x: Self::Act) -> Result<u32, ModelError> {
-        let v = self.into_host(x)?;
+        let v = self.read_host(x)?;
         Ok(crate::sampler::argmax(&v)?)
     }
 

@@ -259,7 +259,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn into_host(&mut self, x: CpuAct) -> Result<Vec<f32>, ModelError> {
+    fn read_host(&mut self, x: CpuAct) -> Result<Vec<f32>, ModelError> {
         Ok(x.data)
     }
 }

@@ -58,11 +58,14 @@ pub struct LoadOptions {
     pub signal: Option<web_sys::AbortSignal>,
     /// Cache a model only when it fits in this many bytes (besides the storage quota).
     pub max_cache_bytes: Option<u64>,
+    /// Fail with `LoadError::Quota` when the model cannot be cached (instead of loading it
+    /// uncached): for apps that must work offline afterwards.
+    pub require_cache: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { use_cache: true, store: StoreKind::CacheStorage, max_attempts: 5, retry_delay_ms: 200, stall_timeout_ms: 30_000, signal: None, max_cache_bytes: None }
+        LoadOptions { use_cache: true, store: StoreKind::CacheStorage, max_attempts: 5, retry_delay_ms: 200, stall_timeout_ms: 30_000, signal: None, max_cache_bytes: None, require_cache: false }
     }
 }
 
@@ -308,12 +311,14 @@ async fn load_shards<B: Backend>(
     };
     if opts.use_cache {
         run.open_cache(total).await;
+        run.check_required()?;
     }
     for (i, spec) in specs.iter().enumerate() {
         if aborted(opts) {
             return Err(LoadError::Aborted.into());
         }
         run.shard(i, spec, backend, progress).await?;
+        run.check_required()?;
     }
     let t = Instant::now();
     let Run { stream, mut report, t0, shards, .. } = run;
@@ -492,6 +497,15 @@ impl<B: Backend> Run<'_, B> {
         self.stream.end_shard(backend)?;
         self.report.ms_upload += ms(t);
         Ok((bytes, etag))
+    }
+
+    /// With `require_cache`, caching turned off (no storage, full, over budget) fails the load.
+    fn check_required(&self) -> Result<(), LoadError> {
+        if self.opts.use_cache && self.opts.require_cache && self.cache.is_none() {
+            let why = self.report.cache_note.clone().unwrap_or_else(|| "no cache".into());
+            return Err(LoadError::Quota(why));
+        }
+        Ok(())
     }
 
     /// Notes why a shard was not cached; a full storage stops caching for this load.

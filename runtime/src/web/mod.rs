@@ -1,126 +1,20 @@
 //! Browser bindings (wasm32 only): the streaming loader (`load`: fetch, resume, cache, progress;
-//! `cache`: the shard cache) and a small `WasmEngine` over the CPU backend, used by the in-browser
-//! tests and benchmark (`runtime/tests/web_engine.rs`, `web_loader.rs`). The OpenAI-shaped JS
-//! API (workers, chat) comes with the npm package and grows out of this.
+//! `cache`: the shard cache) and `WasmEngine` (`engine`: a model on WebGPU or the CPU, generation
+//! pass by pass), which the npm package (`web/`) wraps in its OpenAI-shaped API and the
+//! in-browser tests call directly.
 
 pub mod cache;
+mod engine;
 pub mod load;
 pub mod opfs;
 mod platform;
 pub mod store;
 
-use crate::cpu::Kernels;
-use crate::engine::{Flow, Session, SessionOptions};
-use crate::kv_cache::KvType;
-use crate::model::CpuBackend;
-use crate::sampler::{Sampler, SamplerConfig, StopConditions};
-use crate::tokenizer::Tokenizer;
+pub use engine::WasmEngine;
+
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
-
-fn js_err(e: impl std::fmt::Display) -> JsError {
-    JsError::new(&e.to_string())
-}
-
-/// One model and one conversation on the CPU kernels (SIMD128 when the build has it).
-#[wasm_bindgen]
-pub struct WasmEngine {
-    session: Session<CpuBackend>,
-    tokenizer: Tokenizer,
-}
-
-#[wasm_bindgen]
-impl WasmEngine {
-    /// Loads a whole GGUF file held in memory. `kv`: "f32", "f16", "q8" or "q4"; `n_ctx`:
-    /// positions the KV cache holds (capped at the model's trained context).
-    #[wasm_bindgen(constructor)]
-    pub fn new(model_bytes: &[u8], kv: &str, n_ctx: u32) -> Result<WasmEngine, JsError> {
-        console_error_panic_hook::set_once();
-        let kv = KvType::from_name(kv).ok_or_else(|| JsError::new(&format!("unknown KV type {kv:?} (f32, f16, q8, q4)")))?;
-        let mut backend = CpuBackend::new();
-        let (gguf, model) = crate::loader::load_bytes(&[model_bytes], &mut backend).map_err(js_err)?;
-        let tokenizer = Tokenizer::from_metadata(gguf.metadata()).map_err(js_err)?;
-        let session = Session::new(backend, model, SessionOptions { kv, n_ctx: n_ctx as usize }).map_err(js_err)?;
-        Ok(WasmEngine { session, tokenizer })
-    }
-
-    /// Streams a model onto the CPU backend. `source`: a URL string (a split's first shard's
-    /// name loads every shard), an array of shard URLs, or `{ manifest: url }`. `options`:
-    /// `{ kv, contextLength, cache (default true), store ("cache-storage" (default) or "opfs"),
-    /// maxCacheBytes, signal (AbortSignal), maxAttempts, retryDelayMs, stallTimeoutMs }`.
-    /// `on_progress` (optional) receives progress objects (see
-    /// `load::Progress`); the last has `phase: "ready"` and the load report. Errors are `Error`s
-    /// with a stable `code` (network, http, malformed, length, integrity, aborted, model…).
-    pub async fn load(source: JsValue, options: JsValue, on_progress: Option<js_sys::Function>) -> Result<WasmEngine, JsValue> {
-        console_error_panic_hook::set_once();
-        let source = model_source(&source)?;
-        let get = |k: &str| js_sys::Reflect::get(&options, &k.into()).ok().filter(|v| !v.is_undefined() && !v.is_null());
-        let kv_name = get("kv").and_then(|v| v.as_string()).unwrap_or_else(|| "f16".into());
-        let kv = KvType::from_name(&kv_name).ok_or_else(|| coded_error("options", &format!("unknown KV type {kv_name:?} (f32, f16, q8, q4)")))?;
-        let n_ctx = get("contextLength").and_then(|v| v.as_f64()).unwrap_or(4096.0) as usize;
-        let mut opts = load::LoadOptions::default();
-        if let Some(c) = get("cache").and_then(|v| v.as_bool()) {
-            opts.use_cache = c;
-        }
-        if let Some(n) = get("maxAttempts").and_then(|v| v.as_f64()) {
-            opts.max_attempts = (n as u32).max(1);
-        }
-        if let Some(ms) = get("retryDelayMs").and_then(|v| v.as_f64()) {
-            opts.retry_delay_ms = ms as i32;
-        }
-        if let Some(ms) = get("stallTimeoutMs").and_then(|v| v.as_f64()) {
-            opts.stall_timeout_ms = (ms as i32).max(1);
-        }
-        opts.signal = get("signal").and_then(|v| v.dyn_into().ok());
-        match get("store").and_then(|v| v.as_string()).as_deref() {
-            None | Some("cache-storage") => {}
-            Some("opfs") => opts.store = store::StoreKind::Opfs,
-            Some(other) => return Err(coded_error("options", &format!("store {other:?} (cache-storage or opfs)"))),
-        }
-        opts.max_cache_bytes = get("maxCacheBytes").and_then(|v| v.as_f64()).map(|b| b as u64);
-        let mut report = |p: &load::Progress| {
-            if let Some(f) = &on_progress {
-                let _ = f.call1(&JsValue::NULL, &to_js(p));
-            }
-        };
-        let mut backend = CpuBackend::new();
-        let (gguf, model, _) = load::load_model(&source, &mut backend, &opts, &mut report).await.map_err(load_error)?;
-        let tokenizer = Tokenizer::from_metadata(gguf.metadata()).map_err(|e| coded_error("model", &e.to_string()))?;
-        let session = Session::new(backend, model, SessionOptions { kv, n_ctx }).map_err(|e| coded_error("model", &e.to_string()))?;
-        Ok(WasmEngine { session, tokenizer })
-    }
-
-    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>, JsError> {
-        self.tokenizer.tokenize(text, add_special, parse_special).map_err(js_err)
-    }
-
-    /// Greedy tokens after `prompt_ids` (from an empty conversation), at most `max_tokens`,
-    /// stopping early at an end-of-generation token.
-    pub fn generate_greedy(&mut self, prompt_ids: &[u32], max_tokens: u32) -> Result<Vec<u32>, JsError> {
-        let mut sampler = Sampler::new(SamplerConfig::greedy(), self.session.model.config.n_vocab).map_err(js_err)?;
-        let stop = StopConditions { max_tokens: Some(max_tokens as usize), ..StopConditions::default() };
-        let generation = self
-            .session
-            .generate_text(&self.tokenizer, prompt_ids, &mut sampler, &stop, None, |_| Flow::Continue)
-            .map_err(js_err)?;
-        Ok(generation.ids)
-    }
-
-    pub fn decode(&self, ids: &[u32]) -> Result<String, JsError> {
-        self.tokenizer.decode(ids).map_err(js_err)
-    }
-
-    /// The last generation's timings (`engine::Stats`) as JSON.
-    pub fn stats_json(&self) -> Result<String, JsError> {
-        serde_json::to_string(&self.session.stats()).map_err(js_err)
-    }
-
-    /// The CPU kernel family this build runs: "simd128" or "scalar".
-    pub fn kernels() -> String {
-        Kernels::best().name().to_owned()
-    }
-}
 
 /// A JS `Error` with a stable `code` property.
 fn coded_error(code: &str, message: &str) -> JsValue {
