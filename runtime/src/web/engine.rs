@@ -348,6 +348,14 @@ impl WasmEngine {
         })
     }
 
+    /// Tokens the current (or last) generation produced so far: what a replay after a lost
+    /// device passes back to `start` as `forced`.
+    #[wasm_bindgen(js_name = generatedIds)]
+    pub fn generated_ids(&self) -> Result<Vec<u32>, JsValue> {
+        let inner = self.borrow()?;
+        Ok(inner.run.as_ref().map(|r| r.gen.ids().to_vec()).unwrap_or_default())
+    }
+
     /// Ends the generation in progress at its next step (finish reason "abort").
     pub fn interrupt(&self) {
         self.abort.set(true);

@@ -112,11 +112,12 @@ pub struct LoadReport {
 
 /// The shards `source` stands for (fetches the manifest).
 pub async fn resolve(source: &ModelSource, opts: &LoadOptions) -> Result<Vec<ShardSpec>, LoadError> {
-    let spec = |url: String| ShardSpec { url, bytes: None, sha256: None };
+    let spec = |url: String| -> Result<ShardSpec, LoadError> { Ok(ShardSpec { url: absolute(&url, None)?, bytes: None, sha256: None }) };
     match source {
-        ModelSource::Urls(v) => Ok(v.iter().cloned().map(spec).collect()),
-        ModelSource::Url(u) => Ok(split_names(u).unwrap_or_else(|| vec![u.clone()]).into_iter().map(spec).collect()),
+        ModelSource::Urls(v) => v.iter().cloned().map(spec).collect(),
+        ModelSource::Url(u) => split_names(u).unwrap_or_else(|| vec![u.clone()]).into_iter().map(spec).collect(),
         ModelSource::Manifest(url) => {
+            let url = &absolute(url, None)?;
             let sc = scope().map_err(LoadError::Cache)?;
             let req = request(url, None, opts)?;
             let resp = fetch(&sc, &req, url, opts).await?;
@@ -132,12 +133,26 @@ pub async fn resolve(source: &ModelSource, opts: &LoadOptions) -> Result<Vec<Sha
             m.shards
                 .iter()
                 .map(|s| {
-                    let u = web_sys::Url::new_with_base(&s.file, url).map_err(|e| LoadError::Http { url: s.file.clone(), status: 0, detail: js_message(&e) })?;
-                    Ok(ShardSpec { url: u.href(), bytes: Some(s.bytes), sha256: s.sha256.clone() })
+                    Ok(ShardSpec { url: absolute(&s.file, Some(url))?, bytes: Some(s.bytes), sha256: s.sha256.clone() })
                 })
                 .collect()
         }
     }
+}
+
+/// `url` made absolute against `base`, or else the page's (or worker's) location: cache keys
+/// and manifest-relative shard names need absolute URLs.
+fn absolute(url: &str, base: Option<&str>) -> Result<String, LoadError> {
+    let location = || {
+        let loc = js_sys::Reflect::get(&js_sys::global(), &"location".into()).ok()?;
+        js_sys::Reflect::get(&loc, &"href".into()).ok()?.as_string()
+    };
+    let base = base.map(str::to_owned).or_else(location);
+    let parsed = match &base {
+        Some(b) => web_sys::Url::new_with_base(url, b),
+        None => web_sys::Url::new(url),
+    };
+    parsed.map(|u| u.href()).map_err(|e| LoadError::Http { url: url.to_owned(), status: 0, detail: format!(" (not a valid URL: {})", js_message(&e)) })
 }
 
 /// `…-00001-of-0000N.gguf` → the N shard names (llama.cpp's split naming).

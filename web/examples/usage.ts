@@ -1,0 +1,112 @@
+// Every public call of the package, type-checked against the installed tarball by
+// pkg-scripts/test-npm (tsc --noEmit). Not run: the browser tests exercise the behaviour.
+import {
+  AbortError,
+  ContextLengthError,
+  DeviceLostError,
+  IntegrityError,
+  ModelTooLargeError,
+  NetworkError,
+  NoWebGPUError,
+  QuotaError,
+  WebggufError,
+  cachedModels,
+  createEngine,
+  createWorkerEngine,
+  deleteCachedModel,
+  errorFromCode,
+  workerCachedModels,
+  workerDeleteCachedModel,
+} from "webgguf";
+import type {
+  CachedModel,
+  ChatCompletion,
+  ChatCompletionChunk,
+  ChatMessage,
+  Completion,
+  CompletionChunk,
+  DeviceInfo,
+  DeviceLossEvent,
+  Engine,
+  EngineStats,
+  ErrorCode,
+  FinishReason,
+  LoadProgress,
+  Stream,
+} from "webgguf";
+
+export async function main(url: string): Promise<string> {
+  const controller = new AbortController();
+  const engine: Engine = await createEngine({
+    model: url,
+    device: "auto",
+    kvCache: "q8",
+    contextLength: 4096,
+    cache: true,
+    requireCache: false,
+    store: "opfs",
+    maxCacheBytes: 2 ** 31,
+    signal: controller.signal,
+    maxAttempts: 5,
+    retryDelayMs: 200,
+    stallTimeoutMs: 30_000,
+    onProgress: (p: LoadProgress) => console.log(p.phase, p.loaded, p.total, p.eta_s),
+    onDeviceLost: (e: DeviceLossEvent) => console.log(e.message, e.recoveredOn, e.recoveryMs),
+  });
+  const device: DeviceInfo = engine.device;
+  console.log(device.device, device.adapter?.adapter, device.kernels, device.fallback, engine.model);
+
+  const messages: ChatMessage[] = [
+    { role: "system", content: "Be brief." },
+    { role: "user", content: [{ type: "text", text: "What is the capital of France?" }] },
+  ];
+  const stream: Stream<ChatCompletionChunk> = await engine.chat.completions.create({ messages, stream: true, max_tokens: 256 });
+  let text = "";
+  for await (const chunk of stream) text += chunk.choices[0].delta.content ?? "";
+  stream.controller.abort();
+
+  const whole: ChatCompletion = await engine.chat.completions.create(
+    { messages, temperature: 0.7, top_p: 0.9, top_k: 40, min_p: 0.05, presence_penalty: 0.1, frequency_penalty: 0.1, repetition_penalty: 1.1, logit_bias: { "42": -100 }, seed: 1, stop: ["\n\n"], max_completion_tokens: 64 },
+    { signal: controller.signal },
+  );
+  const reason: FinishReason = whole.choices[0].finish_reason;
+  console.log(whole.choices[0].message.content, reason, whole.usage.total_tokens);
+
+  const raw: Completion = await engine.completions.create({ prompt: "Once upon a time", max_tokens: 16, temperature: 0, stop: "." });
+  const rawStream: Stream<CompletionChunk> = await engine.completions.create({ prompt: "Once", stream: true, signal: controller.signal });
+  for await (const c of rawStream) text += c.choices[0].text;
+  console.log(raw.choices[0].text);
+
+  const ids: number[] = await engine.tokenize("Hello", { addSpecial: false, parseSpecial: true });
+  const back: string = await engine.detokenize(ids);
+  const prompt: string = await engine.applyChatTemplate(messages, true);
+  const stats: EngineStats = await engine.stats();
+  console.log(back, prompt, stats.ttft_ms, stats.decode_tok_s, stats.wasmMemoryBytes, stats.deviceLosses.length, stats.info.device);
+  engine.interrupt();
+  await engine.loseDeviceForTesting();
+  await engine.unload();
+
+  const worker = new Worker(new URL("webgguf/worker", import.meta.url), { type: "module" });
+  const remote: Engine = await createWorkerEngine(worker, { model: { manifest: url }, device: "cpu", onProgress: (p) => console.log(p.loaded) });
+  const r = await remote.chat.completions.create({ messages, max_tokens: 8 });
+  console.log(r.choices[0].message.content);
+  const listed: CachedModel[] = await workerCachedModels(worker);
+  await workerDeleteCachedModel(worker, [url]);
+  await remote.unload();
+
+  const cached: CachedModel[] = await cachedModels();
+  await deleteCachedModel(url);
+  console.log(listed.length, cached.map((m) => m.bytes));
+
+  try {
+    await createEngine({ model: url, device: "webgpu" });
+  } catch (e) {
+    if (e instanceof NoWebGPUError || e instanceof ModelTooLargeError || e instanceof DeviceLostError) console.log("GPU:", e.code);
+    else if (e instanceof NetworkError || e instanceof IntegrityError || e instanceof QuotaError || e instanceof AbortError || e instanceof ContextLengthError) console.log(e.code);
+    else if (e instanceof WebggufError) {
+      const code: ErrorCode = e.code;
+      console.log(code, errorFromCode(code, e.message).name);
+    }
+  }
+  return text;
+}

@@ -1,0 +1,277 @@
+/** Public types of the `webgguf` package (OpenAI-shaped where OpenAI has the concept). */
+
+/** A model: one GGUF URL (a split's first shard, `…-00001-of-0000N.gguf`, loads every shard),
+ * the shard URLs in order, or a `manifest.json` written by `webgguf shard`. */
+export type ModelSource = string | string[] | { manifest: string };
+
+export type DeviceKind = "auto" | "webgpu" | "cpu";
+export type KvCacheType = "f32" | "f16" | "q8" | "q4";
+
+/** Loading progress (from the streaming loader). */
+export interface LoadProgress {
+  /** "shard" (a shard begins), "download", "cache" (reading the cache), "ready" (done). */
+  phase: string;
+  shard: number;
+  shards: number;
+  url?: string;
+  /** Bytes loaded so far (all shards) and the total when known. */
+  loaded: number;
+  total: number | null;
+  from_cache: number;
+  from_network: number;
+  rate_bytes_per_s?: number | null;
+  eta_s?: number | null;
+  report?: LoadReport | null;
+}
+
+export interface LoadReport {
+  bytes: number;
+  from_cache: number;
+  from_network: number;
+  discarded: number;
+  resumes: number;
+  cached_now: number;
+  cache_note: string | null;
+  ms_total: number;
+  ms_network: number;
+  ms_cache: number;
+  ms_upload: number;
+}
+
+export interface EngineOptions {
+  model: ModelSource;
+  /** "auto" (default): WebGPU when the browser has it and the model fits the adapter, else the
+   * SIMD128 CPU path (`engine.device.fallback` says why). */
+  device?: DeviceKind;
+  /** KV-cache storage (default "f16"). */
+  kvCache?: KvCacheType;
+  /** Positions the KV cache holds (default 4096; capped at the model's trained context). */
+  contextLength?: number;
+  /** Cache the shards in browser storage (default true). */
+  cache?: boolean;
+  /** Fail with QuotaError instead of loading uncached when storage is full. */
+  requireCache?: boolean;
+  /** "cache-storage" (default) or "opfs" (Origin Private File System). */
+  store?: "cache-storage" | "opfs";
+  /** Do not cache models larger than this. */
+  maxCacheBytes?: number;
+  /** Cancels loading. */
+  signal?: AbortSignal;
+  maxAttempts?: number;
+  retryDelayMs?: number;
+  stallTimeoutMs?: number;
+  onProgress?: (p: LoadProgress) => void;
+  /** Called after the engine recovered from a lost GPU device (or failed to). */
+  onDeviceLost?: (e: DeviceLossEvent) => void;
+  /** Where `webgguf_bg.wasm` is served from, for bundlers that do not rewrite
+   * `new URL(…, import.meta.url)` (default: next to the package's JS). */
+  wasmUrl?: string | URL;
+}
+
+export interface WorkerEngineOptions extends Omit<EngineOptions, "signal" | "wasmUrl"> {
+  signal?: AbortSignal;
+  /** As in EngineOptions, resolved inside the worker. */
+  wasmUrl?: string;
+}
+
+export interface AdapterInfo {
+  adapter: string;
+  backend: string;
+  device_type: string;
+  shader_f16: boolean;
+  subgroups: boolean;
+  max_storage_buffer_binding_size: number;
+  max_buffer_size: number;
+  max_compute_workgroup_storage_size: number;
+  max_compute_workgroups_per_dimension: number;
+  min_uniform_buffer_offset_alignment: number;
+}
+
+export interface DeviceInfo {
+  /** Where the model runs. */
+  device: "webgpu" | "cpu";
+  /** The WebGPU adapter and its features (null on the CPU). */
+  adapter: AdapterInfo | null;
+  /** The CPU kernel family: "simd128" or "scalar". */
+  kernels: string;
+  /** Why device "auto" runs on the CPU (no WebGPU, model too large for the adapter…). */
+  fallback: string | null;
+}
+
+export interface DeviceLossEvent {
+  message: string;
+  /** The device after recovery (may be the CPU), or null when recovery failed. */
+  recoveredOn: "webgpu" | "cpu" | null;
+  recoveryMs: number;
+  /** Tokens replayed to rebuild the conversation. */
+  replayedTokens: number;
+}
+
+export interface EngineStats {
+  /** "cpu", or the GPU adapter and its features. */
+  device: string;
+  prompt_tokens: number;
+  generated_tokens: number;
+  ttft_ms: number;
+  prefill_ms: number;
+  prefill_tok_s: number;
+  decode_ms: number;
+  decode_tok_s: number;
+  itl_p50_ms: number;
+  itl_p95_ms: number;
+  peak_kv_bytes: number;
+  kv_capacity_bytes: number;
+  /** Size of the wasm instance's memory. */
+  wasmMemoryBytes: number;
+  /** Bytes of the model file(s). */
+  modelBytes: number | null;
+  /** Device losses recovered from (or not) since loading. */
+  deviceLosses: DeviceLossEvent[];
+  info: DeviceInfo;
+}
+
+export type Role = "system" | "user" | "assistant" | "tool" | "developer";
+
+export interface ChatMessage {
+  role: Role | string;
+  /** Text, or OpenAI content parts of which the text parts are used. */
+  content: string | Array<{ type: "text"; text: string } | { type: string; [k: string]: unknown }>;
+  name?: string;
+}
+
+/** Sampling and stopping, as OpenAI names them (plus llama.cpp's top_k, min_p and
+ * repetition_penalty). Unset fields take llama.cpp's defaults (temperature 0.8, top_k 40,
+ * top_p 0.95, min_p 0.05); `temperature: 0` is greedy. */
+export interface SamplingParams {
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  min_p?: number;
+  presence_penalty?: number;
+  frequency_penalty?: number;
+  repetition_penalty?: number;
+  /** Token id → bias added to its logit (-100 or less bans it, as in OpenAI). */
+  logit_bias?: Record<string, number>;
+  seed?: number;
+  stop?: string | string[] | null;
+  max_tokens?: number | null;
+  /** OpenAI's newer name for max_tokens. */
+  max_completion_tokens?: number | null;
+}
+
+export interface ChatCompletionCreateParams extends SamplingParams {
+  messages: ChatMessage[];
+  model?: string;
+  stream?: boolean | null;
+  /** Also accepted as the second argument's `{ signal }`, as in the OpenAI SDK. */
+  signal?: AbortSignal;
+}
+
+export interface CompletionCreateParams extends SamplingParams {
+  prompt: string;
+  model?: string;
+  stream?: boolean | null;
+  signal?: AbortSignal;
+}
+
+export interface RequestOptions {
+  signal?: AbortSignal;
+}
+
+/** "abort": interrupted by interrupt() or an AbortSignal. */
+export type FinishReason = "stop" | "length" | "abort";
+
+export interface CompletionUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: "chat.completion";
+  created: number;
+  model: string;
+  choices: Array<{
+    index: number;
+    message: { role: "assistant"; content: string };
+    finish_reason: FinishReason;
+    logprobs: null;
+  }>;
+  usage: CompletionUsage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: "chat.completion.chunk";
+  created: number;
+  model: string;
+  choices: Array<{
+    index: number;
+    delta: { role?: "assistant"; content?: string };
+    finish_reason: FinishReason | null;
+    logprobs: null;
+  }>;
+  /** On the last chunk. */
+  usage?: CompletionUsage;
+}
+
+export interface Completion {
+  id: string;
+  object: "text_completion";
+  created: number;
+  model: string;
+  choices: Array<{ index: number; text: string; finish_reason: FinishReason; logprobs: null }>;
+  usage: CompletionUsage;
+}
+
+export interface CompletionChunk {
+  id: string;
+  object: "text_completion";
+  created: number;
+  model: string;
+  choices: Array<{ index: number; text: string; finish_reason: FinishReason | null; logprobs: null }>;
+  usage?: CompletionUsage;
+}
+
+/** A streamed response: iterate it with `for await`; `controller.abort()` stops it. */
+export interface Stream<T> extends AsyncIterable<T> {
+  controller: AbortController;
+}
+
+export interface CachedModel {
+  model: string;
+  shards: number;
+  bytes: number;
+  urls: string[];
+}
+
+export interface Engine {
+  chat: {
+    completions: {
+      create(body: ChatCompletionCreateParams & { stream: true }, options?: RequestOptions): Promise<Stream<ChatCompletionChunk>>;
+      create(body: ChatCompletionCreateParams & { stream?: false | null }, options?: RequestOptions): Promise<ChatCompletion>;
+      create(body: ChatCompletionCreateParams, options?: RequestOptions): Promise<ChatCompletion | Stream<ChatCompletionChunk>>;
+    };
+  };
+  completions: {
+    create(body: CompletionCreateParams & { stream: true }, options?: RequestOptions): Promise<Stream<CompletionChunk>>;
+    create(body: CompletionCreateParams & { stream?: false | null }, options?: RequestOptions): Promise<Completion>;
+    create(body: CompletionCreateParams, options?: RequestOptions): Promise<Completion | Stream<CompletionChunk>>;
+  };
+  /** Where the model runs (WebGPU adapter or CPU, and why "auto" fell back). */
+  readonly device: DeviceInfo;
+  /** The model's name (its URL or manifest). */
+  readonly model: string;
+  tokenize(text: string, options?: { addSpecial?: boolean; parseSpecial?: boolean }): Promise<number[]>;
+  detokenize(ids: number[]): Promise<string>;
+  /** Renders messages with the model's chat template. */
+  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt?: boolean): Promise<string>;
+  stats(): Promise<EngineStats>;
+  /** Ends the generation in progress (finish_reason "abort"). */
+  interrupt(): void;
+  /** Frees the model (GPU buffers, wasm memory); later calls fail with UnloadedError. */
+  unload(): Promise<void>;
+  /** Destroys the WebGPU device as a GPU reset would (tests of recovery). */
+  loseDeviceForTesting(): Promise<void>;
+}

@@ -1,0 +1,329 @@
+// The npm package in headless Chromium (playwright-core, /usr/bin/chromium), as an app uses
+// it: pkg-scripts/test-npm packs it, installs the tarball into a scratch app
+// ($WEBGGUF_APP_DIR), serves that app with pkg-scripts/serve-faults ($WEBGGUF_APP_URL) and
+// writes what the native CLI generates for the same requests ($WEBGGUF_APP_DIR/expected.json).
+//
+// WebGPU here is Chromium's SwiftShader adapter (--enable-unsafe-webgpu): a SmolLM2 pass takes
+// seconds, so the WebGPU checks are a few tokens long; the CPU ones run longer generations.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const APP = process.env.WEBGGUF_APP_URL; // http://127.0.0.1:PORT/ (the app root)
+const APP_DIR = process.env.WEBGGUF_APP_DIR;
+const ARTIFACTS = process.env.WEBGGUF_ARTIFACTS ?? "tests/artifacts";
+if (!APP || !APP_DIR) throw new Error("run through pkg-scripts/test-npm (WEBGGUF_APP_URL, WEBGGUF_APP_DIR)");
+const expected = JSON.parse(fs.readFileSync(path.join(APP_DIR, "expected.json"), "utf8"));
+const MODEL = expected.model; // a path relative to the app root
+const GPU_TOKENS = 3;
+
+let browser;
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-dev-shm-usage"],
+  });
+});
+after(async () => {
+  await browser?.close();
+});
+
+/** A fresh page (own storage) on `file` with the package loaded; `init`: an init script. */
+async function open(file = "test.html", init) {
+  const context = await browser.newContext();
+  if (init) await context.addInitScript({ path: path.join(import.meta.dirname, init) });
+  const page = await context.newPage();
+  page.on("console", (m) => {
+    if (m.type() === "error" || process.env.WEBGGUF_TEST_VERBOSE) console.log(`[page ${m.type()}] ${m.text()}`);
+  });
+  page.on("pageerror", (e) => console.log(`[page error] ${e.message}`));
+  await page.goto(APP + file);
+  if (file === "test.html") await page.waitForFunction(() => window.ready === true);
+  return { page, context };
+}
+
+const chatArgs = () => ({ model: MODEL, chat: expected.chat, text: expected.text });
+
+test("CPU engine: streamed and whole chat completions, raw completion and tokenizer equal the native CLI", { timeout: 300_000 }, async () => {
+  const { page, context } = await open();
+  const r = await page.evaluate(async ({ model, chat, text }) => {
+    const { createEngine } = window.webgguf;
+    const progress = [];
+    const engine = await createEngine({ model, device: "cpu", kvCache: chat.kv, contextLength: 512, cache: false, onProgress: (p) => progress.push(p) });
+    const messages = [{ role: "user", content: chat.prompt }];
+    const stream = await engine.chat.completions.create({ messages, stream: true, max_tokens: chat.max_tokens, temperature: 0 });
+    const chunks = [];
+    let streamed = "";
+    for await (const c of stream) {
+      chunks.push(c);
+      streamed += c.choices[0].delta.content ?? "";
+    }
+    const whole = await engine.chat.completions.create({ messages, max_tokens: chat.max_tokens, temperature: 0 });
+    const raw = await engine.completions.create({ prompt: text.prompt, max_tokens: text.max_tokens, temperature: 0 });
+    const ids = await engine.tokenize(text.prompt);
+    return {
+      device: engine.device,
+      progress: { n: progress.length, last: progress.at(-1) },
+      streamed,
+      chunks: chunks.length,
+      first: chunks[0],
+      last: chunks.at(-1),
+      whole,
+      raw,
+      ids,
+      back: await engine.detokenize(ids),
+      stats: await engine.stats(),
+    };
+  }, chatArgs());
+  assert.equal(r.device.device, "cpu");
+  assert.equal(r.device.kernels, "simd128");
+  assert.equal(r.progress.last.phase, "ready");
+  assert.equal(r.streamed, expected.chat.text, "streamed chat = native greedy");
+  assert.ok(r.chunks >= 3, `several chunks (${r.chunks})`);
+  assert.equal(r.first.object, "chat.completion.chunk");
+  assert.equal(r.first.choices[0].delta.role, "assistant");
+  assert.equal(r.last.choices[0].finish_reason, expected.chat.finish_reason);
+  assert.deepEqual(r.last.usage, { prompt_tokens: expected.chat.prompt_ids.length, completion_tokens: expected.chat.ids.length, total_tokens: expected.chat.prompt_ids.length + expected.chat.ids.length });
+  assert.equal(r.whole.object, "chat.completion");
+  assert.equal(r.whole.choices[0].message.content, expected.chat.text);
+  assert.equal(r.whole.choices[0].finish_reason, expected.chat.finish_reason);
+  assert.equal(r.whole.usage.completion_tokens, expected.chat.ids.length);
+  assert.equal(r.raw.object, "text_completion");
+  assert.equal(r.raw.choices[0].text, expected.text.text, "raw completion = native greedy");
+  assert.deepEqual(r.ids, expected.text.prompt_ids, "tokenize = native");
+  assert.equal(r.back, expected.text.prompt);
+  assert.equal(r.stats.info.device, "cpu");
+  assert.ok(r.stats.ttft_ms > 0 && r.stats.decode_tok_s > 0 && r.stats.wasmMemoryBytes > 0, JSON.stringify(r.stats));
+  console.log(`CPU (wasm SIMD128, headless Chromium): ttft ${r.stats.ttft_ms.toFixed(0)} ms, decode ${r.stats.decode_tok_s.toFixed(1)} tok/s`);
+  await context.close();
+});
+
+test("CPU engine: interrupt, AbortSignal and stream.controller stop a generation; bad requests and unload are typed errors", { timeout: 300_000 }, async () => {
+  const { page, context } = await open();
+  const r = await page.evaluate(async ({ model, chat }) => {
+    const { createEngine, WebggufError } = window.webgguf;
+    const engine = await createEngine({ model, device: "cpu", kvCache: chat.kv, contextLength: 128, cache: false });
+    const messages = [{ role: "user", content: chat.prompt }];
+    const out = {};
+    const collect = async (stream, after, stop) => {
+      let text = "";
+      let n = 0;
+      let finish = null;
+      for await (const c of stream) {
+        text += c.choices[0].delta.content ?? "";
+        finish = c.choices[0].finish_reason ?? finish;
+        if (++n === after) stop();
+      }
+      return { text, finish };
+    };
+    // interrupt() after the third chunk
+    let s = await engine.chat.completions.create({ messages, stream: true, max_tokens: 40, temperature: 0 });
+    out.interrupt = await collect(s, 3, () => engine.interrupt());
+    // the request's AbortSignal
+    const ac = new AbortController();
+    s = await engine.chat.completions.create({ messages, stream: true, max_tokens: 40, temperature: 0 }, { signal: ac.signal });
+    out.signal = await collect(s, 3, () => ac.abort());
+    // the stream's own controller
+    s = await engine.chat.completions.create({ messages, stream: true, max_tokens: 40, temperature: 0 });
+    out.controller = await collect(s, 3, () => s.controller.abort());
+    // breaking out of the loop leaves the engine free for the next request
+    s = await engine.chat.completions.create({ messages, stream: true, max_tokens: 40, temperature: 0 });
+    for await (const c of s) break;
+    const again = await engine.chat.completions.create({ messages, max_tokens: 2, temperature: 0 });
+    out.after_break = again.choices[0].message.content;
+    const err = async (f) => {
+      try {
+        await f();
+        return null;
+      } catch (e) {
+        return { name: e.name, code: e.code, webggufError: e instanceof WebggufError, message: e.message };
+      }
+    };
+    out.bad_temperature = await err(() => engine.chat.completions.create({ messages, temperature: -1 }));
+    out.no_messages = await err(() => engine.chat.completions.create({ messages: [] }));
+    out.image_part = await err(() => engine.chat.completions.create({ messages: [{ role: "user", content: [{ type: "image_url", image_url: "x" }] }] }));
+    out.too_long = await err(() => engine.completions.create({ prompt: "word ".repeat(200), max_tokens: 4 }));
+    out.pre_aborted = await err(() => engine.chat.completions.create({ messages }, { signal: AbortSignal.abort() }));
+    // seeded sampling reproduces; max_tokens 0 generates nothing
+    const seeded = () => engine.chat.completions.create({ messages, max_tokens: 8, temperature: 1.0, seed: 7 });
+    out.seeded = [(await seeded()).choices[0].message.content, (await seeded()).choices[0].message.content];
+    out.zero = await engine.completions.create({ prompt: "Hello", max_tokens: 0 });
+    await engine.unload();
+    out.unloaded = await err(() => engine.tokenize("x"));
+    return out;
+  }, chatArgs());
+  for (const k of ["interrupt", "signal", "controller"]) {
+    assert.equal(r[k].finish, "abort", `${k}: finish_reason`);
+    assert.ok(expected.chat.long_text.startsWith(r[k].text) && r[k].text.length > 0 && r[k].text.length < expected.chat.long_text.length, `${k}: a prefix of the greedy answer: ${JSON.stringify(r[k].text)}`);
+  }
+  assert.equal(r.after_break, expected.chat.two_tokens);
+  assert.deepEqual([r.bad_temperature.name, r.bad_temperature.code, r.bad_temperature.webggufError], ["InvalidRequestError", "options", true]);
+  assert.equal(r.no_messages.code, "options");
+  assert.equal(r.image_part.code, "options");
+  assert.deepEqual([r.too_long.name, r.too_long.code], ["ContextLengthError", "context_length"]);
+  assert.deepEqual([r.pre_aborted.name, r.pre_aborted.code], ["AbortError", "aborted"]);
+  assert.equal(r.seeded[0], r.seeded[1], "same seed, same text");
+  assert.equal(r.zero.choices[0].text, "");
+  assert.equal(r.zero.choices[0].finish_reason, "length");
+  assert.deepEqual([r.unloaded.name, r.unloaded.code], ["UnloadedError", "unloaded"]);
+  await context.close();
+});
+
+test("Web Worker engine: streamed chat equals the native CLI; abort; errors arrive as their classes", { timeout: 300_000 }, async () => {
+  const { page, context } = await open();
+  const r = await page.evaluate(async ({ model, chat }) => {
+    const { createWorkerEngine } = window.webgguf;
+    const worker = new Worker("./node_modules/webgguf/worker.js", { type: "module" });
+    const progress = [];
+    const engine = await createWorkerEngine(worker, { model, device: "cpu", kvCache: chat.kv, contextLength: 512, cache: false, onProgress: (p) => progress.push(p.phase) });
+    const messages = [{ role: "user", content: chat.prompt }];
+    // The page stays responsive while the worker generates: count timer ticks meanwhile.
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 10);
+    let text = "";
+    for await (const c of await engine.chat.completions.create({ messages, stream: true, max_tokens: chat.max_tokens, temperature: 0 })) text += c.choices[0].delta.content ?? "";
+    clearInterval(timer);
+    const ac = new AbortController();
+    let cut = "";
+    let finish = null;
+    let n = 0;
+    for await (const c of await engine.chat.completions.create({ messages, stream: true, max_tokens: 40, temperature: 0, signal: ac.signal })) {
+      cut += c.choices[0].delta.content ?? "";
+      finish = c.choices[0].finish_reason ?? finish;
+      if (++n === 3) ac.abort();
+    }
+    const ids = await engine.tokenize("Hello world");
+    const stats = await engine.stats();
+    let bad = null;
+    try {
+      await createWorkerEngine(new Worker("./node_modules/webgguf/worker.js", { type: "module" }), { model: model.replace(".gguf", "-missing.gguf"), device: "cpu" });
+    } catch (e) {
+      bad = { name: e.name, code: e.code, message: e.message };
+    }
+    await engine.unload();
+    worker.terminate();
+    return { text, ticks, cut, finish, ids, stats, bad, progress: progress.at(-1), device: engine.device.device };
+  }, chatArgs());
+  assert.equal(r.text, expected.chat.text, "worker chat = native greedy");
+  assert.ok(r.ticks > 5, `the page kept running timers during generation (${r.ticks} ticks)`);
+  assert.equal(r.finish, "abort");
+  assert.ok(expected.chat.long_text.startsWith(r.cut) && r.cut.length > 0);
+  assert.deepEqual(r.ids, expected.hello_ids);
+  assert.equal(r.progress, "ready");
+  assert.equal(r.device, "cpu");
+  assert.ok(r.stats.decode_tok_s > 0);
+  assert.deepEqual([r.bad.name, r.bad.code], ["HttpError", "http"]);
+  await context.close();
+});
+
+test("device auto without WebGPU runs on the CPU and says why; device webgpu is NoWebGPUError", { timeout: 300_000 }, async () => {
+  const { page, context } = await open("test.html", "no-webgpu.js");
+  const r = await page.evaluate(async ({ model, chat }) => {
+    const { createEngine } = window.webgguf;
+    let err = null;
+    try {
+      await createEngine({ model, device: "webgpu", cache: false });
+    } catch (e) {
+      err = { name: e.name, code: e.code, message: e.message };
+    }
+    const engine = await createEngine({ model, device: "auto", kvCache: chat.kv, contextLength: 512, cache: false });
+    const whole = await engine.chat.completions.create({ messages: [{ role: "user", content: chat.prompt }], max_tokens: chat.max_tokens, temperature: 0 });
+    return { err, device: engine.device, text: whole.choices[0].message.content, hasGpu: "gpu" in navigator && navigator.gpu !== undefined };
+  }, chatArgs());
+  assert.equal(r.hasGpu, false);
+  assert.deepEqual([r.err.name, r.err.code], ["NoWebGPUError", "no_webgpu"]);
+  assert.equal(r.device.device, "cpu");
+  assert.match(r.device.fallback, /WebGPU/);
+  assert.equal(r.text, expected.chat.text);
+  await context.close();
+});
+
+test("an adapter too small for the model: ModelTooLargeError with device webgpu, CPU fallback with auto", { timeout: 300_000 }, async () => {
+  const { page, context } = await open("test.html", "small-adapter.js");
+  const r = await page.evaluate(async ({ model }) => {
+    const { createEngine } = window.webgguf;
+    let err = null;
+    try {
+      await createEngine({ model, device: "webgpu", cache: false });
+    } catch (e) {
+      err = { name: e.name, code: e.code, message: e.message };
+    }
+    const engine = await createEngine({ model, device: "auto", kvCache: "f32", contextLength: 256, cache: false });
+    const whole = await engine.completions.create({ prompt: "The capital of France is", max_tokens: 2, temperature: 0 });
+    return { err, device: engine.device, text: whole.choices[0].text };
+  }, chatArgs());
+  assert.deepEqual([r.err.name, r.err.code], ["ModelTooLargeError", "model_too_large"], r.err.message);
+  assert.equal(r.device.device, "cpu");
+  assert.match(r.device.fallback, /could not hold the model/);
+  assert.equal(r.text, expected.text.two_tokens);
+  await context.close();
+});
+
+test("loading errors are typed: http, malformed, integrity, network, aborted, quota", { timeout: 600_000 }, async () => {
+  const { page, context } = await open();
+  const r = await page.evaluate(async ({ model, manifest }) => {
+    const { createEngine } = window.webgguf;
+    const attempt = async (options) => {
+      try {
+        const e = await createEngine({ device: "cpu", cache: false, retryDelayMs: 10, ...options });
+        await e.unload();
+        return null;
+      } catch (e) {
+        return { name: e.name, code: e.code, message: e.message };
+      }
+    };
+    const ac = new AbortController();
+    const aborted = attempt({ model, signal: ac.signal, onProgress: (p) => p.loaded > 1 << 20 && ac.abort() });
+    return {
+      http: await attempt({ model: "f/404/" + model }),
+      html: await attempt({ model: "f/html/" + model }),
+      integrity: await attempt({ model: { manifest: "f/wrongbytes@00002/" + manifest } }),
+      network: await attempt({ model: "f/dropall/" + model, maxAttempts: 1 }),
+      aborted: await aborted,
+      quota: await attempt({ model: { manifest }, cache: true, requireCache: true, maxCacheBytes: 1000 }),
+    };
+  }, { model: MODEL, manifest: expected.manifest });
+  console.log(JSON.stringify(r));
+  assert.deepEqual([r.http.name, r.http.code], ["HttpError", "http"]);
+  assert.deepEqual([r.html.name, r.html.code], ["ModelFormatError", "malformed"]);
+  assert.deepEqual([r.integrity.name, r.integrity.code], ["IntegrityError", "integrity"]);
+  assert.deepEqual([r.network.name, r.network.code], ["NetworkError", "network"]);
+  assert.deepEqual([r.aborted.name, r.aborted.code], ["AbortError", "aborted"]);
+  assert.deepEqual([r.quota.name, r.quota.code], ["QuotaError", "quota"]);
+  await context.close();
+});
+
+test("WebGPU engine: streamed chat equals the native CLI; a lost device mid-stream is recovered from the cache and the answer continues", { timeout: 600_000 }, async () => {
+  const { page, context } = await open();
+  const r = await page.evaluate(async ({ model, chat, n }) => {
+    const { createEngine } = window.webgguf;
+    const losses = [];
+    const engine = await createEngine({ model, device: "webgpu", kvCache: chat.kv, contextLength: 256, onDeviceLost: (e) => losses.push(e) });
+    const messages = [{ role: "user", content: chat.prompt }];
+    let text = "";
+    for await (const c of await engine.chat.completions.create({ messages, stream: true, max_tokens: n, temperature: 0 })) text += c.choices[0].delta.content ?? "";
+    const stats = await engine.stats();
+    let replayed = "";
+    let chunks = 0;
+    for await (const c of await engine.chat.completions.create({ messages, stream: true, max_tokens: n, temperature: 0 })) {
+      replayed += c.choices[0].delta.content ?? "";
+      if (++chunks === 2) await engine.loseDeviceForTesting();
+    }
+    const after = await engine.stats();
+    return { device: engine.device, text, replayed, stats, losses, after: after.deviceLosses };
+  }, { ...chatArgs(), n: GPU_TOKENS });
+  const want = expected.chat.gpu_prefix;
+  assert.equal(r.device.device, "webgpu");
+  assert.ok(r.device.adapter && typeof r.device.adapter.adapter === "string");
+  assert.equal(r.text, want, "WebGPU chat = native greedy");
+  assert.ok(r.stats.ttft_ms > 0);
+  assert.equal(r.losses.length, 1, JSON.stringify(r.losses));
+  assert.equal(r.losses[0].recoveredOn, "webgpu");
+  assert.equal(r.after.length, 1);
+  assert.equal(r.replayed, want, "the answer continues after the device was lost");
+  console.log(`WebGPU (${r.device.adapter.adapter}): ttft ${r.stats.ttft_ms.toFixed(0)} ms; device loss recovered in ${r.losses[0].recoveryMs.toFixed(0)} ms`);
+  await context.close();
+});
