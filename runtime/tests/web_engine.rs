@@ -46,7 +46,7 @@ async fn load(kv: &str) -> WasmEngine {
     let events = std::rc::Rc::new(std::cell::RefCell::new(Vec::<JsValue>::new()));
     let sink = events.clone();
     let on_progress = Closure::<dyn FnMut(JsValue)>::new(move |p: JsValue| sink.borrow_mut().push(p));
-    let opts = options(&[("kv", kv.into()), ("contextLength", 256.into()), ("cache", false.into())]);
+    let opts = options(&[("kv", kv.into()), ("contextLength", 256.into()), ("cache", false.into()), ("device", "cpu".into())]);
     let engine = WasmEngine::load(model_url().into(), opts, Some(on_progress.as_ref().unchecked_ref::<js_sys::Function>().clone()))
         .await
         .expect("loading the model");
