@@ -1,7 +1,10 @@
 // Dequantize-matmul: Y[t, y_offset + r] = Σ_k W[r, k] · X[t, k] for weights in the GPU block
 // layout (dequant.wgsl), reading the quantized words directly. Two entry points:
-// - `matvec` (decode, few tokens): one workgroup per output value, 64 invocations stride the
-//   row 4 values at a time, then a workgroup sum (reduce_*.wgsl);
+// - `matvec` (decode, few tokens): a workgroup computes MV_ROWS output values, MV_LANES
+//   invocations per value stride the row 4 values at a time, then a shared-memory tree sum
+//   over those lanes. Several values per workgroup keep the barriers per value low: software
+//   adapters (SwiftShader, lavapipe) pay dearly for each barrier, and a real GPU still reads each
+//   row in coalesced runs of MV_LANES vec4s;
 // - `matmul_tiled` (prefill): a workgroup computes a 32-row × 32-token tile; W and X tiles of
 //   32 values along k are staged in shared memory, each invocation accumulates 4 × 4 outputs.
 // X holds the activations as the CPU backend's dot products see them (already rounded to the
@@ -22,52 +25,63 @@ struct MatParams {
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;         // [n, y_stride]
 @group(0) @binding(3) var<uniform> P: MatParams;
 
+const MV_LANES: u32 = 8u;            // invocations per output value
+const MV_ROWS: u32 = 64u / MV_LANES; // output values per workgroup
+var<workgroup> mv_part: array<f32, 64>;   // [MV_ROWS][MV_LANES] partial sums
+
 @compute @workgroup_size(64)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) tid: u32) {
-    let g = wid.x + wid.y * nwg.x;
-    if g >= P.rows * P.n {
-        return;
-    }
-    let r = g % P.rows;
-    let t = g / P.rows;
-    let row = r * P.row_words;
-    let c4 = P.cols / 4u;
-    let xb = t * c4;
+    let lane = tid % MV_LANES;
+    let o = (wid.x + wid.y * nwg.x) * MV_ROWS + tid / MV_LANES;   // output index over (t, r)
+    let live = o < P.rows * P.n;
+    let r = o % P.rows;
+    let t = o / P.rows;
     var acc = 0.0;
-    for (var i = tid; i < c4; i += 64u) {
-        acc += dot(deq4(row, 4u * i), X[xb + i]);
+    if live {
+        let row = r * P.row_words;
+        let c4 = P.cols / 4u;
+        let xb = t * c4;
+        for (var i = lane; i < c4; i += MV_LANES) {
+            acc += dot(deq4(row, 4u * i), X[xb + i]);
+        }
     }
-    let s = wg_sum(acc, tid);
-    if tid == 0u {
-        Y[t * P.y_stride + P.y_offset + r] = s;
+    // Barriers stay in uniform control flow: every invocation takes part, live or not.
+    mv_part[tid] = acc;
+    workgroupBarrier();
+    for (var s = MV_LANES / 2u; s > 0u; s = s / 2u) {
+        if lane < s {
+            mv_part[tid] += mv_part[tid + s];
+        }
+        workgroupBarrier();
+    }
+    if live && lane == 0u {
+        Y[t * P.y_stride + P.y_offset + r] = mv_part[tid];
     }
 }
 
 // Q4_1 / Q5_1 only: Y[t, y_offset + r] += Σ_b m[r, b] · Sfix[t, b], the difference between
 // ggml's Q8_1 block sums (f16-rounded) and the rounded activations' sums (act_quant.wgsl mode
-// 5), so these types match the CPU to summation order too. One workgroup per output value.
+// 5), so these types match the CPU to summation order too. One invocation per output value: a
+// row has only cols / 32 blocks, too few to share out (and no barriers, see matvec).
 @group(0) @binding(4) var<storage, read> Sfix: array<f32>;             // [n, cols / 32]
 
 @compute @workgroup_size(64)
 fn min_fix(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) tid: u32) {
-    let g = wid.x + wid.y * nwg.x;
-    if g >= P.rows * P.n {
+    let o = (wid.x + wid.y * nwg.x) * 64u + tid;
+    if o >= P.rows * P.n {
         return;
     }
-    let r = g % P.rows;
-    let t = g / P.rows;
+    let r = o % P.rows;
+    let t = o / P.rows;
     let nb = P.cols / 32u;
     var acc = 0.0;
-    for (var b = tid; b < nb; b += 64u) {
+    for (var b = 0u; b < nb; b++) {
         acc += hi_f16(W[r * P.row_words + b * block_words()]) * Sfix[t * nb + b];
     }
-    let s = wg_sum(acc, tid);
-    if tid == 0u {
-        let i = t * P.y_stride + P.y_offset + r;
-        Y[i] = Y[i] + s;
-    }
+    let i = t * P.y_stride + P.y_offset + r;
+    Y[i] = Y[i] + acc;
 }
 
 const TILE: u32 = 32u;

@@ -30,6 +30,8 @@ const PARAM_BIND: u64 = 64;
 const SCORES_BUDGET: u64 = 64 << 20;
 /// Matmuls with at most this many tokens use the matvec kernel.
 const MATVEC_MAX_TOKENS: usize = 4;
+/// Output values per `matvec` workgroup (MV_ROWS in matmul.wgsl).
+const MATVEC_ROWS: usize = 8;
 /// Host staging when uploading a weight: repacked in pieces of about this many bytes.
 const UPLOAD_PIECE: usize = 8 << 20;
 
@@ -443,7 +445,7 @@ impl GpuBackend {
                 &[(0, buf), (2, y.buf.get()), (4, sfix.get())],
                 3,
                 bytes_of(&params),
-                rows * n_tokens,
+                (rows * n_tokens).div_ceil(64),
             )?;
         }
         Ok(())
@@ -455,7 +457,7 @@ impl GpuBackend {
         let (entry, tiled) = if x.n_tokens <= MATVEC_MAX_TOKENS { ("matvec", false) } else { ("matmul_tiled", true) };
         for (buf, row0, rows) in m.chunks {
             let params = [rows as u32, m.cols as u32, x.n_tokens as u32, m.row_words as u32, m.rows as u32, row0 as u32];
-            let groups = if tiled { rows.div_ceil(32) * x.n_tokens.div_ceil(32) } else { rows * x.n_tokens };
+            let groups = if tiled { rows.div_ceil(32) * x.n_tokens.div_ceil(32) } else { (rows * x.n_tokens).div_ceil(MATVEC_ROWS) };
             self.dispatch(
                 Family::Matmul,
                 entry,
