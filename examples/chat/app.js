@@ -25,7 +25,8 @@ function setBadge(device) {
   b.className = `badge ${device.device}`;
   if (device.device === "webgpu") {
     const a = device.adapter;
-    b.textContent = `WebGPU · ${a.adapter || "adapter"}${a.shader_f16 ? " · f16" : ""}${a.subgroups ? " · subgroups" : ""}`;
+    const name = a.adapter || (a.device_type === "Cpu" ? "software adapter" : "adapter");
+    b.textContent = `WebGPU · ${name}${a.shader_f16 ? " · f16" : ""}${a.subgroups ? " · subgroups" : ""}`;
   } else {
     b.textContent = `CPU · ${device.kernels}`;
   }
