@@ -112,44 +112,39 @@ function controllerFor(body: { signal?: AbortSignal }, options?: RequestOptions)
   return controller;
 }
 
+/** What every object of one response carries. */
+type Meta = { id: string; created: number; model: string };
+
+function envelope<O extends string>(m: Meta, object: O) {
+  return { id: m.id, object, created: m.created, model: m.model };
+}
+
 type Shape<C, R> = {
-  chunk(id: string, created: number, model: string, text: string | undefined, finish: FinishReason | null, first: boolean, ev: StepEvent): C;
-  response(id: string, created: number, model: string, text: string, finish: FinishReason, ev: StepEvent): R;
+  chunk(m: Meta, text: string | undefined, finish: FinishReason | null, first: boolean, ev: StepEvent): C;
+  response(m: Meta, text: string, finish: FinishReason, ev: StepEvent): R;
 };
 
 const chatShape: Shape<ChatCompletionChunk, ChatCompletion> = {
-  chunk: (id, created, model, text, finish, first, ev) => ({
-    id,
-    object: "chat.completion.chunk",
-    created,
-    model,
+  chunk: (m, text, finish, first, ev) => ({
+    ...envelope(m, "chat.completion.chunk"),
     choices: [{ index: 0, delta: { ...(first ? { role: "assistant" as const } : {}), ...(text !== undefined ? { content: text } : {}) }, finish_reason: finish, logprobs: null }],
     ...(finish ? { usage: usage(ev) } : {}),
   }),
-  response: (id, created, model, text, finish, ev) => ({
-    id,
-    object: "chat.completion",
-    created,
-    model,
+  response: (m, text, finish, ev) => ({
+    ...envelope(m, "chat.completion"),
     choices: [{ index: 0, message: { role: "assistant", content: text }, finish_reason: finish, logprobs: null }],
     usage: usage(ev),
   }),
 };
 
 const textShape: Shape<CompletionChunk, Completion> = {
-  chunk: (id, created, model, text, finish, _first, ev) => ({
-    id,
-    object: "text_completion",
-    created,
-    model,
+  chunk: (m, text, finish, _first, ev) => ({
+    ...envelope(m, "text_completion"),
     choices: [{ index: 0, text: text ?? "", finish_reason: finish, logprobs: null }],
     ...(finish ? { usage: usage(ev) } : {}),
   }),
-  response: (id, created, model, text, finish, ev) => ({
-    id,
-    object: "text_completion",
-    created,
-    model,
+  response: (m, text, finish, ev) => ({
+    ...envelope(m, "text_completion"),
     choices: [{ index: 0, text, finish_reason: finish, logprobs: null }],
     usage: usage(ev),
   }),
@@ -159,9 +154,7 @@ async function create<C, R>(core: Core, shape: Shape<C, R>, prefix: string, body
   if (!body || typeof body !== "object") bad("create: a request object is required");
   const req = toGenRequest(body);
   const controller = controllerFor(body, options);
-  const id = newId(prefix);
-  const created = Math.floor(Date.now() / 1000);
-  const model = body.model ?? core.model;
+  const meta: Meta = { id: newId(prefix), created: Math.floor(Date.now() / 1000), model: body.model ?? core.model };
   const steps = core.generate(req, controller.signal);
   // The first pass (the prompt) runs before create resolves: request errors surface here.
   const first = await steps.next();
@@ -181,7 +174,7 @@ async function create<C, R>(core: Core, shape: Shape<C, R>, prefix: string, body
       // Lets the generator finish (it releases the engine for the next request).
       await steps.return(undefined);
     }
-    return shape.response(id, created, model, text, ev.finishReason ?? "abort", ev);
+    return shape.response(meta, text, ev.finishReason ?? "abort", ev);
   }
   // A stream aborted before anyone iterates it releases the engine at once.
   let iterating = false;
@@ -193,11 +186,11 @@ async function create<C, R>(core: Core, shape: Shape<C, R>, prefix: string, body
     try {
       for (;;) {
         if (ev.text !== "" || isFirst) {
-          yield shape.chunk(id, created, model, ev.text, null, isFirst, ev);
+          yield shape.chunk(meta, ev.text, null, isFirst, ev);
           isFirst = false;
         }
         if (ev.done) {
-          yield shape.chunk(id, created, model, undefined, ev.finishReason ?? "abort", false, ev);
+          yield shape.chunk(meta, undefined, ev.finishReason ?? "abort", false, ev);
           return;
         }
         const r = await steps.next();

@@ -19,4 +19,4 @@ export type FromWorker =
   | { id: number; step: StepEvent }
   | { id: number; result: unknown }
   | { id: number; error: { code: string; message: string } }
-  | { deviceLost: DeviceLossEvent; device: DeviceInfo };
+  | { deviceLost: DeviceLossEvent; device: DeviceInfo | null };

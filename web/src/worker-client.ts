@@ -12,8 +12,20 @@ type Pending = {
   reject: (e: WebggufError) => void;
 };
 
-/** Request ids, unique across channels (several may listen to one worker). */
+/** Request ids. */
 let nextId = 1;
+
+/** The channel of each worker: one set of listeners per worker however many calls use it. */
+const channels = new WeakMap<Worker, Channel>();
+
+function channelFor(worker: Worker): Channel {
+  let ch = channels.get(worker);
+  if (!ch) {
+    ch = new Channel(worker);
+    channels.set(worker, ch);
+  }
+  return ch;
+}
 
 /** Request/response plumbing over one worker. */
 class Channel {
@@ -175,7 +187,7 @@ function absolute(source: ModelSource): ModelSource {
  * worker entry: `new Worker(new URL("webgguf/worker", import.meta.url), { type: "module" })`). */
 export async function createWorkerEngine(worker: Worker, options: WorkerEngineOptions): Promise<Engine> {
   if (!options || options.model === undefined) throw new WebggufError("options", "createWorkerEngine: options.model is required");
-  const ch = new Channel(worker);
+  const ch = channelFor(worker);
   const { signal, onProgress, onDeviceLost, ...rest } = options;
   const wasmUrl = rest.wasmUrl === undefined ? undefined : new URL(String(rest.wasmUrl), globalThis.location?.href).href;
   rest.model = absolute(rest.model);
@@ -185,7 +197,7 @@ export async function createWorkerEngine(worker: Worker, options: WorkerEngineOp
   if (signal?.aborted) onAbort();
   let core: WorkerCore | undefined;
   ch.onDeviceLost = (m) => {
-    if (core) core.device = m.device;
+    if (core && m.device) core.device = m.device;
     onDeviceLost?.(m.deviceLost);
   };
   try {
@@ -201,10 +213,10 @@ export async function createWorkerEngine(worker: Worker, options: WorkerEngineOp
 
 /** The models cached in the browser, asked through a worker (same storage as the page's). */
 export async function workerCachedModels(worker: Worker): Promise<CachedModel[]> {
-  return (await new Channel(worker).call("cachedModels")) as CachedModel[];
+  return (await channelFor(worker).call("cachedModels")) as CachedModel[];
 }
 
 /** Deletes a cached model through a worker. */
 export async function workerDeleteCachedModel(worker: Worker, source: ModelSource): Promise<void> {
-  await new Channel(worker).call("deleteCachedModel", absolute(source));
+  await channelFor(worker).call("deleteCachedModel", absolute(source));
 }

@@ -69,7 +69,8 @@ scope.onmessage = async (e: MessageEvent<ToWorker>) => {
         ...m.options,
         signal: controller.signal,
         onProgress: (p) => post({ id: m.id, progress: p }),
-        onDeviceLost: (ev) => post({ deviceLost: ev, device: core?.device ?? { device: "cpu", adapter: null, kernels: "", fallback: null } }),
+        // Fires during a generation, after the core is assigned; null says "no device to report".
+        onDeviceLost: (ev) => post({ deviceLost: ev, device: core?.device ?? null }),
       });
       post({ id: m.id, loaded: { device: core.device, model: core.model } });
     } else if (m.op === "generate") {
