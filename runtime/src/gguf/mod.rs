@@ -11,6 +11,7 @@
 //! - `split`: split-GGUF shards assembled into one model
 //! - `writer`: encoders and a builder for writing files
 //! - `shard_writer`: splitting a file into llama.cpp split shards + manifest.json (native)
+//! - `partial_file`: output written under a temporary name, renamed when complete (native)
 
 mod cursor;
 mod header;
@@ -19,6 +20,8 @@ mod metadata;
 mod split;
 mod value;
 pub mod writer;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod partial_file;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod shard_writer;
 

@@ -24,15 +24,15 @@
 use super::header::{GgufHeader, DEFAULT_ALIGNMENT};
 use super::split::{KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
 use super::value::Value;
+use super::partial_file::{PartialFile, WriteError};
 use super::writer::{data_layout, encode_header, TensorEntry};
 use super::{read_header_from_path, Limits, ReadHeaderError};
 use crate::error::GgufError;
-use crate::loader::manifest::{hex, Manifest, ManifestError, ManifestModel, ManifestShard, MAX_SHARDS};
-use sha2::{Digest, Sha256};
+use crate::loader::manifest::{Manifest, ManifestError, ManifestModel, ManifestShard, MAX_SHARDS};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Bytes copied per read/write while streaming tensor data.
 pub const COPY_CHUNK: usize = 4 << 20;
@@ -63,8 +63,8 @@ pub enum ShardError {
     BadName { path: String, source: ManifestError },
     #[error("output directory {path}: {source}")]
     OutputDir { path: String, source: std::io::Error },
-    #[error("writing {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Write(#[from] WriteError),
 }
 
 /// One finished shard, reported as it is written.
@@ -292,7 +292,6 @@ fn write_one(
     // Dropping `out` on an error below removes the partial file.
     let mut out = PartialFile::create(path)?;
     out.write(&head)?;
-    let zeros = [0u8; 256];
     let read_err = |source| ShardError::Input { path: in_path.to_owned(), source };
     for t in tensors {
         src.seek(SeekFrom::Start(header.data_offset + t.offset)).map_err(read_err)?;
@@ -303,69 +302,9 @@ fn write_one(
             out.write(&buf[..n])?;
             left -= n as u64;
         }
-        let mut pad = (t.n_bytes.div_ceil(alignment) * alignment - t.n_bytes) as usize;
-        while pad > 0 {
-            let n = pad.min(zeros.len());
-            out.write(&zeros[..n])?;
-            pad -= n;
-        }
+        out.zeros((t.n_bytes.div_ceil(alignment) * alignment - t.n_bytes) as usize)?;
     }
-    out.finish()
-}
-
-/// A file written as `NAME.partial`, hashed as it goes, renamed to `NAME` when finished and
-/// removed if dropped before that.
-struct PartialFile {
-    file: Option<File>,
-    partial: PathBuf,
-    path: PathBuf,
-    hasher: Sha256,
-    bytes: u64,
-    finished: bool,
-}
-
-impl PartialFile {
-    fn create(path: &Path) -> Result<PartialFile, ShardError> {
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(".partial");
-        let partial = path.with_file_name(name);
-        let file = File::create(&partial).map_err(|source| ShardError::Write { path: partial.display().to_string(), source })?;
-        Ok(PartialFile { file: Some(file), partial, path: path.to_owned(), hasher: Sha256::new(), bytes: 0, finished: false })
-    }
-
-    fn err(partial: &Path, source: std::io::Error) -> ShardError {
-        ShardError::Write { path: partial.display().to_string(), source }
-    }
-
-    fn write(&mut self, b: &[u8]) -> Result<(), ShardError> {
-        let f = self.file.as_mut().ok_or_else(|| Self::err(&self.partial, std::io::ErrorKind::NotConnected.into()))?;
-        f.write_all(b).map_err(|e| Self::err(&self.partial, e))?;
-        self.hasher.update(b);
-        self.bytes += b.len() as u64;
-        Ok(())
-    }
-
-    /// Syncs (so a crash after the rename cannot expose a short file), closes, renames, and
-    /// returns the size and sha256 (hex).
-    fn finish(mut self) -> Result<(u64, String), ShardError> {
-        if let Some(f) = self.file.take() {
-            f.sync_all().map_err(|e| Self::err(&self.partial, e))?;
-        }
-        std::fs::rename(&self.partial, &self.path).map_err(|e| Self::err(&self.partial, e))?;
-        self.finished = true;
-        let digest = std::mem::take(&mut self.hasher).finalize();
-        Ok((self.bytes, hex(&digest)))
-    }
-}
-
-impl Drop for PartialFile {
-    fn drop(&mut self) {
-        // Not finished (an error on the way): leave no partial file behind.
-        if !self.finished {
-            self.file = None;
-            let _ = std::fs::remove_file(&self.partial);
-        }
-    }
+    Ok(out.finish()?)
 }
 
 #[cfg(test)]
