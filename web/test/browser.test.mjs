@@ -26,7 +26,8 @@ before(async () => {
     headless: true,
     // --disable-gpu as in runtime/webdriver.json: WebGPU then runs on SwiftShader in the GPU
     // process; without it Chromium's Vulkan path here (Mesa lavapipe) never finished a pass.
-    args: ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-gpu", "--disable-dev-shm-usage"],
+    // The background-networking flags keep Chromium off the (closed) network.
+    args: ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
   });
 });
 after(async () => {
