@@ -17,6 +17,7 @@ pub mod kv_cache;
 pub mod loader;
 pub mod model;
 pub mod quant;
+pub mod quantize;
 pub mod sampler;
 pub mod tokenizer;
 

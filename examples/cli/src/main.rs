@@ -8,6 +8,7 @@ mod generate;
 mod inspect;
 mod logits;
 mod perplexity;
+mod quantize;
 mod shard;
 mod tokenize;
 
@@ -37,6 +38,8 @@ enum Command {
     Bench(bench::Args),
     /// Split a model into llama.cpp split GGUF files (gguf-split's layout) plus manifest.json.
     Shard(shard::Args),
+    /// Convert a model to another file type (Q8_0 … Q2_K, F16), with llama.cpp's per-tensor mixing.
+    Quantize(quantize::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,5 +52,6 @@ fn main() -> ExitCode {
         Command::Perplexity(args) => perplexity::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Shard(args) => shard::run(args),
+        Command::Quantize(args) => quantize::run(args),
     }
 }
