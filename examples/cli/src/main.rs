@@ -4,6 +4,7 @@
 
 mod bench;
 mod common;
+mod eval;
 mod generate;
 mod inspect;
 mod logits;
@@ -40,6 +41,8 @@ enum Command {
     Shard(shard::Args),
     /// Convert a model to another file type (Q8_0 … Q2_K, F16), with llama.cpp's per-tensor mixing.
     Quantize(quantize::Args),
+    /// One row of the quantization table: perplexity, KL divergence and top-1 against a reference, speed, sizes.
+    Eval(eval::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,5 +56,6 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Shard(args) => shard::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }
