@@ -304,6 +304,17 @@ test("WebGPU engine: a streamed chat completion equals the native CLI; a lost de
   await context.close();
 });
 
+test("bundled by Vite: the main-thread and the worker engine complete as the native CLI", { timeout: 300_000 }, async () => {
+  const q = new URLSearchParams({ model: `../../${MODEL}`, prompt: expected.text.prompt, max_tokens: String(expected.text.max_tokens) });
+  const { page, context } = await open(`bundler/dist/index.html?${q}`);
+  await page.waitForFunction(() => window.result !== undefined, null, { timeout: 240_000 });
+  const r = await page.evaluate(() => window.result);
+  assert.equal(r.error, undefined, r.error);
+  assert.equal(r.main, expected.text.text, "main thread = native greedy");
+  assert.equal(r.worker, expected.text.text, "worker = native greedy");
+  await context.close();
+});
+
 test("the demo page end to end on the CPU: load with progress, streamed answer equal to the native CLI, metrics, badge; screenshot", { timeout: 300_000 }, async () => {
   const { page, context } = await open(`index.html?model=${encodeURIComponent(MODEL)}&device=cpu`);
   await page.selectOption("#kv", expected.chat.kv);
