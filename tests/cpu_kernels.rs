@@ -5,16 +5,7 @@
 
 use webgguf::cpu::{self, matmul_with, Kernels, QMatrix, Scratch};
 use webgguf::quant::{quantize_row, GgmlType};
-
-fn rng(seed: u64) -> impl FnMut() -> f32 {
-    let mut s = seed | 1;
-    move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
+use webgguf_tests::rng;
 
 fn weights(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
     let mut r = rng(seed);

@@ -14,33 +14,7 @@ use webgguf::gguf::{self, Array, GgufHeader, Limits, Value};
 use webgguf::kv_cache::KvType;
 use webgguf::quant::{dequantize_row, quantize_row, GgmlType};
 use webgguf::quantize::{quantize_file, FileType, MixOptions, QuantizeError, QuantizeOptions};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let p = std::env::temp_dir().join(format!("webgguf-quantize-{tag}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn rng(seed: u64) -> impl FnMut() -> f32 {
-    let mut s = seed | 1;
-    move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
+use webgguf_tests::{rng, TempDir};
 
 /// A llama with random F32 weights: `d` wide, `ff` hidden, 4 heads over 2 KV heads, 2 layers,
 /// 300 tokens; `tied`: no output.weight (the embedding is the output). Returns the file and
@@ -194,7 +168,7 @@ fn runs(path: &Path) {
 
 #[test]
 fn every_file_type_writes_reference_bytes_that_gguf_py_and_the_engine_read() {
-    let dir = TempDir::new("all");
+    let dir = TempDir::new("quantize-all");
     // 256-wide with an output matrix (the K-quant rules apply as written) and 160-wide with a
     // tied embedding (rows of 160: K-quants fall back to 32-block types, F16 where even that fails).
     let models = [("d256", random_llama(256, 512, false, 1)), ("d160", random_llama(160, 256, true, 2))];
@@ -253,7 +227,7 @@ fn every_file_type_writes_reference_bytes_that_gguf_py_and_the_engine_read() {
 
 #[test]
 fn options_keep_embedding_and_output_in_higher_precision() {
-    let dir = TempDir::new("opts");
+    let dir = TempDir::new("quantize-opts");
     let (bytes, values) = random_llama(256, 512, false, 3);
     let src = dir.0.join("m.gguf");
     fs::write(&src, bytes).unwrap();
@@ -277,7 +251,7 @@ fn options_keep_embedding_and_output_in_higher_precision() {
 
 #[test]
 fn quantized_input_is_dequantized_first_with_a_warning() {
-    let dir = TempDir::new("requant");
+    let dir = TempDir::new("quantize-requant");
     let (bytes, values) = random_llama(256, 512, false, 4);
     let src = dir.0.join("m.gguf");
     fs::write(&src, bytes).unwrap();
@@ -306,7 +280,7 @@ fn quantized_input_is_dequantized_first_with_a_warning() {
 
 #[test]
 fn bad_input_is_a_typed_error_and_leaves_no_output() {
-    let dir = TempDir::new("errors");
+    let dir = TempDir::new("quantize-errors");
     let (bytes, _) = random_llama(256, 512, false, 5);
     let src = dir.0.join("m.gguf");
     fs::write(&src, &bytes).unwrap();

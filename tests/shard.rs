@@ -11,27 +11,9 @@ use webgguf::gguf::writer::GgufBuilder;
 use webgguf::gguf::{self, GgufHeader, Limits, Value, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
 use webgguf::loader::manifest::{hex, Manifest};
 use webgguf::GgmlType;
-use webgguf_tests::model_path;
+use webgguf_tests::{model_path, TempDir};
 
 const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let p = std::env::temp_dir().join(format!("webgguf-shard-{tag}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn header(p: &Path) -> GgufHeader {
     gguf::read_header_from_path(p, &Limits::default()).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -161,7 +143,7 @@ fn check_split(input: &Path, dir: &Path, m: &Manifest, max: u64) -> Vec<usize> {
 #[test]
 fn real_model_in_40m_shards() {
     let input = model_path(SMOL);
-    let dir = TempDir::new("smol");
+    let dir = TempDir::new("shard-smol");
     let max = shard_writer::parse_max_size("40M").unwrap();
     let mut seen = Vec::new();
     let m = shard_writer::write_shards_with_progress(&input, max, &dir.0, &mut |w| seen.push((w.no, w.count, w.tensors, w.shard.clone())))
@@ -210,7 +192,7 @@ fn write_input(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 
 #[test]
 fn synthetic_split_rule_and_big_tensors() {
-    let tmp = TempDir::new("synthetic");
+    let tmp = TempDir::new("shard-synthetic");
     let input = write_input(&tmp.0, "tiny.gguf", &synthetic(None));
     // Padded to 32: a 256 | big 8192 | c 128 + d 32 + e 64 = 224 ≤ 512.
     let out = tmp.0.join("out512");
@@ -245,7 +227,7 @@ fn synthetic_split_rule_and_big_tensors() {
 
 #[test]
 fn synthetic_other_alignment() {
-    let tmp = TempDir::new("align");
+    let tmp = TempDir::new("shard-align");
     let input = write_input(&tmp.0, "tiny64.gguf", &synthetic(Some(64)));
     assert_eq!(header(&input).alignment, 64);
     let out = tmp.0.join("out");
@@ -255,7 +237,7 @@ fn synthetic_other_alignment() {
 
 #[test]
 fn errors_are_typed() {
-    let tmp = TempDir::new("errors");
+    let tmp = TempDir::new("shard-errors");
     let input = write_input(&tmp.0, "tiny.gguf", &synthetic(None));
     let out = tmp.0.join("out");
 

@@ -60,3 +60,33 @@ pub fn argmax(row: &[f32]) -> u32 {
     }
     best as u32
 }
+
+/// A fresh directory under the system temp dir (named after `tag` and the process), removed on
+/// drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let p = std::env::temp_dir().join(format!("webgguf-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("create a temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A seeded xorshift stream of floats in [-1, 1): the same data on every platform.
+pub fn rng(seed: u64) -> impl FnMut() -> f32 {
+    let mut s = seed | 1;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
