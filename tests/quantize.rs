@@ -261,6 +261,9 @@ fn quantized_input_is_dequantized_first_with_a_warning() {
     let q4 = dir.0.join("m.q4.gguf");
     let r = quantize_file(&q8, &q4, &opts(FileType::Q4_0), &mut |_| {}).unwrap();
     assert!(r.warnings.iter().any(|w| w.contains("requantizing")), "{:?}", r.warnings);
+    let f16 = dir.0.join("m.f16.gguf");
+    let r = quantize_file(&q8, &f16, &opts(FileType::F16), &mut |_| {}).unwrap();
+    assert!(r.warnings.iter().any(|w| w.contains("no more precise")), "{:?}", r.warnings);
     // Q8_0 → Q4_0 is Q4_0 of the Q8_0-dequantized values.
     let h8 = header(&q8);
     let f8 = fs::read(&q8).unwrap();

@@ -142,9 +142,12 @@ pub fn quantize_file(
         if c.ty != t.ty && !t.ty.is_supported() {
             return Err(QuantizeError::UnsupportedInput { tensor: t.name.clone(), ty: t.ty });
         }
-        if c.ty != t.ty && t.ty.block_size() > 1 && c.ty.block_size() > 1 {
+        if c.ty != t.ty && t.ty.block_size() > 1 {
+            // Quantized input is dequantized first: the output is no better than it, and a
+            // second quantization adds its own error.
+            let effect = if c.ty.block_size() > 1 { "their errors add up" } else { "the output is no more precise than they are" };
             warnings.push(format!(
-                "requantizing: the input's tensors are already quantized ({} first), so their errors add up; quantize from F32/F16/BF16 for the best quality",
+                "requantizing: the input's tensors are already quantized ({} first), so {effect}; quantize from F32/F16/BF16 for the best quality",
                 t.ty
             ));
             break;
