@@ -315,21 +315,28 @@ test("bundled by Vite: the main-thread and the worker engine complete as the nat
   await context.close();
 });
 
-test("the demo page end to end on the CPU: load with progress, streamed answer equal to the native CLI, metrics, badge; screenshot", { timeout: 300_000 }, async () => {
-  const { page, context } = await open(`index.html?model=${encodeURIComponent(MODEL)}&device=cpu`);
+/** Opens the demo on `device`, loads the model, asks the chat prompt for `maxTokens` greedy
+ * tokens and checks the answer (`want`), the metrics line and the status. */
+async function demoAnswer(device, maxTokens, want, timeout) {
+  const { page, context } = await open(`index.html?model=${encodeURIComponent(MODEL)}&device=${device}`);
   await page.selectOption("#kv", expected.chat.kv);
   await page.click("#load");
   await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
-  assert.match(await page.textContent("#badge"), /^CPU · simd128/);
-  assert.match(await page.textContent("#progress-text"), /^Loaded 93\.8 MiB/);
   await page.fill("#temperature", "0");
-  await page.fill("#max-tokens", String(expected.chat.max_tokens));
+  await page.fill("#max-tokens", String(maxTokens));
   await page.fill("#prompt", expected.chat.prompt);
   await page.click("#send");
-  await page.waitForSelector(".msg.assistant[data-done='1']", { timeout: 120_000 });
-  assert.equal(await page.textContent(".msg.assistant"), expected.chat.text);
+  await page.waitForSelector(".msg.assistant[data-done='1']", { timeout });
+  assert.equal(await page.textContent(".msg.assistant"), want);
   assert.match(await page.textContent("#metrics"), /TTFT \d+ ms · prefill [\d.]+ tok\/s · decode [\d.]+ tok\/s/);
   assert.equal(await page.textContent("#status"), "Stopped at max tokens.");
+  return { page, context };
+}
+
+test("the demo page end to end on the CPU: load with progress, streamed answer equal to the native CLI, metrics, badge; screenshot", { timeout: 300_000 }, async () => {
+  const { page, context } = await demoAnswer("cpu", expected.chat.max_tokens, expected.chat.text, 120_000);
+  assert.match(await page.textContent("#badge"), /^CPU · simd128/);
+  assert.match(await page.textContent("#progress-text"), /^Loaded 93\.8 MiB/);
   // The stop button ends a long answer.
   await page.fill("#max-tokens", "200");
   await page.fill("#prompt", "Tell me a long story about a dragon.");
@@ -344,20 +351,9 @@ test("the demo page end to end on the CPU: load with progress, streamed answer e
 });
 
 test("the demo page end to end on WebGPU (SwiftShader): device badge, streamed answer equal to the native CLI; screenshot", { timeout: 600_000 }, async () => {
-  const { page, context } = await open(`index.html?model=${encodeURIComponent(MODEL)}&device=webgpu`);
-  await page.selectOption("#kv", expected.chat.kv);
-  await page.click("#load");
-  await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
+  const { page, context } = await demoAnswer("webgpu", 3, expected.chat.gpu_prefix, 480_000);
   assert.match(await page.textContent("#badge"), /^WebGPU · /);
   assert.equal(await page.getAttribute("#badge", "class"), "badge webgpu");
-  await page.fill("#temperature", "0");
-  await page.fill("#max-tokens", "3");
-  await page.fill("#prompt", expected.chat.prompt);
-  await page.click("#send");
-  await page.waitForSelector(".msg.assistant[data-done='1']", { timeout: 480_000 });
-  assert.equal(await page.textContent(".msg.assistant"), expected.chat.gpu_prefix);
-  assert.match(await page.textContent("#metrics"), /TTFT \d+ ms · prefill [\d.]+ tok\/s · decode [\d.]+ tok\/s/);
-  assert.equal(await page.textContent("#status"), "Stopped at max tokens.");
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: path.join(ARTIFACTS, "demo-webgpu.png"), fullPage: true });
   await context.close();

@@ -120,7 +120,8 @@ pub fn run(mut args: Args) -> ExitCode {
         return fail("the text gives fewer than 2 tokens, or --window is under 2", false);
     }
     let bos = if loaded.tokenizer.add_bos() { loaded.tokenizer.bos() } else { None };
-    let (n_vocab, cfg) = with_session!(&loaded.session, s => (s.model.config.n_vocab, s.model.config.clone()));
+    let cfg = with_session!(&loaded.session, s => s.model.config.clone());
+    let n_vocab = cfg.n_vocab;
 
     // Reference in or out.
     let mut writer = None;
