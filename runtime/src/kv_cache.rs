@@ -13,7 +13,10 @@
 //!   exact up to the f16 scale. We keep Q4_0 (symmetric, no min) rather than Q4_1: K and V
 //!   rows are roughly zero-centred, the attention kernels can then dot K in the quantized
 //!   domain against Q8_0 queries (what ggml does for a q4_0 cache), and the layout matches
-//!   [`KvType::bytes_for`] and ggml's own `-ctk q4_0`.
+//!   [`KvType::bytes_for`] and ggml's own `-ctk q4_0`. Unlike ggml, each group of 32 is
+//!   [rotated](rotate_groups) before it is quantized (queries are rotated to match and the
+//!   attention output rotated back): top-1 agreement with the f32 cache on the oracle
+//!   sequences rises from 75.8 % to 84.2 % (SmolLM2) and from 82.8 % to 86.5 % (Gemma-3).
 
 use crate::error::KvError;
 use crate::quant::{
@@ -70,6 +73,11 @@ impl KvType {
         matches!(self, KvType::Q8 | KvType::Q4)
     }
 
+    /// Whether K and V rows are stored [rotated](rotate_groups) (Q4: see there why).
+    pub fn rotates(self) -> bool {
+        matches!(self, KvType::Q4)
+    }
+
     /// Bytes of one row of `n` values (`n` a multiple of 32 for quantized types).
     fn row_bytes(self, n: usize) -> usize {
         match self {
@@ -97,6 +105,8 @@ pub struct KvCache {
     n_pos: usize,
     tmp8: Vec<BlockQ8_0>,
     tmp4: Vec<BlockQ4_0>,
+    /// Rotated copies of the K and V rows being written (types that [rotate](KvType::rotates)).
+    rotated: Vec<f32>,
 }
 
 fn alloc_zeroed(bytes: usize) -> Result<Vec<u8>, KvError> {
@@ -185,6 +195,7 @@ impl KvCache {
             n_pos: 0,
             tmp8: Vec::new(),
             tmp4: Vec::new(),
+            rotated: Vec::new(),
         })
     }
 
@@ -220,8 +231,10 @@ impl KvCache {
         let base = (layer * self.n_ctx + pos) * self.n_kv_heads;
         let (ty, kr, vr) = (self.ty, self.k_row, self.v_row);
         let kdst = &mut self.k[base * kr..(base + self.n_kv_heads) * kr];
+        let k = rotated(ty, k, &mut self.rotated);
         encode(ty, k, kdst, &mut self.tmp8, &mut self.tmp4);
         let vdst = &mut self.v[base * vr..(base + self.n_kv_heads) * vr];
+        let v = rotated(ty, v, &mut self.rotated);
         encode(ty, v, vdst, &mut self.tmp8, &mut self.tmp4);
         self.n_pos = self.n_pos.max(pos + 1);
         Ok(())
@@ -303,12 +316,14 @@ impl KvCache {
         &self.v[layer * n..(layer + 1) * n]
     }
 
-    /// Decodes the stored K row of (`layer`, `pos`, `head`) into `out` (`head_dim_k` values).
+    /// Decodes the stored K row of (`layer`, `pos`, `head`) into `out` (`head_dim_k` values),
+    /// rotated back when the type rotates.
     pub fn read_k(&self, layer: usize, pos: usize, head: usize, out: &mut [f32]) {
         decode(self.ty, self.k_row(layer, pos, head), out);
     }
 
-    /// Decodes the stored V row of (`layer`, `pos`, `head`) into `out` (`head_dim_v` values).
+    /// Decodes the stored V row of (`layer`, `pos`, `head`) into `out` (`head_dim_v` values),
+    /// rotated back when the type rotates.
     pub fn read_v(&self, layer: usize, pos: usize, head: usize, out: &mut [f32]) {
         decode(self.ty, self.v_row(layer, pos, head), out);
     }
@@ -348,17 +363,60 @@ fn encode(
     }
 }
 
-/// Decodes one row (`out.len()` values) from its bytes.
+/// Decodes one row (`out.len()` values) from its bytes, rotated back when `ty` rotates.
 fn decode(ty: KvType, src: &[u8], out: &mut [f32]) {
     // The row length matches by construction; dequantize_row only fails on length mismatch.
     if crate::quant::dequantize_row(ty.ggml_type(), src, out).is_err() {
         out.fill(f32::NAN);
+    }
+    if ty.rotates() {
+        rotate_groups(out);
+    }
+}
+
+/// `src` as it is stored: rotated into `buf` when `ty` rotates, else `src` itself.
+fn rotated<'a>(ty: KvType, src: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if !ty.rotates() {
+        return src;
+    }
+    buf.clear();
+    buf.extend_from_slice(src);
+    rotate_groups(buf);
+    buf
+}
+
+/// The orthonormal Walsh–Hadamard transform `H₃₂/√32` of every group of 32 values of `x`
+/// (`x.len()` a multiple of 32), in place. `H` is symmetric and orthonormal, so it is its own
+/// inverse and `(Hq)·(Hk) = q·k`, `Σ pᵢ·Hvᵢ = H·Σ pᵢ·vᵢ`: a cache that stores `Hk`, `Hv`
+/// gives the same attention when the query is rotated and the output rotated back. Why: K
+/// rows of models such as SmolLM2 have a few channels far larger than the rest; in a Q4 group
+/// they set the scale and the other 31 values round to a handful of levels. The rotation
+/// spreads each group's energy evenly over its 32 values before quantizing (QuaRot,
+/// arXiv:2404.00456, uses the same idea per head).
+pub fn rotate_groups(x: &mut [f32]) {
+    const NORM: f32 = 0.176_776_69; // 1/√32
+    for g in x.chunks_exact_mut(32) {
+        let mut h = 1;
+        while h < 32 {
+            for i in (0..32).step_by(2 * h) {
+                for j in i..i + h {
+                    let (a, b) = (g[j], g[j + h]);
+                    g[j] = a + b;
+                    g[j + h] = a - b;
+                }
+            }
+            h *= 2;
+        }
+        for v in g.iter_mut() {
+            *v *= NORM;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant;
 
     #[test]
     fn new_checks_sizes_before_allocating() {
@@ -385,6 +443,59 @@ mod tests {
             c.bytes() as u64,
             KvType::Q4.bytes_for(2 * 16 * 3 * 64) + KvType::Q4.bytes_for(2 * 16 * 3 * 32)
         );
+    }
+
+    #[test]
+    fn rotation_is_orthonormal_and_its_own_inverse() {
+        let x: Vec<f32> = (0..96).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37).collect();
+        let y: Vec<f32> = (0..96).map(|i| ((i * 11 % 17) as f32 - 8.0) * 1.3).collect();
+        let (mut rx, mut ry) = (x.clone(), y.clone());
+        rotate_groups(&mut rx);
+        rotate_groups(&mut ry);
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>();
+        assert!((dot(&rx, &ry) - dot(&x, &y)).abs() < 1e-3 * dot(&x, &x).sqrt() * dot(&y, &y).sqrt());
+        // each group is transformed on its own: group 1 of rx depends only on group 1 of x
+        let mut g1 = x[32..64].to_vec();
+        rotate_groups(&mut g1);
+        assert_eq!(&rx[32..64], &g1[..]);
+        rotate_groups(&mut rx);
+        for (a, b) in rx.iter().zip(&x) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        // one large channel is spread evenly over its group
+        let mut spike = vec![0.0f32; 32];
+        spike[5] = 32.0;
+        rotate_groups(&mut spike);
+        assert!(spike.iter().all(|v| (v.abs() - 32.0 / 32f32.sqrt()).abs() < 1e-4));
+    }
+
+    #[test]
+    fn q4_rows_are_stored_rotated_and_read_back_in_place() {
+        // A row with one outlier channel per group, as SmolLM2's K rows have.
+        let k: Vec<f32> = (0..64).map(|i| if i % 32 == 3 { 40.0 } else { ((i * 7 % 13) as f32 - 6.0) * 0.25 }).collect();
+        let mut c = KvCache::new(KvType::Q4, 1, 2, 1, 64, 64).expect("cache");
+        c.write(0, 0, &k, &k).expect("write");
+        let mut plain = vec![0.0f32; 64];
+        quant::dequantize_row(GgmlType::Q4_0, c.k_row(0, 0, 0), &mut plain).expect("row");
+        let mut rot = k.clone();
+        rotate_groups(&mut rot);
+        let mut direct = vec![0.0f32; 64];
+        let mut blocks = vec![BlockQ4_0::zeroed(); 2];
+        quantize_row_q4_0_ref(&rot, &mut blocks);
+        quant::dequantize_row(GgmlType::Q4_0, bytemuck::cast_slice(&blocks), &mut direct).expect("row");
+        assert_eq!(plain, direct, "the stored bytes are Q4_0 of the rotated row");
+        let (mut rk, mut rv) = (vec![0.0f32; 64], vec![0.0f32; 64]);
+        c.read_k(0, 0, 0, &mut rk);
+        c.read_v(0, 0, 0, &mut rv);
+        assert_eq!(rk, rv);
+        // Rotated, the small channels keep their values to about a tenth; unrotated Q4_0 of this
+        // row (scale 40/8 = 5) rounds every one of them to 0.
+        let err = |r: &[f32]| r.iter().zip(&k).enumerate().filter(|(i, _)| i % 32 != 3).map(|(_, (a, b))| (a - b).abs()).fold(0.0f32, f32::max);
+        let mut unrotated = vec![BlockQ4_0::zeroed(); 2];
+        quantize_row_q4_0_ref(&k, &mut unrotated);
+        let mut back = vec![0.0f32; 64];
+        quant::dequantize_row(GgmlType::Q4_0, bytemuck::cast_slice(&unrotated), &mut back).expect("row");
+        assert!(err(&rk) < 0.6 * err(&back), "rotated error {} vs plain {}", err(&rk), err(&back));
     }
 
     #[test]

@@ -10,6 +10,10 @@
 // - attn_scores: S[t, h, p] = scale · q·k for positions p in [start(pos), pos], -inf elsewhere,
 //   one invocation per (token, head, position): every position in parallel (split over K);
 // - attn_softmax_v: one workgroup per (token, head): max, exp, sum, then Σ_p e_p·V[p] / sum.
+// - rotate_groups: the orthonormal Walsh–Hadamard transform of every group of 32 values of O,
+//   in place, one invocation per group (P.n groups). A Q4_0 cache stores K and V rows rotated
+//   (kv_store rotates before quantizing); the backend rotates the queries before rounding them
+//   and the attention output after it (kv_cache.rs, rotate_groups, says why).
 // Queries for Q8_0/Q4_0 caches arrive already rounded to Q8_0 (act_quant.wgsl), as the CPU
 // quantizes them before its integer dot products.
 
@@ -79,19 +83,42 @@ fn round_half_away(v: f32) -> f32 {
     return t;
 }
 
-// Stores 32 values x[0..32) (from `src`, K or V input) as one group starting at word `dst`.
+// H₃₂/√32 · x in place: the butterflies of kv_cache.rs's rotate_groups in the same order, so
+// the same f32 results.
+fn rotate32(x: ptr<function, array<f32, 32>>) {
+    for (var h = 1u; h < 32u; h *= 2u) {
+        for (var i = 0u; i < 32u; i++) {
+            if (i & h) == 0u {
+                let a = (*x)[i];
+                let b = (*x)[i + h];
+                (*x)[i] = a + b;
+                (*x)[i + h] = a - b;
+            }
+        }
+    }
+    for (var i = 0u; i < 32u; i++) {
+        (*x)[i] *= 0.17677669;
+    }
+}
+
+// Stores 32 values x[0..32) (from `src`, K or V input) as one group starting at word `dst`
+// (rotated first for a Q4_0 cache).
 fn store_group(dst: u32, from_v: bool, src: u32) {
     var x: array<f32, 32>;
+    for (var i = 0u; i < 32u; i++) {
+        if from_v {
+            x[i] = Vin[src + i];
+        } else {
+            x[i] = Kin[src + i];
+        }
+    }
+    if KVTYPE == 2u {
+        rotate32(&x);
+    }
     var amax = 0.0;
     var vmax = 0.0;
     for (var i = 0u; i < 32u; i++) {
-        var v: f32;
-        if from_v {
-            v = Vin[src + i];
-        } else {
-            v = Kin[src + i];
-        }
-        x[i] = v;
+        let v = x[i];
         if abs(v) > amax {
             amax = abs(v);
             vmax = v;
@@ -254,5 +281,22 @@ fn attn_softmax_v(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         O[ob + d + 1u] = o.y;
         O[ob + d + 2u] = o.z;
         O[ob + d + 3u] = o.w;
+    }
+}
+
+@compute @workgroup_size(64)
+fn rotate_groups(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let g = (wid.x + wid.y * nwg.x) * 64u + lid;
+    if g >= P.n {
+        return;
+    }
+    var x: array<f32, 32>;
+    for (var i = 0u; i < 32u; i++) {
+        x[i] = O[32u * g + i];
+    }
+    rotate32(&x);
+    for (var i = 0u; i < 32u; i++) {
+        O[32u * g + i] = x[i];
     }
 }

@@ -147,22 +147,26 @@ function summary(config, maxTokens) {
 
 const fmt = (v, digits = 1) => (v == null ? "–" : v.toFixed(digits));
 const mib = (v) => (v == null ? "–" : (v / 2 ** 20).toFixed(0));
-const ratio = (a, b, lowerIsBetter = false) => (a == null || b == null ? "–" : (lowerIsBetter ? b / a : a / b).toFixed(2) + "×");
+const ratio = (a, b) => (a == null || b == null ? "–" : (a / b).toFixed(2));
 
-/** A markdown table: one row per figure, a column per configuration, ratios of `ours` against each other. */
-function table(title, ours, others) {
+/** A markdown table: one row per figure (medians), a column per configuration, then the ratio
+ * ours / other per figure (tok/s: above 1 is better for ours; ms and MiB: below 1 is). */
+function table(title, ours, others, { gpuProcess = false } = {}) {
   if (!ours) return `**${title}**: not run`;
-  const cols = [ours, ...others].filter(Boolean);
+  others = others.filter(Boolean);
   const rows = [
-    ["load (ms)", (s) => fmt(s.load_ms, 0), (a, b) => ratio(a.load_ms, b.load_ms, true)],
-    ["TTFT (ms)", (s) => fmt(s.ttft_ms, 0), (a, b) => ratio(a.ttft_ms, b.ttft_ms, true)],
-    [`prefill tok/s (${ours.prompt_tokens} tokens)`, (s) => fmt(s.prefill_tok_s), (a, b) => ratio(a.prefill_tok_s, b.prefill_tok_s)],
-    [`decode tok/s (${ours.generated_tokens} tokens)`, (s) => fmt(s.decode_tok_s), (a, b) => ratio(a.decode_tok_s, b.decode_tok_s)],
-    ["peak memory (MiB)", (s) => mib(s.peak_bytes), (a, b) => ratio(a.peak_bytes, b.peak_bytes, true)],
+    ["load (ms)", (s) => s.load_ms, (v) => fmt(v, 0)],
+    ["TTFT (ms)", (s) => s.ttft_ms, (v) => fmt(v, 0)],
+    [`prefill tok/s (${ours.prompt_tokens} tokens)`, (s) => s.prefill_tok_s, fmt],
+    [`decode tok/s (${ours.generated_tokens} tokens)`, (s) => s.decode_tok_s, fmt],
+    ["peak memory (MiB)", (s) => s.peak_bytes, mib],
+    ...(gpuProcess ? [["GPU process peak (MiB)", (s) => s.gpu_process_peak_bytes, mib]] : []),
   ];
-  const head = ["figure (median)", ...cols.map((c) => `${c.config} (${c.runs})`), ...others.filter(Boolean).map((o) => `${ours.config} vs ${o.config}`)];
+  const head = ["median of runs", ...[ours, ...others].map((c) => `${c.config} (${c.runs})`), ...others.map((o) => `${ours.config} / ${o.config}`)];
   const lines = [`**${title}**`, "", `| ${head.join(" | ")} |`, `|${head.map(() => "---").join("|")}|`];
-  for (const [name, cell, cmp] of rows) lines.push(`| ${[name, ...cols.map(cell), ...others.filter(Boolean).map((o) => cmp(ours, o))].join(" | ")} |`);
+  for (const [name, get, show] of rows) {
+    lines.push(`| ${[name, ...[ours, ...others].map((c) => show(get(c))), ...others.map((o) => ratio(get(ours), get(o)))].join(" | ")} |`);
+  }
   return lines.join("\n");
 }
 
@@ -197,9 +201,9 @@ async function main() {
   const tables = [
     table("webgguf vs wllama, CPU in headless Chromium", s("webgguf-cpu"), [s("wllama-1t"), s("wllama-mt")]),
     table("webgguf in the browser vs native (no browser)", s("webgguf-cpu"), [s("webgguf-native-1t"), s("llama.cpp-1t"), s(`webgguf-native-${CORES}t`), s(`llama.cpp-${CORES}t`)]),
-    table(`webgguf WebGPU (SwiftShader) vs CPU, ${GPU_DECODE_TOKENS} decoded tokens`, s("webgguf-webgpu", GPU_DECODE_TOKENS), [s("webgguf-cpu", GPU_DECODE_TOKENS)]),
+    table(`webgguf WebGPU (SwiftShader) vs CPU, ${GPU_DECODE_TOKENS} decoded tokens`, s("webgguf-webgpu", GPU_DECODE_TOKENS), [s("webgguf-cpu", GPU_DECODE_TOKENS)], { gpuProcess: true }),
   ];
-  const chromiumVersion = execFileSync(process.env.CHROMIUM ?? "/usr/bin/chromium", ["--version"], { encoding: "utf8" }).trim();
+  const chromiumVersion = execFileSync(process.env.CHROMIUM ?? "/usr/bin/chromium", ["--version"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
   const cpuModel = /model name\s*:\s*(.*)/.exec(fs.readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? os.arch();
   const machine = `${cpuModel}, ${CORES} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; ${chromiumVersion}`;
   const gpuRun = runs.find((r) => r.config === "webgguf-webgpu");
@@ -207,11 +211,13 @@ async function main() {
     machine, model: path.basename(MODEL_FILE), prompt_tokens: PROMPT_TOKENS, decode_tokens: DECODE_TOKENS, gpu_decode_tokens: GPU_DECODE_TOKENS,
     rounds: ROUNDS, gpu_rounds: GPU_ROUNDS, webgpu_adapter: gpuRun?.engine?.adapter ?? null, baseline_renderer_bytes: baseline,
     summaries: Object.fromEntries([...new Set(runs.map((r) => `${r.config}@${r.maxTokens}`))].map((k) => { const [c, n] = k.split("@"); return [k, summary(c, Number(n))]; })),
+    tables,
     runs: runs.map(({ text, ...r }) => r),
   };
   fs.writeFileSync(OUT, JSON.stringify(report, null, 1) + "\n");
   console.log(`\nmachine: ${machine}\nmodel: ${report.model}; prompt ${PROMPT_TOKENS} tokens, f16 KV, ctx ${CTX}; medians of ${ROUNDS} alternated runs (${GPU_ROUNDS} for WebGPU)\n`);
   console.log(tables.join("\n\n"));
+  console.log("\nRatios are ours / other: for tok/s above 1 favours the first column, for ms and MiB below 1 does.");
   console.log(`\nJSON: ${OUT}`);
 }
 

@@ -12,14 +12,16 @@
 //!   cap into the scale the same way);
 //! - softmax in f32 with max subtraction (a vectorizable Cephes `expf`, ≤ 2 ulp), sum in f64;
 //! - V rows are dequantized group by group on the fly and accumulated in f32 (ggml accumulates
-//!   f16 V in f16; we keep f32), then divided by the sum.
+//!   f16 V in f16; we keep f32), then divided by the sum;
+//! - a q4 cache stores rotated rows (`kv_cache::rotate_groups`): the query is rotated before
+//!   it is quantized and the output rotated back (not in ggml).
 //!
 //! Grouped-query attention: query head `h` reads KV head `h / (n_heads / n_kv_heads)`; each K and
 //! V row is read once per position for its whole group of query heads.
 
 use super::act_quant::QuantizedActs;
 use super::{dot_fn, Kernels};
-use crate::kv_cache::{KvCache, KvType};
+use crate::kv_cache::{rotate_groups, KvCache, KvType};
 use crate::quant::{ggml_fp16_to_fp32, GgmlType};
 use half::f16;
 
@@ -28,6 +30,8 @@ use half::f16;
 pub struct AttnScratch {
     q: QuantizedActs,
     scores: Vec<f32>,
+    /// The rotated query, for caches that store rotated rows.
+    q_rot: Vec<f32>,
 }
 
 /// Causal attention of one query position over cached positions `[start, end)` of `layer`.
@@ -116,6 +120,15 @@ pub fn attention_ext(
     let Ok(dot) = dot_fn(kty, kernels) else {
         unreachable!("every KV type has a dot kernel")
     };
+    let rotates = cache.ty().rotates();
+    let q = if rotates {
+        scratch.q_rot.clear();
+        scratch.q_rot.extend_from_slice(q);
+        rotate_groups(&mut scratch.q_rot);
+        &scratch.q_rot[..]
+    } else {
+        q
+    };
     if scratch.q.quantize(qty, kernels, q, dk, n_heads).is_err() {
         unreachable!("head_dim_k is a whole number of groups (checked by KvCache::new)")
     }
@@ -157,6 +170,9 @@ pub fn attention_ext(
         for v in o.iter_mut() {
             *v *= inv;
         }
+    }
+    if rotates {
+        rotate_groups(out);
     }
 }
 

@@ -12,7 +12,7 @@
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::*;
-use crate::kv_cache::{KvCache, KvType};
+use crate::kv_cache::{rotate_groups, KvCache, KvType};
 use crate::quant::{self, GgmlType};
 
 /// xorshift64*: deterministic data without a rand dependency.
@@ -469,11 +469,19 @@ fn effective_q(ty: KvType, q: &[f32]) -> Vec<f32> {
     if !ty.is_quantized() {
         return q.to_vec();
     }
+    // A rotating cache rounds the rotated query; rotated back it meets the rows as read_k gives them.
+    let mut q = q.to_vec();
+    if ty.rotates() {
+        rotate_groups(&mut q);
+    }
     let vt = ty.ggml_type().vec_dot_type();
     let mut bytes = vec![0u8; vt.row_bytes(q.len() as u64).expect("q row") as usize];
-    quant::quantize_row(vt, q, &mut bytes).expect("quantize q");
+    quant::quantize_row(vt, &q, &mut bytes).expect("quantize q");
     let mut out = vec![0f32; q.len()];
     quant::dequantize_row(vt, &bytes, &mut out).expect("dequantize q");
+    if ty.rotates() {
+        rotate_groups(&mut out);
+    }
     out
 }
 

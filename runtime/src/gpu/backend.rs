@@ -433,6 +433,14 @@ impl GpuBackend {
         Ok((mode == 5).then_some(sfix))
     }
 
+    /// `x` ← H₃₂/√32 · x per group of 32 values (attention.wgsl `rotate_groups`; for caches
+    /// that store rotated rows, kv_cache.rs says why).
+    fn rotate_groups(&mut self, x: &GpuAct) -> Result<(), GpuError> {
+        let groups = x.n_tokens * x.width / 32;
+        let p = AttnParams { n: groups as u32, ..AttnParams::default() };
+        self.dispatch(Family::Attention, "rotate_groups", ("KVTYPE", kv_type_id(KvType::Q4)), &[(4, x.buf.get())], 5, bytemuck::bytes_of(&p), groups.div_ceil(64))
+    }
+
     /// Adds the Q8_1 block-sum corrections of `act_round` mode 5 to `y = x · Wᵀ` (Q4_1, Q5_1).
     fn min_fix(&mut self, w: &GpuWeight, n_tokens: usize, sfix: &PooledBuffer, y: &GpuAct) -> Result<(), GpuError> {
         let m = w.view()?;
@@ -1019,10 +1027,14 @@ impl Backend for GpuBackend {
             bytemuck::bytes_of(&p),
             (n * groups_per_tok).div_ceil(64),
         )?;
-        // Queries as the CPU's integer dot products see them for a quantized cache.
+        // Queries as the CPU's integer dot products see them for a quantized cache (rotated
+        // first when the cache stores rotated rows).
         let qr;
         let q = if cache.ty.is_quantized() {
             qr = self.copy_act(q)?;
+            if cache.ty.rotates() {
+                self.rotate_groups(&qr)?;
+            }
             self.act_round(&qr, 3)?;
             &qr
         } else {
@@ -1057,6 +1069,9 @@ impl Backend for GpuBackend {
                 m * cfg.n_heads,
             )?;
             t0 += m;
+        }
+        if cache.ty.rotates() {
+            self.rotate_groups(&out)?;
         }
         Ok(out)
     }
