@@ -12,14 +12,14 @@
 // renderer process's VmHWM (page + workers + wasm memories) minus that of the same page with no
 // engine loaded; the GPU process's VmHWM for WebGPU. Each engine's own timings are kept too.
 //
-// Configurations, alternated in every round (order reversed on odd rounds):
+// Configurations, each once per round (order reversed on odd rounds), ROUNDS rounds:
 //   webgguf-cpu    webgguf in a Web Worker, device "cpu" (SIMD128, one thread)
 //   wllama-1t      @wllama/wllama, n_threads 1, n_gpu_layers 0
 //   wllama-mt      @wllama/wllama, n_threads = cores, n_gpu_layers 0 (needs cross-origin isolation)
+//   natively (pkg-scripts/bench-native.py): the webgguf CLI and llama.cpp (llama-cpp-python,
+//   when LLAMA_CPP_PYTHON names a Python that has it), on 1 thread and on all cores;
 // then, in GPU_ROUNDS rounds with GPU_DECODE_TOKENS (SwiftShader is slow):
-//   webgguf-webgpu webgguf in a Web Worker, device "webgpu"   vs   webgguf-cpu at the same length
-// and natively (pkg-scripts/bench-native.py), alternated: the webgguf CLI and llama.cpp
-// (llama-cpp-python, when LLAMA_CPP_PYTHON names a Python that has it) on 1 thread and all cores.
+//   webgguf-webgpu webgguf in a Web Worker, device "webgpu"   vs   webgguf-cpu at the same length.
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -178,17 +178,17 @@ async function main() {
   ({ memory: { renderer: baseline } } = await inBrowser(async () => null));
   console.log(`prompt: ${PROMPT_TOKENS} tokens (${prompt.length} chars); renderer baseline ${mib(baseline)} MiB; ${CORES} cores`);
 
-  const cpu = ["webgguf-cpu", "wllama-1t", "wllama-mt"];
+  // One round = every CPU configuration once, browser and native alike, so that a slower or
+  // faster spell of a shared machine falls on all of them (order reversed on odd rounds).
+  const natives = [["webgguf-native-1t", 1], ...(LLAMA_CPP_PYTHON ? [["llama.cpp-1t", 1]] : []),
+    [`webgguf-native-${CORES}t`, CORES], ...(LLAMA_CPP_PYTHON ? [[`llama.cpp-${CORES}t`, CORES]] : [])];
+  const cpu = [...["webgguf-cpu", "wllama-1t", "wllama-mt"].map((c) => (round) => browserRun(c, round, prompt, DECODE_TOKENS)),
+    ...natives.map(([c, threads]) => async (round) => nativeRun(c, round, threads))];
   for (let round = 1; round <= ROUNDS; round++) {
-    for (const config of round % 2 ? cpu : [...cpu].reverse()) await browserRun(config, round, prompt, DECODE_TOKENS);
+    for (const run of round % 2 ? cpu : [...cpu].reverse()) await run(round);
   }
   for (let round = 1; round <= GPU_ROUNDS; round++) {
     for (const config of round % 2 ? ["webgguf-webgpu", "webgguf-cpu"] : ["webgguf-cpu", "webgguf-webgpu"]) await browserRun(config, round, prompt, GPU_DECODE_TOKENS);
-  }
-  const natives = [["webgguf-native-1t", 1], ...(LLAMA_CPP_PYTHON ? [["llama.cpp-1t", 1]] : []),
-    [`webgguf-native-${CORES}t`, CORES], ...(LLAMA_CPP_PYTHON ? [[`llama.cpp-${CORES}t`, CORES]] : [])];
-  for (let round = 1; round <= ROUNDS; round++) {
-    for (const [config, threads] of round % 2 ? natives : [...natives].reverse()) nativeRun(config, round, threads);
   }
 
   // Every run of a length did the same work: same prompt length, every token decoded.
