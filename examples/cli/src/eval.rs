@@ -15,10 +15,11 @@ use crate::common::{fail, load, ModelArgs};
 use crate::with_session;
 use half::f16;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use webgguf::engine::Session;
+use webgguf::gguf::partial_file::PartialFile;
 use webgguf::kv_cache::KvType;
 use webgguf::model::Backend;
 use webgguf::ModelError;
@@ -127,17 +128,18 @@ pub fn run(mut args: Args) -> ExitCode {
     let mut writer = None;
     let mut reader = None;
     if let Some(p) = &args.write_reference {
-        let mut w = match File::create(p) {
-            Ok(f) => BufWriter::new(f),
-            Err(e) => return fail(format!("{}: {e}", p.display()), false),
+        // Written as P.partial and renamed when complete: a killed run leaves no short reference.
+        let mut w = match PartialFile::create(p) {
+            Ok(f) => f,
+            Err(e) => return fail(e, false),
         };
         let predictions = count_predictions(tokens.len(), args.window, bos.is_some());
         let mut head = MAGIC.to_vec();
         head.extend((n_vocab as u32).to_le_bytes());
         head.extend((predictions as u32).to_le_bytes());
         head.extend(tokens.iter().flat_map(|t| t.to_le_bytes()));
-        if let Err(e) = w.write_all(&head) {
-            return fail(format!("{}: {e}", p.display()), false);
+        if let Err(e) = w.write(&head) {
+            return fail(e, false);
         }
         writer = Some(w);
     }
@@ -176,7 +178,7 @@ pub fn run(mut args: Args) -> ExitCode {
             predictions += 1;
             if let Some(w) = writer.as_mut() {
                 let row: Vec<u8> = lp.iter().flat_map(|&x| f16::from_f64(x.max(-65504.0)).to_le_bytes()).collect();
-                if let Err(e) = w.write_all(&row) {
+                if let Err(e) = w.write(&row) {
                     return fail(e, false);
                 }
             }
@@ -201,8 +203,8 @@ pub fn run(mut args: Args) -> ExitCode {
             }
         }
     }
-    if let Some(mut w) = writer {
-        if let Err(e) = w.flush() {
+    if let Some(w) = writer {
+        if let Err(e) = w.finish() {
             return fail(e, false);
         }
     }

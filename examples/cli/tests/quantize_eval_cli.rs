@@ -58,6 +58,12 @@ fn quantize_then_eval_against_the_source() {
     let common = ["eval", "--device", "cpu", "--tokens", "96", "--window", "48", "--decode-tokens", "4", "--json"];
     let src = ok_json(&webgguf(&common, &[("--model", &model()), ("--file", &text), ("--write-reference", &reference)]));
     assert!(src["kl_mean"].is_null());
+    // Written under a temporary name and renamed when complete.
+    assert!(reference.exists() && !dir.0.join("ref.bin.partial").exists());
+    let nowhere = dir.0.join("missing-dir").join("ref.bin");
+    let bad = webgguf(&common, &[("--model", &model()), ("--file", &text), ("--write-reference", &nowhere)]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ref.bin.partial"), "{}", String::from_utf8_lossy(&bad.stderr));
     let self_cmp = ok_json(&webgguf(&common, &[("--model", &model()), ("--file", &text), ("--reference", &reference)]));
     assert_eq!(self_cmp["top1_agreement"].as_f64(), Some(1.0));
     assert!(self_cmp["kl_mean"].as_f64().unwrap() < 1e-4, "{}", self_cmp["kl_mean"]);
