@@ -374,8 +374,9 @@ fn decode(ty: KvType, src: &[u8], out: &mut [f32]) {
     }
 }
 
-/// `src` as it is stored: rotated into `buf` when `ty` rotates, else `src` itself.
-fn rotated<'a>(ty: KvType, src: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+/// `src` as a cache of type `ty` stores it (and as the attention must meet it): rotated into
+/// `buf` when `ty` rotates, else `src` itself.
+pub(crate) fn rotated<'a>(ty: KvType, src: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
     if !ty.rotates() {
         return src;
     }
@@ -392,7 +393,7 @@ fn rotated<'a>(ty: KvType, src: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
 /// a few values of a Q4 group are far larger than the rest, they set the scale and the other
 /// values round to a handful of levels; the rotation spreads each group's energy over all 32
 /// values before quantizing (QuaRot, arXiv:2404.00456, does this per head against outlier
-/// channels). Measured gain: see the module docs; rotating over 64 values was no better.
+/// channels). Measured gain: see the module docs.
 pub fn rotate_groups(x: &mut [f32]) {
     const NORM: f32 = 0.176_776_69; // 1/√32
     for g in x.chunks_exact_mut(32) {
@@ -471,7 +472,7 @@ mod tests {
 
     #[test]
     fn q4_rows_are_stored_rotated_and_read_back_in_place() {
-        // A row with one outlier channel per group, as SmolLM2's K rows have.
+        // A row with one outlier value per group.
         let k: Vec<f32> = (0..64).map(|i| if i % 32 == 3 { 40.0 } else { ((i * 7 % 13) as f32 - 6.0) * 0.25 }).collect();
         let mut c = KvCache::new(KvType::Q4, 1, 2, 1, 64, 64).expect("cache");
         c.write(0, 0, &k, &k).expect("write");

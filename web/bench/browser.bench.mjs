@@ -25,6 +25,7 @@ import os from "node:os";
 import path from "node:path";
 import { execFileSync } from "node:child_process";
 import { chromium } from "playwright-core";
+import { CHROMIUM, LAUNCH } from "../test/chromium.mjs";
 
 const env = (name, fallback) => {
   const v = process.env[name] ?? fallback;
@@ -46,9 +47,6 @@ const GPU_DECODE_TOKENS = Number(env("GPU_DECODE_TOKENS", "8"));
 const CTX = 512;
 const CORES = os.availableParallelism();
 const NATIVE = path.join(import.meta.dirname, "../../pkg-scripts/bench-native.py");
-
-const ARGS = ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync", "--no-first-run"];
 
 /** Peak RSS (VmHWM, bytes) of the browser's renderer and GPU processes, by walking its process tree. */
 function peaks(rootPid) {
@@ -78,7 +76,7 @@ function peaks(rootPid) {
 
 /** Runs `fn(page)` in a fresh Chromium on the bench page; returns its result and the peaks. */
 async function inBrowser(fn) {
-  const server = await chromium.launchServer({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", headless: true, args: ARGS });
+  const server = await chromium.launchServer(LAUNCH);
   try {
     const browser = await chromium.connect(server.wsEndpoint());
     const page = await browser.newPage();
@@ -203,7 +201,7 @@ async function main() {
     table("webgguf in the browser vs native (no browser)", s("webgguf-cpu"), [s("webgguf-native-1t"), s("llama.cpp-1t"), s(`webgguf-native-${CORES}t`), s(`llama.cpp-${CORES}t`)]),
     table(`webgguf WebGPU (SwiftShader) vs CPU, ${GPU_DECODE_TOKENS} decoded tokens`, s("webgguf-webgpu", GPU_DECODE_TOKENS), [s("webgguf-cpu", GPU_DECODE_TOKENS)], { gpuProcess: true }),
   ];
-  const chromiumVersion = execFileSync(process.env.CHROMIUM ?? "/usr/bin/chromium", ["--version"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
+  const chromiumVersion = execFileSync(CHROMIUM, ["--version"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
   const cpuModel = /model name\s*:\s*(.*)/.exec(fs.readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? os.arch();
   const machine = `${cpuModel}, ${CORES} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; ${chromiumVersion}`;
   const gpuRun = runs.find((r) => r.config === "webgguf-webgpu");

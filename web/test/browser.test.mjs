@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
+import { LAUNCH } from "./chromium.mjs";
 
 const APP = process.env.WEBGGUF_APP_URL; // http://127.0.0.1:PORT/ (the app root)
 const APP_DIR = process.env.WEBGGUF_APP_DIR;
@@ -21,14 +22,7 @@ const GPU_TOKENS = 3;
 
 let browser;
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    headless: true,
-    // --disable-gpu as in runtime/webdriver.json: WebGPU then runs on SwiftShader in the GPU
-    // process; without it Chromium's Vulkan path here (Mesa lavapipe) never finished a pass.
-    // The background-networking flags keep Chromium off the (closed) network.
-    args: ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  browser = await chromium.launch(LAUNCH);
 });
 after(async () => {
   await browser?.close();

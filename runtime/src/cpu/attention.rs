@@ -21,7 +21,7 @@
 
 use super::act_quant::QuantizedActs;
 use super::{dot_fn, Kernels};
-use crate::kv_cache::{rotate_groups, KvCache, KvType};
+use crate::kv_cache::{rotate_groups, rotated, KvCache, KvType};
 use crate::quant::{ggml_fp16_to_fp32, GgmlType};
 use half::f16;
 
@@ -120,15 +120,7 @@ pub fn attention_ext(
     let Ok(dot) = dot_fn(kty, kernels) else {
         unreachable!("every KV type has a dot kernel")
     };
-    let rotates = cache.ty().rotates();
-    let q = if rotates {
-        scratch.q_rot.clear();
-        scratch.q_rot.extend_from_slice(q);
-        rotate_groups(&mut scratch.q_rot);
-        &scratch.q_rot[..]
-    } else {
-        q
-    };
+    let q = rotated(cache.ty(), q, &mut scratch.q_rot);
     if scratch.q.quantize(qty, kernels, q, dk, n_heads).is_err() {
         unreachable!("head_dim_k is a whole number of groups (checked by KvCache::new)")
     }
@@ -171,7 +163,7 @@ pub fn attention_ext(
             *v *= inv;
         }
     }
-    if rotates {
+    if cache.ty().rotates() {
         rotate_groups(out);
     }
 }

@@ -438,7 +438,7 @@ impl GpuBackend {
     fn rotate_groups(&mut self, x: &GpuAct) -> Result<(), GpuError> {
         let groups = x.n_tokens * x.width / 32;
         let p = AttnParams { n: groups as u32, ..AttnParams::default() };
-        self.dispatch(Family::Attention, "rotate_groups", ("KVTYPE", kv_type_id(KvType::Q4)), &[(4, x.buf.get())], 5, bytemuck::bytes_of(&p), groups.div_ceil(64))
+        self.dispatch(Family::Attention, "rotate_groups", ("", 0), &[(4, x.buf.get())], 5, bytemuck::bytes_of(&p), groups.div_ceil(64))
     }
 
     /// Adds the Q8_1 block-sum corrections of `act_round` mode 5 to `y = x · Wᵀ` (Q4_1, Q5_1).
