@@ -522,6 +522,35 @@ impl GpuBackend {
         Ok(out[..bytes as usize].to_vec())
     }
 
+    /// The K and V rows of `cache` for `layer`, position `pos`, KV head `head`, converted
+    /// from the GPU's word layout to ggml's block bytes (as `KvCache::k_row` holds them): per
+    /// 32 values a quantized group is its quant words then the f16 scale, a ggml block the
+    /// scale then the quants (tests).
+    #[cfg(all(test, not(target_arch = "wasm32")))]
+    pub(crate) fn cache_rows_as_ggml(&mut self, cache: &GpuCache, layer: usize, pos: usize, head: usize) -> (Vec<u8>, Vec<u8>) {
+        let buf = cache.layers[layer].clone();
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&pollster::block_on(self.read_async(&buf, buf.size())).expect("readback"));
+        let nkv = cache.n_kv_heads;
+        let row = |base: usize, row_words: usize| -> Vec<u8> {
+            let w = &words[base + (pos * nkv + head) * row_words..][..row_words];
+            let q = match cache.ty {
+                KvType::F32 | KvType::F16 => return bytemuck::cast_slice(w).to_vec(),
+                KvType::Q8 => 8,
+                KvType::Q4 => 4,
+            };
+            w.chunks_exact(q + 1)
+                .flat_map(|g| {
+                    let mut b = (g[q] as u16).to_le_bytes().to_vec();
+                    b.extend_from_slice(bytemuck::cast_slice(&g[..q]));
+                    b
+                })
+                .collect()
+        };
+        let k = row(0, cache.k_row_words);
+        let v = row(cache.n_ctx * nkv * cache.k_row_words, cache.v_row_words);
+        (k, v)
+    }
+
     /// Every word of the buffer behind `x`, including the tail past its values (tests).
     #[cfg(all(test, not(target_arch = "wasm32")))]
     pub(crate) fn raw_words(&mut self, x: &GpuAct) -> Vec<u32> {
@@ -811,7 +840,8 @@ impl Backend for GpuBackend {
                 self.dev.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("kv"),
                     size: bytes,
-                    usage: wgpu::BufferUsages::STORAGE,
+                    // COPY_SRC: tests read the stored rows back (cache_rows_as_ggml)
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
                     mapped_at_creation: false,
                 })
             })

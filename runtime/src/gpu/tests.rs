@@ -354,6 +354,18 @@ fn attention_every_cache_type_matches_cpu() {
                 }
                 pos += n;
             }
+            // The stored rows themselves: the same bytes (the q4 rows rotated by the same
+            // butterflies, then rounded as quantize_row_q4_0_ref does).
+            for layer in 0..2 {
+                for p in 0..pos {
+                    for h in 0..nkv {
+                        let (gk, gv) = g.cache_rows_as_ggml(&gc, layer, p, h);
+                        let what = format!("{kv:?} hd {hd} layer {layer} pos {p} head {h}");
+                        assert_eq!(gk, cc.k_row(layer, p, h), "K row bytes, {what}");
+                        assert_eq!(gv, cc.v_row(layer, p, h), "V row bytes, {what}");
+                    }
+                }
+            }
             let q = acts(&mut rng, 1, nh * hd);
             let gq = g.upload(&q, 1, nh * hd).unwrap();
             let full = g.attention(&mut gc, &cfg, 0, &gq, &gq, &gq, 16);
