@@ -17,7 +17,8 @@
 //   wllama-1t      @wllama/wllama, n_threads 1, n_gpu_layers 0
 //   wllama-mt      @wllama/wllama, n_threads = cores, n_gpu_layers 0 (needs cross-origin isolation)
 //   natively (pkg-scripts/bench-native.py): the webgguf CLI and llama.cpp (llama-cpp-python,
-//   when LLAMA_CPP_PYTHON names a Python that has it), on 1 thread and on all cores;
+//   when LLAMA_CPP_PYTHON names a Python that has it), on 1 thread and on all cores, and
+//   llama.cpp-avx2-1t: llama.cpp built without AVX-512 (LLAMA_CPP_AVX2_PYTHON), 1 thread;
 // then, in GPU_ROUNDS rounds with GPU_DECODE_TOKENS (SwiftShader is slow):
 //   webgguf-webgpu webgguf in a Web Worker, device "webgpu"   vs   webgguf-cpu at the same length.
 import fs from "node:fs";
@@ -39,6 +40,8 @@ const OUT = env("BENCH_OUT");
 const PROMPT_FILE = env("BENCH_PROMPT_FILE"); // written here: the prompt for the native runs
 const CLI = env("WEBGGUF_CLI");
 const LLAMA_CPP_PYTHON = process.env.LLAMA_CPP_PYTHON || null;
+// the same llama.cpp built for AVX2 only (no AVX-512): the build ../shared/DESIGN.md's figures came from
+const LLAMA_CPP_AVX2_PYTHON = process.env.LLAMA_CPP_AVX2_PYTHON || null;
 const ROUNDS = Number(env("ROUNDS", "5"));
 const GPU_ROUNDS = Number(env("GPU_ROUNDS", "2"));
 const PROMPT_TOKENS = Number(env("PROMPT_TOKENS", "128"));
@@ -116,7 +119,7 @@ async function browserRun(config, round, prompt, maxTokens) {
 
 function nativeRun(config, round, threads) {
   const args = config.startsWith("llama.cpp")
-    ? [LLAMA_CPP_PYTHON, [NATIVE, "llama-cpp", MODEL_FILE, PROMPT_FILE, String(DECODE_TOKENS), String(threads)]]
+    ? [config.startsWith("llama.cpp-avx2") ? LLAMA_CPP_AVX2_PYTHON : LLAMA_CPP_PYTHON, [NATIVE, "llama-cpp", MODEL_FILE, PROMPT_FILE, String(DECODE_TOKENS), String(threads)]]
     : ["python3", [NATIVE, "webgguf", CLI, MODEL_FILE, PROMPT_FILE, String(DECODE_TOKENS), String(threads)]];
   const r = JSON.parse(execFileSync(args[0], args[1], { encoding: "utf8" }));
   const run = { config, round, maxTokens: DECODE_TOKENS, ...r, memory: { process: r.peak_rss_bytes } };
@@ -179,6 +182,7 @@ async function main() {
   // One round = every CPU configuration once, browser and native alike, so that a slower or
   // faster spell of a shared machine falls on all of them (order reversed on odd rounds).
   const natives = [["webgguf-native-1t", 1], ...(LLAMA_CPP_PYTHON ? [["llama.cpp-1t", 1]] : []),
+    ...(LLAMA_CPP_AVX2_PYTHON ? [["llama.cpp-avx2-1t", 1]] : []),
     [`webgguf-native-${CORES}t`, CORES], ...(LLAMA_CPP_PYTHON ? [[`llama.cpp-${CORES}t`, CORES]] : [])];
   const cpu = [...["webgguf-cpu", "wllama-1t", "wllama-mt"].map((c) => (round) => browserRun(c, round, prompt, DECODE_TOKENS)),
     ...natives.map(([c, threads]) => async (round) => nativeRun(c, round, threads))];
@@ -198,11 +202,14 @@ async function main() {
   const s = (c, n = DECODE_TOKENS) => summary(c, n);
   const tables = [
     table("webgguf vs wllama, CPU in headless Chromium", s("webgguf-cpu"), [s("wllama-1t"), s("wllama-mt")]),
-    table("webgguf in the browser vs native (no browser)", s("webgguf-cpu"), [s("webgguf-native-1t"), s("llama.cpp-1t"), s(`webgguf-native-${CORES}t`), s(`llama.cpp-${CORES}t`)]),
+    table("webgguf in the browser vs native (no browser)", s("webgguf-cpu"), [s("webgguf-native-1t"), s("llama.cpp-1t"), s("llama.cpp-avx2-1t"), s(`webgguf-native-${CORES}t`), s(`llama.cpp-${CORES}t`)]),
     table(`webgguf WebGPU (SwiftShader) vs CPU, ${GPU_DECODE_TOKENS} decoded tokens`, s("webgguf-webgpu", GPU_DECODE_TOKENS), [s("webgguf-cpu", GPU_DECODE_TOKENS)], { gpuProcess: true }),
   ];
   const chromiumVersion = execFileSync(CHROMIUM, ["--version"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
-  const cpuModel = /model name\s*:\s*(.*)/.exec(fs.readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? os.arch();
+  const cpuinfo = fs.readFileSync("/proc/cpuinfo", "utf8");
+  const field = (name) => new RegExp(`^${name}\\s*:\\s*(.*)$`, "m").exec(cpuinfo)?.[1];
+  // family/model tell CPU generations apart where the model name does not ("AMD EPYC")
+  const cpuModel = `${field("model name") ?? os.arch()} (family ${field("cpu family") ?? "?"}, model ${field("model") ?? "?"})`;
   const machine = `${cpuModel}, ${CORES} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; ${chromiumVersion}`;
   const gpuRun = runs.find((r) => r.config === "webgguf-webgpu");
   const report = {
