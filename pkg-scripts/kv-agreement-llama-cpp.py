@@ -55,7 +55,6 @@ def main():
         out = []
         for s in seqs:
             llm.reset()
-            llm._ctx.kv_cache_clear()
             llm.eval(s)
             logits = np.asarray(llm.scores[: len(s)], dtype=np.float32)
             order = np.argsort(-logits, axis=1)[:, :2]

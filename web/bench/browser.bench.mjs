@@ -117,9 +117,10 @@ async function browserRun(config, round, prompt, maxTokens) {
   return run;
 }
 
-function nativeRun(config, round, threads) {
-  const args = config.startsWith("llama.cpp")
-    ? [config.startsWith("llama.cpp-avx2") ? LLAMA_CPP_AVX2_PYTHON : LLAMA_CPP_PYTHON, [NATIVE, "llama-cpp", MODEL_FILE, PROMPT_FILE, String(DECODE_TOKENS), String(threads)]]
+/** One native run: the webgguf CLI, or llama.cpp through the Python `llamaPython` that has it. */
+function nativeRun(config, round, threads, llamaPython) {
+  const args = llamaPython
+    ? [llamaPython, [NATIVE, "llama-cpp", MODEL_FILE, PROMPT_FILE, String(DECODE_TOKENS), String(threads)]]
     : ["python3", [NATIVE, "webgguf", CLI, MODEL_FILE, PROMPT_FILE, String(DECODE_TOKENS), String(threads)]];
   const r = JSON.parse(execFileSync(args[0], args[1], { encoding: "utf8" }));
   const run = { config, round, maxTokens: DECODE_TOKENS, ...r, memory: { process: r.peak_rss_bytes } };
@@ -181,11 +182,11 @@ async function main() {
 
   // One round = every CPU configuration once, browser and native alike, so that a slower or
   // faster spell of a shared machine falls on all of them (order reversed on odd rounds).
-  const natives = [["webgguf-native-1t", 1], ...(LLAMA_CPP_PYTHON ? [["llama.cpp-1t", 1]] : []),
-    ...(LLAMA_CPP_AVX2_PYTHON ? [["llama.cpp-avx2-1t", 1]] : []),
-    [`webgguf-native-${CORES}t`, CORES], ...(LLAMA_CPP_PYTHON ? [[`llama.cpp-${CORES}t`, CORES]] : [])];
+  // [config, threads, llama.cpp's Python (null: the webgguf CLI)], those without a Python left out
+  const natives = [["webgguf-native-1t", 1, null], ["llama.cpp-1t", 1, LLAMA_CPP_PYTHON], ["llama.cpp-avx2-1t", 1, LLAMA_CPP_AVX2_PYTHON],
+    [`webgguf-native-${CORES}t`, CORES, null], [`llama.cpp-${CORES}t`, CORES, LLAMA_CPP_PYTHON]].filter(([c, , py]) => py || c.startsWith("webgguf"));
   const cpu = [...["webgguf-cpu", "wllama-1t", "wllama-mt"].map((c) => (round) => browserRun(c, round, prompt, DECODE_TOKENS)),
-    ...natives.map(([c, threads]) => async (round) => nativeRun(c, round, threads))];
+    ...natives.map(([c, threads, py]) => async (round) => nativeRun(c, round, threads, py))];
   for (let round = 1; round <= ROUNDS; round++) {
     for (const run of round % 2 ? cpu : [...cpu].reverse()) await run(round);
   }

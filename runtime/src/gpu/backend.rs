@@ -136,6 +136,13 @@ pub struct GpuCache {
     layers: Vec<wgpu::Buffer>,
 }
 
+impl GpuCache {
+    /// Word offset of the V rows in a layer's buffer (after `[n_ctx][n_kv_heads]` K rows).
+    fn v_base_words(&self) -> usize {
+        self.n_ctx * self.n_kv_heads * self.k_row_words
+    }
+}
+
 fn cache_row_words(ty: KvType, hd: usize) -> usize {
     match ty {
         KvType::F32 => hd,
@@ -522,33 +529,31 @@ impl GpuBackend {
         Ok(out[..bytes as usize].to_vec())
     }
 
-    /// The K and V rows of `cache` for `layer`, position `pos`, KV head `head`, converted
-    /// from the GPU's word layout to ggml's block bytes (as `KvCache::k_row` holds them): per
-    /// 32 values a quantized group is its quant words then the f16 scale, a ggml block the
-    /// scale then the quants (tests).
+    /// Every stored K and V row of `layer`, `[pos][kv_head]` for all `n_ctx` positions, read back
+    /// once and converted from the GPU's word layout to ggml's block bytes (as `KvCache::k_row`
+    /// holds them): per 32 values a quantized group is its quant words then the f16 scale, a
+    /// ggml block the scale then the quants (tests).
     #[cfg(all(test, not(target_arch = "wasm32")))]
-    pub(crate) fn cache_rows_as_ggml(&mut self, cache: &GpuCache, layer: usize, pos: usize, head: usize) -> (Vec<u8>, Vec<u8>) {
+    pub(crate) fn cache_rows_as_ggml(&mut self, cache: &GpuCache, layer: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
         let buf = cache.layers[layer].clone();
         let words: Vec<u32> = bytemuck::pod_collect_to_vec(&pollster::block_on(self.read_async(&buf, buf.size())).expect("readback"));
-        let nkv = cache.n_kv_heads;
-        let row = |base: usize, row_words: usize| -> Vec<u8> {
-            let w = &words[base + (pos * nkv + head) * row_words..][..row_words];
-            let q = match cache.ty {
-                KvType::F32 | KvType::F16 => return bytemuck::cast_slice(w).to_vec(),
-                KvType::Q8 => 8,
-                KvType::Q4 => 4,
-            };
+        let q = match cache.ty {
+            KvType::F32 | KvType::F16 => None,
+            KvType::Q8 => Some(8),
+            KvType::Q4 => Some(4),
+        };
+        let as_ggml = |w: &[u32]| -> Vec<u8> {
+            let Some(q) = q else { return bytemuck::cast_slice(w).to_vec() };
             w.chunks_exact(q + 1)
-                .flat_map(|g| {
-                    let mut b = (g[q] as u16).to_le_bytes().to_vec();
-                    b.extend_from_slice(bytemuck::cast_slice(&g[..q]));
-                    b
-                })
+                .flat_map(|g| (g[q] as u16).to_le_bytes().into_iter().chain(bytemuck::cast_slice::<u32, u8>(&g[..q]).iter().copied()))
                 .collect()
         };
-        let k = row(0, cache.k_row_words);
-        let v = row(cache.n_ctx * nkv * cache.k_row_words, cache.v_row_words);
-        (k, v)
+        let (k, v) = words.split_at(cache.v_base_words());
+        k.chunks_exact(cache.k_row_words)
+            .zip(v.chunks_exact(cache.v_row_words))
+            .take(cache.n_ctx * cache.n_kv_heads)
+            .map(|(k, v)| (as_ggml(k), as_ggml(v)))
+            .collect()
     }
 
     /// Every word of the buffer behind `x`, including the tail past its values (tests).
@@ -1044,7 +1049,7 @@ impl Backend for GpuBackend {
             window: window as u32,
             k_row_words: cache.k_row_words as u32,
             v_row_words: cache.v_row_words as u32,
-            v_base: (cache.n_ctx * nkv * cache.k_row_words) as u32,
+            v_base: cache.v_base_words() as u32,
             scale: cfg.attn_scale,
         };
         let groups_per_tok = nkv * (hdk / 32 + hdv / 32);

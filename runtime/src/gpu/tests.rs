@@ -357,9 +357,10 @@ fn attention_every_cache_type_matches_cpu() {
             // The stored rows themselves: the same bytes (the q4 rows rotated by the same
             // butterflies, then rounded as quantize_row_q4_0_ref does).
             for layer in 0..2 {
+                let rows = g.cache_rows_as_ggml(&gc, layer);
                 for p in 0..pos {
                     for h in 0..nkv {
-                        let (gk, gv) = g.cache_rows_as_ggml(&gc, layer, p, h);
+                        let (gk, gv) = &rows[p * nkv + h];
                         let what = format!("{kv:?} hd {hd} layer {layer} pos {p} head {h}");
                         assert_eq!(gk, cc.k_row(layer, p, h), "K row bytes, {what}");
                         assert_eq!(gv, cc.v_row(layer, p, h), "V row bytes, {what}");
