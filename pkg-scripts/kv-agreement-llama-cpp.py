@@ -33,6 +33,7 @@ def main():
 
     import llama_cpp
     import numpy as np
+    from llama_cpp_eval import teacher_forced_logits
 
     oracle = json.load(open(args.oracle, encoding="utf-8"))
     seqs = [c["prompt_ids"] + c["greedy_ids"] for c in oracle["cases"]]
@@ -54,9 +55,7 @@ def main():
                               flash_attn=flash_attn, type_k=ggml_type, type_v=ggml_type, verbose=False)
         out = []
         for s in seqs:
-            llm.reset()
-            llm.eval(s)
-            logits = np.asarray(llm.scores[: len(s)], dtype=np.float32)
+            logits = teacher_forced_logits(llm, s)
             order = np.argsort(-logits, axis=1)[:, :2]
             top = order[:, 0]
             margin = logits[np.arange(len(s)), order[:, 0]] - logits[np.arange(len(s)), order[:, 1]]

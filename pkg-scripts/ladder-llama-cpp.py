@@ -23,6 +23,7 @@ import tempfile
 
 import llama_cpp
 import numpy as np
+from llama_cpp_eval import teacher_forced_logits
 
 
 def perplexity(path, text, n_tokens, window):
@@ -35,9 +36,7 @@ def perplexity(path, text, n_tokens, window):
         seq = bos + tokens[start:start + per]
         if len(seq) < 2:
             continue
-        llm.reset()
-        llm.eval(seq)
-        logits = np.asarray(llm.scores[: len(seq)], dtype=np.float64)
+        logits = teacher_forced_logits(llm, seq).astype(np.float64)
         for i in range(len(seq) - 1):
             row = logits[i]
             m = row.max()

@@ -149,9 +149,10 @@ fn check_model(name: &str) {
     for m in &a.misses {
         println!("{name}: miss at {m}");
     }
-    // The issue asks for ≥ 99 % where the margin is ≥ 0.1; we measure 98–98.5 % on both models
-    // (mean |logit difference| ~0.2, the size of llama.cpp's own batched-vs-sequential
-    // disagreement, see DESIGN.md): the gate holds what we reach, the target stays open.
+    // The issue asks for ≥ 99 % where the margin is ≥ 0.1; we measure 98.0–98.3 % (mean |logit
+    // difference| ~0.2). llama.cpp itself, built for AVX-512 or fed token by token, reaches
+    // 98.4–99.1 % at 0.13–0.20 against this oracle, which only its AVX2 build in one batch
+    // reproduces (docs/oracle-agreement-llama-cpp.md): the gate holds what we reach.
     assert!(conf >= 0.975, "{name}: top-1 agreement {conf:.4} < 0.975 where the oracle margin >= 0.1");
     assert!(all >= 0.95, "{name}: top-1 agreement {all:.4} < 0.95 over all positions");
     assert!(failures.is_empty(), "{name}: greedy tokens differ before a low-margin step: {failures:#?}");
