@@ -9,6 +9,7 @@
 //! start with the bytes already received discarded. The sha256 from the manifest is checked at
 //! the shard's end, before the shard is cached.
 
+use super::body::{BodyReader, Read};
 use super::cache::{CacheFailure, CommitRecord};
 use super::store::{Keep, Store, StoreKind};
 use super::platform::{get_f64, js_message, scope, Scope};
@@ -16,7 +17,7 @@ use crate::gguf::GgufModel;
 use crate::loader::manifest::{hex, Manifest, MAX_MANIFEST_BYTES};
 use crate::loader::{LoadError, ModelStream};
 use crate::model::{Backend, Model};
-use js_sys::{Reflect, Uint8Array};
+use js_sys::Uint8Array;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
@@ -196,38 +197,6 @@ async fn fetch(sc: &Scope, req: &web_sys::Request, url: &str, opts: &LoadOptions
         Err(_) if aborted(opts) => Err(LoadError::Aborted),
         Err(e) => Err(net_err(url, 1, 0, &e)),
     }
-}
-
-/// The result of one `read()` of a body.
-enum Read {
-    Chunk(Uint8Array),
-    End,
-    /// Nothing arrived within the stall timeout.
-    Stalled,
-}
-
-fn read_result(r: &JsValue) -> Result<Read, JsValue> {
-    if Reflect::get(r, &"done".into())?.as_bool() == Some(true) {
-        return Ok(Read::End);
-    }
-    Ok(Read::Chunk(Reflect::get(r, &"value".into())?.unchecked_into()))
-}
-
-/// The next chunk of a body (Err on a failed connection); no time limit (the cache).
-async fn read_chunk(reader: &web_sys::ReadableStreamDefaultReader) -> Result<Read, JsValue> {
-    read_result(&JsFuture::from(reader.read()).await?)
-}
-
-/// The next chunk of a network body, or `Stalled` after `ms` without one.
-async fn read_chunk_within(sc: &Scope, reader: &web_sys::ReadableStreamDefaultReader, ms: i32) -> Result<Read, JsValue> {
-    match sc.within(&reader.read(), ms).await? {
-        Some(r) => read_result(&r),
-        None => Ok(Read::Stalled),
-    }
-}
-
-fn body_reader(resp: &web_sys::Response) -> Option<web_sys::ReadableStreamDefaultReader> {
-    resp.body().and_then(|b| b.get_reader().dyn_into().ok())
 }
 
 /// Parses `Content-Range: bytes a-b/total` → (a, total).
@@ -544,7 +513,7 @@ impl<B: Backend> Run<'_, B> {
         self.report.ms_cache += ms(t);
         let Ok(Some((record, reader))) = hit else { return Ok(false) };
         let corrupt = |why: String| ShardFailure::CorruptCache(LoadError::Cache(format!("{url}: cached copy {why}; deleted")));
-        let Some(reader) = reader else {
+        let Some(mut reader) = reader else {
             let _ = cache.remove(url).await;
             return Err(corrupt("has no body".into()));
         };
@@ -553,7 +522,7 @@ impl<B: Backend> Run<'_, B> {
                 return Err(LoadError::Aborted.into());
             }
             let t = Instant::now();
-            let chunk = read_chunk(&reader).await;
+            let chunk = reader.read().await;
             self.report.ms_cache += ms(t);
             match chunk {
                 Ok(Read::Chunk(c)) => {
@@ -701,7 +670,7 @@ impl<B: Backend> Run<'_, B> {
                 }
                 etag = Some(new);
             }
-            let Some(reader) = body_reader(&resp) else {
+            let Some(mut reader) = resp.body().and_then(|b| BodyReader::new(&b)) else {
                 problem = "a response without a body".into();
                 failures += 1;
                 continue;
@@ -711,11 +680,11 @@ impl<B: Backend> Run<'_, B> {
             let mut progressed = false;
             let ended = loop {
                 if aborted(self.opts) {
-                    let _ = reader.cancel();
+                    reader.cancel();
                     return Err(LoadError::Aborted);
                 }
                 let t = Instant::now();
-                let chunk = read_chunk_within(&self.sc, &reader, self.opts.stall_timeout_ms).await;
+                let chunk = reader.read_within(&self.sc, self.opts.stall_timeout_ms).await;
                 self.report.ms_network += ms(t);
                 let chunk = match chunk {
                     Ok(Read::Chunk(c)) => c,
@@ -724,7 +693,7 @@ impl<B: Backend> Run<'_, B> {
                         None => break true,
                     },
                     Ok(Read::Stalled) => {
-                        let _ = reader.cancel();
+                        reader.cancel();
                         problem = format!("no data for {} ms", self.opts.stall_timeout_ms);
                         break false;
                     }

@@ -3,6 +3,7 @@
 //! pass by pass), which the npm package (`web/`) wraps in its OpenAI-shaped API and the
 //! in-browser tests call directly.
 
+mod body;
 pub mod cache;
 mod engine;
 pub mod load;

@@ -1,11 +1,11 @@
 //! The loader's view of the shard cache: Cache Storage (default) or OPFS (`StoreKind::Opfs`,
 //! where the browser has it), behind one interface.
 
+use super::body::BodyReader;
 use super::cache::{CacheFailure, CommitRecord, ShardCache};
 use super::opfs::{OpfsStore, OpfsWriter};
 use super::platform::{js_message, Scope};
 use js_sys::{Array, Uint8Array};
-use wasm_bindgen::JsCast;
 
 /// Where shards are cached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,8 +45,8 @@ impl Store {
 
     /// A committed, verified-size entry of `url` and a reader of its bytes. An entry recorded
     /// under another hash than `want_sha256` (the manifest changed) is stale: deleted, None.
-    pub async fn lookup(&self, url: &str, want_sha256: Option<&str>) -> Result<Option<(CommitRecord, Option<web_sys::ReadableStreamDefaultReader>)>, CacheFailure> {
-        let reader = |s: Option<web_sys::ReadableStream>| s.and_then(|s| s.get_reader().dyn_into().ok());
+    pub(crate) async fn lookup(&self, url: &str, want_sha256: Option<&str>) -> Result<Option<(CommitRecord, Option<BodyReader>)>, CacheFailure> {
+        let reader = |s: Option<web_sys::ReadableStream>| s.and_then(|s| BodyReader::new(&s));
         let hit = match self {
             Store::Cache(c) => c.lookup(url).await?.map(|(r, resp)| (r, reader(resp.body()))),
             Store::Opfs(o) => o.lookup(url).await?.map(|(r, s)| (r, reader(Some(s)))),
@@ -95,11 +95,12 @@ impl Keep {
     /// Adds the next chunk of the shard.
     pub async fn push(&mut self, part: &Uint8Array) -> Result<(), CacheFailure> {
         match self {
-            // A copy: the fetch chunk's buffer is not ours to keep.
+            // A copy: the chunk aliases the body reader's buffer, which the next read refills.
             Keep::Parts(a) => {
                 a.push(&Uint8Array::new(part));
                 Ok(())
             }
+            // Consumed once the write resolves, before the next read.
             Keep::File(w) => w.write(part).await,
         }
     }
