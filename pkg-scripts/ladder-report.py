@@ -45,6 +45,20 @@ for src in sources:
         md.append(f"| {r['level']} | {e['file_bytes']/1e6:.1f} | {e['bits_per_weight']:.2f} | {e['ppl']:.3f} | {d:+.2f} % | "
                   f"{e['kl_mean']:.5f} | {e['kl_max']:.3f} | {e['top1_agreement']*100:.2f} % | {e['prefill_tok_s']:.1f} | "
                   f"{e['decode_tok_s']:.1f} | {rss/1e6 if rss else float('nan'):.0f} |")
+    gpu_rows = [r for r in rows if r["source"] == src and r.get("gpu_vs_cpu")]
+    if gpu_rows:
+        g0 = gpu_rows[0]["gpu_vs_cpu"]
+        adapter = g0["gpu"]["device"].removeprefix("gpu: ").split(", shader")[0]
+        md.append(f"\nOn the GPU ({adapter}), each level against itself on the CPU over the "
+                  f"first {g0['gpu']['tokens']} tokens in one window (the CPU's log-probabilities as the reference); "
+                  f"decode = {g0['gpu']['decode_tokens']} greedy tokens:\n")
+        md.append("| level | perplexity CPU | perplexity GPU | KL(CPU ‖ GPU) mean | KL max | top-1 vs CPU | GPU prefill tok/s | GPU decode tok/s | CPU prefill tok/s | CPU decode tok/s |")
+        md.append("|---|---|---|---|---|---|---|---|---|---|")
+        for r in gpu_rows:
+            c, g = r["gpu_vs_cpu"]["cpu"], r["gpu_vs_cpu"]["gpu"]
+            md.append(f"| {r['level']} | {c['ppl']:.3f} | {g['ppl']:.3f} | {g['kl_mean']:.2e} | {g['kl_max']:.2e} | "
+                      f"{g['top1_agreement']*100:.2f} % | {g['prefill_tok_s']:.1f} | {g['decode_tok_s']:.1f} | "
+                      f"{c['prefill_tok_s']:.1f} | {c['decode_tok_s']:.1f} |")
     kv = b["kv_bytes_4k"]
     md.append(f"\nKV cache at 4096 positions: f16 {kv['f16']/1e6:.1f} MB, q8 {kv['q8']/1e6:.1f} MB, q4 {kv['q4']/1e6:.1f} MB.\n")
 md.append(f"\n![perplexity increase and KL divergence against bits per weight; decode speed against size]({os.path.basename(prefix)}.svg)\n")

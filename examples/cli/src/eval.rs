@@ -69,6 +69,8 @@ struct Report {
     top1_agreement: Option<f64>,
     prefill_tok_s: f64,
     decode_tok_s: f64,
+    /// Greedy tokens the decode rate was measured over.
+    decode_tokens: usize,
     device: String,
     /// KV-cache bytes for 4096 positions, by storage type.
     kv_bytes_4k: std::collections::BTreeMap<&'static str, u64>,
@@ -232,6 +234,7 @@ pub fn run(mut args: Args) -> ExitCode {
         top1_agreement: reader.as_ref().map(|_| agree as f64 / predictions.max(1) as f64),
         prefill_tok_s: prefill_tokens as f64 / prefill_s.max(1e-9),
         decode_tok_s,
+        decode_tokens: args.decode_tokens,
         device: with_session!(&loaded.session, s => s.device()),
         kv_bytes_4k,
         peak_rss_bytes: peak_rss(),
