@@ -752,12 +752,17 @@ fn bench_matvec() {
         variants.push((Kernels::Simd.name(), Kernels::Simd, false));
         variants.push(("1-row", Kernels::Simd, true));
     }
-    for &ty in &ALL_TYPES {
-        let (rows, cols) = if ty.block_size() == 256 {
-            (1536, 768)
-        } else {
-            (1536, 576)
-        };
+    // Every type at a cache-resident size, then Q4_1 and Q8_0 at SmolLM2's output shape
+    // (x2: 98304 x 576, 57 M weights, more than L3 holds: streamed from memory, as decode
+    // streams the whole model).
+    let shapes = ALL_TYPES
+        .iter()
+        .map(|&ty| match ty.block_size() {
+            256 => (ty, 1536, 768),
+            _ => (ty, 1536, 576),
+        })
+        .chain([(GgmlType::Q4_1, 98304, 576), (GgmlType::Q8_0, 98304, 576)]);
+    for (ty, rows, cols) in shapes {
         let data = make_weights(ty, rows, cols, &mut rng, false);
         let w = QMatrix::new(ty, rows, cols, &data).expect("matrix");
         let x = rng.vec(cols);
