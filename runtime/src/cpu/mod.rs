@@ -161,12 +161,25 @@ type DotFn = fn(&[u8], &ActRow<'_>) -> f32;
     allow(dead_code)
 )]
 type Dot2Fn = fn(&[u8], &[u8], &ActRow<'_>) -> [f32; 2];
+/// Two rows against [`TILE_TOKENS`] tokens (a prefill: each weight block unpacked once for
+/// all of them); bit for bit the results of [`Dot2Fn`] per token.
+#[cfg_attr(
+    not(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    )),
+    allow(dead_code)
+)]
+type TileFn = fn(&[u8], &[u8], &[ActRow<'_>; TILE_TOKENS]) -> [[f32; TILE_TOKENS]; 2];
+/// Tokens per [`TileFn`] call.
+const TILE_TOKENS: usize = 4;
 
-/// The kernels of one matmul: single rows, and row pairs where the family has them.
+/// The kernels of one matmul: single rows, and row pairs and tiles where the family has them.
 #[derive(Clone, Copy)]
 struct Dots {
     one: DotFn,
     two: Option<Dot2Fn>,
+    tile: Option<TileFn>,
 }
 
 fn dots(ty: GgmlType, kernels: Kernels) -> Result<Dots, QuantError> {
@@ -178,14 +191,27 @@ fn dots(ty: GgmlType, kernels: Kernels) -> Result<Dots, QuantError> {
     if kernels == Kernels::Simd {
         #[cfg(test)]
         if tests::NO_PAIRS.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(Dots { one, two: None });
+            return Ok(Dots {
+                one,
+                two: None,
+                tile: None,
+            });
         }
+        #[cfg(test)]
+        let no_tiles = tests::NO_TILES.load(std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(test))]
+        let no_tiles = false;
         return Ok(Dots {
             one,
             two: simd::dot2_fn(ty),
+            tile: simd::tile_fn(ty).filter(|_| !no_tiles),
         });
     }
-    Ok(Dots { one, two: None })
+    Ok(Dots {
+        one,
+        two: None,
+        tile: None,
+    })
 }
 
 fn dot_fn(ty: GgmlType, kernels: Kernels) -> Result<DotFn, QuantError> {
@@ -303,7 +329,22 @@ fn matmul_rows(
         for i in 0..h {
             let (ra, rb) = (r0 + i, r0 + h + i);
             let (w0, w1) = (w.row(ra), w.row(rb));
-            for (t, a) in act_rows.iter().enumerate() {
+            // Tokens by TILE_TOKENS where there is a tile kernel, the rest one by one.
+            let mut tiled = 0;
+            if let Some(tile) = dot.tile {
+                for chunk in act_rows.chunks_exact(TILE_TOKENS) {
+                    let Ok(a4) = <&[ActRow<'_>; TILE_TOKENS]>::try_from(chunk) else {
+                        break;
+                    };
+                    let [v0, v1] = tile(w0, w1, a4);
+                    for k in 0..TILE_TOKENS {
+                        put(tiled + k, ra, v0[k]);
+                        put(tiled + k, rb, v1[k]);
+                    }
+                    tiled += TILE_TOKENS;
+                }
+            }
+            for (t, a) in act_rows.iter().enumerate().skip(tiled) {
                 let [v0, v1] = two(w0, w1, a);
                 put(t, ra, v0);
                 put(t, rb, v1);

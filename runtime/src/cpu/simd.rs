@@ -22,7 +22,7 @@ use super::simd128 as arch;
 use super::sse2 as arch;
 
 use super::act_quant::{ActRow, Layout};
-use super::DotFn;
+use super::{DotFn, TILE_TOKENS};
 use crate::kv_cache::KvType;
 use crate::quant::{ggml_fp16_to_fp32, GgmlType};
 use arch::*;
@@ -119,64 +119,85 @@ struct Legacy {
     min: bool,
 }
 
-/// Σ over blocks for `R` rows: `unpack(block)` gives the four i16 weight vectors of a block
-/// in the activation layout.
+/// Σ over blocks for `R` rows and `T` tokens: `unpack(block)` gives the four i16 weight
+/// vectors of a block in the activation layout. A row's block is unpacked once for all `T`
+/// tokens and a token's activations are loaded once for all `R` rows; each (row, token) sum
+/// runs the same operations in the same order whatever `R` and `T` are, so tiles give bit for
+/// bit the results of single rows.
 #[inline(always)]
-fn legacy_rows<const R: usize>(
+fn legacy_tile<const R: usize, const T: usize>(
     w: [&[u8]; R],
-    a: &ActRow<'_>,
+    a: [&ActRow<'_>; T],
     l: Legacy,
     unpack: impl Fn(*const u8) -> (V, V, V, V),
-) -> [f32; R] {
+) -> [[f32; T]; R] {
     let nb = w[0].len() / l.bytes;
     for r in w.iter() {
         assert_eq!(r.len(), nb * l.bytes);
     }
-    assert!(
-        a.q16.len() >= nb * 32
-            && a.d.len() >= nb
-            && a.ysum.len() >= nb
-            && (!l.min || a.s.len() >= nb)
-    );
-    let t = f16_table();
-    let yp = a.q16.as_ptr();
+    for a in a.iter() {
+        assert!(
+            a.q16.len() >= nb * 32
+                && a.d.len() >= nb
+                && a.ysum.len() >= nb
+                && (!l.min || a.s.len() >= nb)
+        );
+    }
+    let tab = f16_table();
+    let yp = a.map(|a| a.q16.as_ptr());
     let wp = w.map(|r| r.as_ptr());
-    let mut acc = [zero(); R];
-    let mut corr = [0.0f32; R];
+    let mut acc = [[zero(); T]; R];
+    let mut corr = [[0.0f32; T]; R];
     for ib in 0..nb {
         // SAFETY: block ib of each row is within it (length asserted above); activations
         // checked above.
         unsafe {
-            let y = yp.add(ib * 32);
-            let (y0, y1, y2, y3) = (ld16(y), ld16(y.add(8)), ld16(y.add(16)), ld16(y.add(24)));
-            let dy = *a.d.get_unchecked(ib);
-            let cy = if l.min {
-                *a.s.get_unchecked(ib)
-            } else {
-                *a.ysum.get_unchecked(ib)
-            };
+            // [T] per token: the block's activation scale and its correction term
+            let dy: [f32; T] = core::array::from_fn(|t| *a[t].d.get_unchecked(ib));
+            let cy: [f32; T] = core::array::from_fn(|t| {
+                if l.min {
+                    *a[t].s.get_unchecked(ib)
+                } else {
+                    *a[t].ysum.get_unchecked(ib)
+                }
+            });
+            // [R] per row: the block's scale, min and unpacked quants
+            let mut dw = [0.0f32; R];
+            let mut mw = [0.0f32; R];
+            let mut x = [(zero(), zero(), zero(), zero()); R];
             for r in 0..R {
                 let b = wp[r].add(ib * l.bytes);
-                let scale = f16_at(t, b) * dy;
-                let (x0, x1, x2, x3) = unpack(b);
-                let s = add_i32(
-                    add_i32(dot_i16(x0, y0), dot_i16(x1, y1)),
-                    add_i32(dot_i16(x2, y2), dot_i16(x3, y3)),
-                );
-                acc[r] = add_f32(acc[r], mul_f32(cvt_i32_f32(s), splat_f32(scale)));
+                dw[r] = f16_at(tab, b);
                 if l.min {
-                    corr[r] += f16_at(t, b.add(2)) * cy;
-                } else if l.offset != 0.0 {
-                    corr[r] += scale * cy;
+                    mw[r] = f16_at(tab, b.add(2));
+                }
+                x[r] = unpack(b);
+            }
+            for t in 0..T {
+                let y = yp[t].add(ib * 32);
+                let (y0, y1, y2, y3) = (ld16(y), ld16(y.add(8)), ld16(y.add(16)), ld16(y.add(24)));
+                for r in 0..R {
+                    let (x0, x1, x2, x3) = x[r];
+                    let s = add_i32(
+                        add_i32(dot_i16(x0, y0), dot_i16(x1, y1)),
+                        add_i32(dot_i16(x2, y2), dot_i16(x3, y3)),
+                    );
+                    let scale = dw[r] * dy[t];
+                    acc[r][t] = add_f32(acc[r][t], mul_f32(cvt_i32_f32(s), splat_f32(scale)));
+                    if l.min {
+                        corr[r][t] += mw[r] * cy[t];
+                    } else if l.offset != 0.0 {
+                        corr[r][t] += scale * cy[t];
+                    }
                 }
             }
         }
     }
-    let mut out = [0.0f32; R];
-    for r in 0..R {
-        out[r] = hsum_f32(acc[r]) + if l.min { corr[r] } else { l.offset * corr[r] };
-    }
-    out
+    core::array::from_fn(|r| {
+        core::array::from_fn(|t| {
+            hsum_f32(acc[r][t]) + if l.min { corr[r][t] } else { l.offset * corr[r][t] }
+        })
+    })
 }
 
 /// Adds the fifth bits (`qh`, bit j for element j) as 16 to the four nibble vectors.
@@ -207,38 +228,47 @@ fn q5_high(qh: u32, x: (V, V, V, V)) -> (V, V, V, V) {
 
 /// Mirrors `ggml_vec_dot_q4_0_q8_0`. Block: d f16, qs[16]; Σ(q−8)·y = Σq·y − 8·Σy.
 #[inline(always)]
-fn q4_0_rows<const R: usize>(w: [&[u8]; R], a: &ActRow<'_>) -> [f32; R] {
+fn q4_0_tile<const R: usize, const T: usize>(
+    w: [&[u8]; R],
+    a: [&ActRow<'_>; T],
+) -> [[f32; T]; R] {
     let l = Legacy {
         bytes: 18,
         offset: -8.0,
         min: false,
     };
     // SAFETY: a block has 16 quant bytes at offset 2.
-    legacy_rows(w, a, l, |b| nibbles(unsafe { ld(b.add(2)) }))
+    legacy_tile(w, a, l, |b| nibbles(unsafe { ld(b.add(2)) }))
 }
 
 /// Mirrors `ggml_vec_dot_q4_1_q8_1`. Block: d, m f16, qs[16]; d·dy·Σq·y + m·s.
 #[inline(always)]
-fn q4_1_rows<const R: usize>(w: [&[u8]; R], a: &ActRow<'_>) -> [f32; R] {
+fn q4_1_tile<const R: usize, const T: usize>(
+    w: [&[u8]; R],
+    a: [&ActRow<'_>; T],
+) -> [[f32; T]; R] {
     let l = Legacy {
         bytes: 20,
         offset: 0.0,
         min: true,
     };
     // SAFETY: a block has 16 quant bytes at offset 4.
-    legacy_rows(w, a, l, |b| nibbles(unsafe { ld(b.add(4)) }))
+    legacy_tile(w, a, l, |b| nibbles(unsafe { ld(b.add(4)) }))
 }
 
 /// Mirrors `ggml_vec_dot_q5_0_q8_0`. Block: d f16, qh[4], qs[16]; Σ(q−16)·y = Σq·y − 16·Σy.
 #[inline(always)]
-fn q5_0_rows<const R: usize>(w: [&[u8]; R], a: &ActRow<'_>) -> [f32; R] {
+fn q5_0_tile<const R: usize, const T: usize>(
+    w: [&[u8]; R],
+    a: [&ActRow<'_>; T],
+) -> [[f32; T]; R] {
     let l = Legacy {
         bytes: 22,
         offset: -16.0,
         min: false,
     };
     // SAFETY: a block has qh at offset 2 and 16 quant bytes at offset 6.
-    legacy_rows(w, a, l, |b| unsafe {
+    legacy_tile(w, a, l, |b| unsafe {
         q5_high(
             (b.add(2) as *const u32).read_unaligned(),
             nibbles(ld(b.add(6))),
@@ -248,14 +278,17 @@ fn q5_0_rows<const R: usize>(w: [&[u8]; R], a: &ActRow<'_>) -> [f32; R] {
 
 /// Mirrors `ggml_vec_dot_q5_1_q8_1`. Block: d, m f16, qh[4], qs[16].
 #[inline(always)]
-fn q5_1_rows<const R: usize>(w: [&[u8]; R], a: &ActRow<'_>) -> [f32; R] {
+fn q5_1_tile<const R: usize, const T: usize>(
+    w: [&[u8]; R],
+    a: [&ActRow<'_>; T],
+) -> [[f32; T]; R] {
     let l = Legacy {
         bytes: 24,
         offset: 0.0,
         min: true,
     };
     // SAFETY: a block has qh at offset 4 and 16 quant bytes at offset 8.
-    legacy_rows(w, a, l, |b| unsafe {
+    legacy_tile(w, a, l, |b| unsafe {
         q5_high(
             (b.add(4) as *const u32).read_unaligned(),
             nibbles(ld(b.add(8))),
@@ -265,37 +298,62 @@ fn q5_1_rows<const R: usize>(w: [&[u8]; R], a: &ActRow<'_>) -> [f32; R] {
 
 /// Mirrors `ggml_vec_dot_q8_0_q8_0`. Block: d f16, qs[32] i8; activations in element order.
 #[inline(always)]
-fn q8_0_rows<const R: usize>(w: [&[u8]; R], a: &ActRow<'_>) -> [f32; R] {
+fn q8_0_tile<const R: usize, const T: usize>(
+    w: [&[u8]; R],
+    a: [&ActRow<'_>; T],
+) -> [[f32; T]; R] {
     let l = Legacy {
         bytes: 34,
         offset: 0.0,
         min: false,
     };
-    legacy_rows(w, a, l, |b| {
+    legacy_tile(w, a, l, |b| {
         // SAFETY: a block has 32 quant bytes at offset 2.
         let (x0, x1) = unsafe { (ld(b.add(2)), ld(b.add(18))) };
         (ext_lo_i8(x0), ext_hi_i8(x0), ext_lo_i8(x1), ext_hi_i8(x1))
     })
 }
 
-/// One-row and two-row entry points of the `*_rows` kernels.
-macro_rules! row_fns {
-    ($($one:ident, $two:ident => $rows:ident;)*) => {$(
+/// One-row, two-row and two-row × [`TILE_TOKENS`] entry points of the `*_tile` kernels.
+macro_rules! tile_fns {
+    ($($one:ident, $two:ident, $tile:ident => $k:ident;)*) => {$(
         fn $one(w: &[u8], a: &ActRow<'_>) -> f32 {
-            $rows([w], a)[0]
+            $k([w], [a])[0][0]
         }
         fn $two(w0: &[u8], w1: &[u8], a: &ActRow<'_>) -> [f32; 2] {
-            $rows([w0, w1], a)
+            let [[v0], [v1]] = $k([w0, w1], [a]);
+            [v0, v1]
+        }
+        fn $tile(
+            w0: &[u8],
+            w1: &[u8],
+            a: &[ActRow<'_>; TILE_TOKENS],
+        ) -> [[f32; TILE_TOKENS]; 2] {
+            $k([w0, w1], a.each_ref())
         }
     )*};
 }
 
-row_fns! {
-    dot_q4_0, dot2_q4_0 => q4_0_rows;
-    dot_q4_1, dot2_q4_1 => q4_1_rows;
-    dot_q5_0, dot2_q5_0 => q5_0_rows;
-    dot_q5_1, dot2_q5_1 => q5_1_rows;
-    dot_q8_0, dot2_q8_0 => q8_0_rows;
+tile_fns! {
+    dot_q4_0, dot2_q4_0, tile_q4_0 => q4_0_tile;
+    dot_q4_1, dot2_q4_1, tile_q4_1 => q4_1_tile;
+    dot_q5_0, dot2_q5_0, tile_q5_0 => q5_0_tile;
+    dot_q5_1, dot2_q5_1, tile_q5_1 => q5_1_tile;
+    dot_q8_0, dot2_q8_0, tile_q8_0 => q8_0_tile;
+}
+
+/// The two-row × [`TILE_TOKENS`] SIMD kernel for weights of type `ty`, where there is one
+/// (the legacy formats: each weight block is unpacked once for four tokens in a prefill).
+pub(super) fn tile_fn(ty: GgmlType) -> Option<super::TileFn> {
+    use GgmlType::*;
+    Some(match ty {
+        Q4_0 => tile_q4_0,
+        Q4_1 => tile_q4_1,
+        Q5_0 => tile_q5_0,
+        Q5_1 => tile_q5_1,
+        Q8_0 => tile_q8_0,
+        _ => return None,
+    })
 }
 
 /// The two-row SIMD kernel for weights of type `ty`, where there is one.
@@ -532,6 +590,18 @@ fn q6_k_rows<const R: usize>(w: [&[u8]; R], a: &ActRow<'_>) -> [f32; R] {
         out[r] = hsum_f32(acc[r]);
     }
     out
+}
+
+/// One-row and two-row entry points of the K-quant `*_rows` kernels.
+macro_rules! row_fns {
+    ($($one:ident, $two:ident => $rows:ident;)*) => {$(
+        fn $one(w: &[u8], a: &ActRow<'_>) -> f32 {
+            $rows([w], a)[0]
+        }
+        fn $two(w0: &[u8], w1: &[u8], a: &ActRow<'_>) -> [f32; 2] {
+            $rows([w0, w1], a)
+        }
+    )*};
 }
 
 row_fns! {

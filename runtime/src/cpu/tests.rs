@@ -222,7 +222,41 @@ fn matmul_matches_oracle_every_type_and_shape() {
                     matmul_case(kernels, ty, rows, cols, 1, false, seed);
                 }
                 matmul_case(kernels, ty, 5, cols, 3, false, 7 + cols as u64);
+                // two tiles of four tokens and one left over, rows in pairs and one single
+                matmul_case(kernels, ty, 5, cols, 9, false, 8 + cols as u64);
                 matmul_case(kernels, ty, 4, cols, 1, true, 9 + cols as u64);
+            }
+        }
+    }
+}
+
+/// Tiles (two rows × four tokens), row pairs and single rows give bit for bit the same
+/// results: a prefill's logits do not depend on how its tokens were grouped.
+#[test]
+fn matmul_tokens_together_equal_one_by_one() {
+    for &kernels in Kernels::available() {
+        for (i, &ty) in ALL_TYPES.iter().enumerate() {
+            let cols = col_sizes(ty)[0];
+            let (rows, n_tokens) = (7, 11);
+            let mut rng = Rng::new(500 + i as u64);
+            let data = make_weights(ty, rows, cols, &mut rng, false);
+            let w = QMatrix::new(ty, rows, cols, &data).expect("matrix");
+            let x = rng.vec(cols * n_tokens);
+            let mut s = Scratch::default();
+            let mut together = vec![0f32; rows * n_tokens];
+            matmul_with(kernels, &w, &x, n_tokens, &mut together, &mut s).expect("matmul");
+            for t in 0..n_tokens {
+                let mut one = vec![0f32; rows];
+                let xt = &x[t * cols..(t + 1) * cols];
+                matmul_with(kernels, &w, xt, 1, &mut one, &mut s).expect("matmul");
+                for r in 0..rows {
+                    assert_eq!(
+                        together[t * rows + r].to_bits(),
+                        one[r].to_bits(),
+                        "{} {ty}: row {r} token {t}",
+                        kernels.name()
+                    );
+                }
             }
         }
     }
@@ -739,6 +773,9 @@ fn report(line: &str) {
 /// Bench only: run the SIMD matmuls without their two-row kernels.
 pub(super) static NO_PAIRS: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
+/// Bench only: run the SIMD matmuls without their two-row × four-token tiles.
+pub(super) static NO_TILES: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 #[test]
 fn bench_matvec() {
@@ -746,50 +783,60 @@ fn bench_matvec() {
         return;
     }
     let mut rng = Rng::new(99);
-    // (label, kernels, two-row kernels off)
-    let mut variants = vec![("scalar", Kernels::Scalar, false)];
+    // (label, kernels, two-row kernels off, tiles off)
+    let mut variants = vec![("scalar", Kernels::Scalar, false, false)];
     if Kernels::available().contains(&Kernels::Simd) {
-        variants.push((Kernels::Simd.name(), Kernels::Simd, false));
-        variants.push(("1-row", Kernels::Simd, true));
+        variants.push((Kernels::Simd.name(), Kernels::Simd, false, false));
+        variants.push(("no-tile", Kernels::Simd, false, true));
+        variants.push(("1-row", Kernels::Simd, true, true));
     }
-    // Every type at a cache-resident size, then Q4_1 and Q8_0 at SmolLM2's output shape
-    // (x2: 98304 x 576, 57 M weights, more than L3 holds: streamed from memory, as decode
-    // streams the whole model).
+    // (type, rows, cols, tokens): every type at a cache-resident size, then Q4_1 and Q8_0 at
+    // SmolLM2's output shape (x2: 98304 x 576, 57 M weights, more than L3 holds: streamed from
+    // memory, as decode streams the whole model), then prefill-shaped products (64 tokens).
     let shapes = ALL_TYPES
         .iter()
         .map(|&ty| match ty.block_size() {
-            256 => (ty, 1536, 768),
-            _ => (ty, 1536, 576),
+            256 => (ty, 1536, 768, 1),
+            _ => (ty, 1536, 576, 1),
         })
-        .chain([(GgmlType::Q4_1, 98304, 576), (GgmlType::Q8_0, 98304, 576)]);
-    for (ty, rows, cols) in shapes {
+        .chain([
+            (GgmlType::Q4_1, 98304, 576, 1),
+            (GgmlType::Q8_0, 98304, 576, 1),
+            (GgmlType::Q4_1, 1536, 576, 64),
+            (GgmlType::Q8_0, 1536, 576, 64),
+            (GgmlType::Q4_K, 1536, 768, 64),
+        ]);
+    for (ty, rows, cols, n_tokens) in shapes {
         let data = make_weights(ty, rows, cols, &mut rng, false);
         let w = QMatrix::new(ty, rows, cols, &data).expect("matrix");
-        let x = rng.vec(cols);
-        let mut y = vec![0f32; rows];
+        let x = rng.vec(cols * n_tokens);
+        let mut y = vec![0f32; rows * n_tokens];
         let mut s = Scratch::default();
         // best of 3 interleaved rounds of ~100 ms per variant (the machine may be busy)
         let mut best = vec![f64::INFINITY; variants.len()];
         for _ in 0..3 {
-            for (i, &(_, kernels, no_pairs)) in variants.iter().enumerate() {
+            for (i, &(_, kernels, no_pairs, no_tiles)) in variants.iter().enumerate() {
                 NO_PAIRS.store(no_pairs, std::sync::atomic::Ordering::Relaxed);
-                matmul_with(kernels, &w, &x, 1, &mut y, &mut s).expect("warm-up");
+                NO_TILES.store(no_tiles, std::sync::atomic::Ordering::Relaxed);
+                matmul_with(kernels, &w, &x, n_tokens, &mut y, &mut s).expect("warm-up");
                 let t0 = now_ms();
                 let mut iters = 0u32;
                 while now_ms() - t0 < 100.0 {
-                    matmul_with(kernels, &w, &x, 1, &mut y, &mut s).expect("matmul");
+                    matmul_with(kernels, &w, &x, n_tokens, &mut y, &mut s).expect("matmul");
                     iters += 1;
                 }
                 best[i] = best[i].min((now_ms() - t0) / 1e3 / f64::from(iters));
             }
         }
         NO_PAIRS.store(false, std::sync::atomic::Ordering::Relaxed);
-        let mut line = format!("{:>5} {rows}x{cols}:", ty.name());
-        for (i, &(label, _, _)) in variants.iter().enumerate() {
+        NO_TILES.store(false, std::sync::atomic::Ordering::Relaxed);
+        // Gw/s: weight-token products per second (a weight read once per token in decode)
+        let mut line = format!("{:>5} {rows}x{cols} t={n_tokens}:", ty.name());
+        for (i, &(label, _, _, _)) in variants.iter().enumerate() {
             line += &format!(
-                "  {label} {:7.1} us {:5.2} Gw/s",
+                "  {label} {:8.1} us {:5.2} Gw/s",
                 best[i] * 1e6,
-                (rows * cols) as f64 / best[i] / 1e9
+                (rows * cols * n_tokens) as f64 / best[i] / 1e9
             );
         }
         report(&line);
