@@ -16,8 +16,12 @@
 //! - a q4 cache stores rotated rows (`kv_cache::rotate_groups`): the query is rotated before
 //!   it is quantized and the output rotated back (not in ggml).
 //!
-//! Grouped-query attention: query head `h` reads KV head `h / (n_heads / n_kv_heads)`; each K and
-//! V row is read once per position for its whole group of query heads.
+//! Grouped-query attention: query head `h` reads KV head `h / (n_heads / n_kv_heads)`; positions
+//! outer, heads inner, so each K and V row is read once per position for its whole group of
+//! query heads. An f16 row read by a group of several heads is first widened to f32 (exact)
+//! and the f32 kernels run per head: bit for bit what the f16 kernels give (the same
+//! operations in the same order on the same values), converting each row once, not once per
+//! head (a third of a long prefill's time went to those conversions on SmolLM2, 3 heads a group).
 
 use super::act_quant::QuantizedActs;
 use super::{dot_fn, Kernels};
@@ -32,6 +36,10 @@ pub struct AttnScratch {
     scores: Vec<f32>,
     /// The rotated query, for caches that store rotated rows.
     q_rot: Vec<f32>,
+    /// [max(head_dim_k, head_dim_v)]: one f16 K or V row widened to f32.
+    row: Vec<f32>,
+    /// [heads per KV head]: each head's softmax denominator.
+    sums: Vec<f64>,
 }
 
 /// Causal attention of one query position over cached positions `[start, end)` of `layer`.
@@ -117,50 +125,81 @@ pub fn attention_ext(
     };
 
     // --- scores: q·k with the matmul row kernels
-    let Ok(dot) = dot_fn(kty, kernels) else {
+    let widen = cache.ty() == KvType::F16 && group > 1;
+    let (row_ty, row_kty) = if widen {
+        (KvType::F32, GgmlType::F32)
+    } else {
+        (cache.ty(), kty)
+    };
+    let Ok(dot) = dot_fn(row_kty, kernels) else {
         unreachable!("every KV type has a dot kernel")
     };
+    let axpy = axpy_fn(row_ty, kernels);
+    let widen_row = widen_fn(kernels);
     let q = rotated(cache.ty(), q, &mut scratch.q_rot);
     if scratch.q.quantize(qty, kernels, q, dk, n_heads).is_err() {
         unreachable!("head_dim_k is a whole number of groups (checked by KvCache::new)")
     }
-    let scores = &mut scratch.scores;
+    let AttnScratch {
+        q: qa,
+        scores,
+        row: wide,
+        sums,
+        ..
+    } = scratch;
+    // [group][n]: the scores, then the softmax numerators, of the group's heads
     scores.clear();
-    scores.resize(n, 0.0);
-    let axpy = axpy_fn(cache.ty(), kernels);
-    let row = &mut scores[..];
-    for h in 0..n_heads {
-        let g = h / group;
-        let qa = scratch.q.row(h);
-        for (s, p) in row.iter_mut().zip(start..end) {
-            *s = dot(cache.k_row(layer, p, g), &qa) * scale;
-        }
-        if let Some(cap) = softcap {
-            for s in row.iter_mut() {
-                *s = cap * (*s / cap).tanh();
+    scores.resize(group * n, 0.0);
+    wide.resize(dk.max(dv), 0.0);
+    sums.clear();
+    sums.resize(group, 0.0);
+    for g in 0..n_kv {
+        for (i, p) in (start..end).enumerate() {
+            let mut k = cache.k_row(layer, p, g);
+            if widen {
+                widen_row(k, &mut wide[..dk]);
+                k = bytemuck::cast_slice(&wide[..dk]);
+            }
+            for j in 0..group {
+                scores[j * n + i] = dot(k, &qa.row(g * group + j)) * scale;
             }
         }
-        // softmax numerators; the sum (in f64) divides the output at the end
-        let mut max = f32::NEG_INFINITY;
-        for &s in row.iter() {
-            max = max.max(s);
+        for (row, sum) in scores.chunks_exact_mut(n).zip(sums.iter_mut()) {
+            if let Some(cap) = softcap {
+                for s in row.iter_mut() {
+                    *s = cap * (*s / cap).tanh();
+                }
+            }
+            // softmax numerators; the sum (in f64) divides the output at the end
+            let mut max = f32::NEG_INFINITY;
+            for &s in row.iter() {
+                max = max.max(s);
+            }
+            for s in row.iter_mut() {
+                *s = exp_nonpositive(*s - max);
+            }
+            *sum = 0.0;
+            for &e in row.iter() {
+                *sum += f64::from(e);
+            }
         }
-        for s in row.iter_mut() {
-            *s = exp_nonpositive(*s - max);
+        // weighted sum of V rows
+        let outs = &mut out[g * group * dv..(g + 1) * group * dv];
+        for (i, p) in (start..end).enumerate() {
+            let mut v = cache.v_row(layer, p, g);
+            if widen {
+                widen_row(v, &mut wide[..dv]);
+                v = bytemuck::cast_slice(&wide[..dv]);
+            }
+            for (j, o) in outs.chunks_exact_mut(dv).enumerate() {
+                axpy(scores[j * n + i], v, o);
+            }
         }
-        let mut sum = 0.0f64;
-        for &e in row.iter() {
-            sum += f64::from(e);
-        }
-        // weighted sum of V rows (each K / V row is re-read from cache once per query head
-        // of its group)
-        let o = &mut out[h * dv..(h + 1) * dv];
-        for (&e, p) in row.iter().zip(start..end) {
-            axpy(e, cache.v_row(layer, p, g), o);
-        }
-        let inv = (1.0 / sum) as f32;
-        for v in o.iter_mut() {
-            *v *= inv;
+        for (o, &sum) in outs.chunks_exact_mut(dv).zip(sums.iter()) {
+            let inv = (1.0 / sum) as f32;
+            for v in o.iter_mut() {
+                *v *= inv;
+            }
         }
     }
     if cache.ty().rotates() {
@@ -204,6 +243,27 @@ fn axpy_fn(ty: KvType, kernels: Kernels) -> AxpyFn {
         KvType::F16 => axpy_f16,
         KvType::Q8 => axpy_q8_0,
         KvType::Q4 => axpy_q4_0,
+    }
+}
+
+/// Widens a stored f16 row to f32.
+type WidenFn = fn(&[u8], &mut [f32]);
+
+fn widen_fn(kernels: Kernels) -> WidenFn {
+    #[cfg(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    ))]
+    if kernels == Kernels::Simd {
+        return super::simd::widen_f16;
+    }
+    let _ = kernels;
+    widen_f16
+}
+
+fn widen_f16(row: &[u8], out: &mut [f32]) {
+    for (o, c) in out.iter_mut().zip(row.chunks_exact(2)) {
+        *o = ggml_fp16_to_fp32(f16::from_bits(u16::from_le_bytes([c[0], c[1]])));
     }
 }
 

@@ -719,6 +719,24 @@ pub(super) fn axpy_fn(ty: KvType) -> super::attention::AxpyFn {
     }
 }
 
+/// `out[i] = row[i]` for a row of f16 (exact), as `ggml_fp16_to_fp32` per element.
+pub(super) fn widen_f16(row: &[u8], out: &mut [f32]) {
+    let n = row.len() / 2;
+    assert!(out.len() >= n);
+    let (p, o) = (row.as_ptr(), out.as_mut_ptr());
+    let mut i = 0;
+    // SAFETY: i + 4 <= n elements of row and out.
+    unsafe {
+        while i + 4 <= n {
+            stf(o.add(i), f16x4_to_f32(ld_u16x4(p.add(2 * i))));
+            i += 4;
+        }
+    }
+    for (o, c) in out[i..n].iter_mut().zip(row[2 * i..].chunks_exact(2)) {
+        *o = ggml_fp16_to_fp32(f16::from_bits(u16::from_le_bytes([c[0], c[1]])));
+    }
+}
+
 /// `o[0..4] += a · v`.
 ///
 /// # Safety

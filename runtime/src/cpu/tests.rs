@@ -230,14 +230,15 @@ fn matmul_matches_oracle_every_type_and_shape() {
     }
 }
 
-/// Tiles (two rows × four tokens), row pairs and single rows give bit for bit the same
-/// results: a prefill's logits do not depend on how its tokens were grouped.
+/// Tiles (two rows × four tokens), row pairs, single rows and token blocks give bit for bit
+/// the same results: a prefill's logits do not depend on how its tokens were grouped.
 #[test]
 fn matmul_tokens_together_equal_one_by_one() {
     for &kernels in Kernels::available() {
         for (i, &ty) in ALL_TYPES.iter().enumerate() {
             let cols = col_sizes(ty)[0];
-            let (rows, n_tokens) = (7, 11);
+            // 37 tokens: a whole token block of 32 and five more (a tile and one left over)
+            let (rows, n_tokens) = (7, 37);
             let mut rng = Rng::new(500 + i as u64);
             let data = make_weights(ty, rows, cols, &mut rng, false);
             let w = QMatrix::new(ty, rows, cols, &data).expect("matrix");
@@ -684,6 +685,48 @@ fn attention_matches_reference() {
                     &mut AttnScratch::default(),
                 );
                 assert!(out.iter().all(|&v| v == 0.0));
+            }
+        }
+    }
+}
+
+/// An f16 cache gives bit for bit what an f32 cache holding the same (f16-representable) values
+/// gives: with several heads per KV head its rows are widened once and the f32 kernels run;
+/// with one, the f16 kernels read them in place.
+#[test]
+fn attention_f16_cache_equals_f32_cache_of_same_values() {
+    for &kernels in Kernels::available() {
+        for (n_heads, nkv, dk, dv) in [(9usize, 3usize, 64usize, 64usize), (4, 4, 36, 68)] {
+            let mut rng = Rng::new((n_heads + dk) as u64);
+            let (nl, nctx) = (1, 23);
+            let mut c16 = KvCache::new(KvType::F16, nl, nctx, nkv, dk, dv).expect("cache");
+            let mut c32 = KvCache::new(KvType::F32, nl, nctx, nkv, dk, dv).expect("cache");
+            let halve = |v: Vec<f32>| -> Vec<f32> {
+                v.into_iter()
+                    .map(|x| half::f16::from_f32(x * 4.0).to_f32())
+                    .collect()
+            };
+            for p in 0..nctx {
+                let (k, v) = (halve(rng.vec(nkv * dk)), halve(rng.vec(nkv * dv)));
+                c16.write(0, p, &k, &v).expect("write");
+                c32.write(0, p, &k, &v).expect("write");
+            }
+            let q = rng.vec(n_heads * dk);
+            for (start, end, cap) in [(0usize, 23usize, None), (5, 17, Some(3.0f32))] {
+                let mut o16 = vec![0f32; n_heads * dv];
+                let mut o32 = vec![0f32; n_heads * dv];
+                let mut s = AttnScratch::default();
+                attention_ext(kernels, &c16, 0, &q, n_heads, start, end, 0.125, cap, &mut o16, &mut s);
+                attention_ext(kernels, &c32, 0, &q, n_heads, start, end, 0.125, cap, &mut o32, &mut s);
+                check_finite(&o16, "f16 cache");
+                for (i, (a, b)) in o16.iter().zip(&o32).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{} {n_heads}/{nkv} {start}..{end}: output {i}: f16 cache {a}, f32 cache {b}",
+                        kernels.name()
+                    );
+                }
             }
         }
     }
