@@ -343,7 +343,7 @@ tile_fns! {
 }
 
 /// The two-row × [`TILE_TOKENS`] SIMD kernel for weights of type `ty`, where there is one
-/// (the legacy formats: each weight block is unpacked once for four tokens in a prefill).
+/// (each weight block is unpacked once for four tokens in a prefill).
 pub(super) fn tile_fn(ty: GgmlType) -> Option<super::TileFn> {
     use GgmlType::*;
     Some(match ty {
@@ -352,6 +352,9 @@ pub(super) fn tile_fn(ty: GgmlType) -> Option<super::TileFn> {
         Q5_0 => tile_q5_0,
         Q5_1 => tile_q5_1,
         Q8_0 => tile_q8_0,
+        Q4_K => tile_q4_k,
+        Q5_K => tile_q5_k,
+        Q6_K => tile_q6_k,
         _ => return None,
     })
 }
@@ -416,39 +419,48 @@ fn scale_byte(u: &[u32; 4], i: usize) -> i32 {
 }
 
 /// Q4_K (`q5 = false`, 144-byte blocks: d, dmin f16, scales[12], qs[128]) and Q5_K
-/// (`q5 = true`, 176 bytes: d, dmin, scales[12], qh[32], qs[128]) for `R` rows. Per 64-element
-/// chunk j, quant bytes 32j..32j+32 hold sub-block 2j in their low nibbles and 2j+1 in their
-/// high nibbles; activations are in [`Layout::K4`] order. Per-lane sub-block sums stay below
-/// 2¹⁵ (8 products of ≤ 31·127), as [`mul_small`] needs.
+/// (`q5 = true`, 176 bytes: d, dmin, scales[12], qh[32], qs[128]) for `R` rows and `T` tokens.
+/// Per 64-element chunk j, quant bytes 32j..32j+32 hold sub-block 2j in their low nibbles and
+/// 2j+1 in their high nibbles; activations are in [`Layout::K4`] order. Per-lane sub-block sums
+/// stay below 2¹⁵ (8 products of ≤ 31·127), as [`mul_small`] needs. A row's chunk is unpacked
+/// once for all `T` tokens; each (row, token) sum runs the same operations in the same order
+/// whatever `R` and `T` are.
 #[inline(always)]
-fn k4_rows<const R: usize>(w: [&[u8]; R], a: &ActRow<'_>, q5: bool) -> [f32; R] {
+fn k4_tile<const R: usize, const T: usize>(
+    w: [&[u8]; R],
+    a: [&ActRow<'_>; T],
+    q5: bool,
+) -> [[f32; T]; R] {
     let bytes = if q5 { 176 } else { 144 };
     let nb = w[0].len() / bytes;
     for r in w.iter() {
         assert_eq!(r.len(), nb * bytes);
     }
-    assert!(a.q16.len() >= nb * 256 && a.d.len() >= nb && a.bsums32.len() >= nb * 8);
-    let t = f16_table();
-    let (yp, bp) = (a.q16.as_ptr(), a.bsums32.as_ptr());
+    for a in a.iter() {
+        assert!(a.q16.len() >= nb * 256 && a.d.len() >= nb && a.bsums32.len() >= nb * 8);
+    }
+    let tab = f16_table();
+    let (yp, bp) = (a.map(|a| a.q16.as_ptr()), a.map(|a| a.bsums32.as_ptr()));
     let wp = w.map(|r| r.as_ptr());
     let qs = if q5 { 48 } else { 16 };
-    let mut acc = [zero(); R];
-    let mut summin = [0.0f32; R];
+    let mut acc = [[zero(); T]; R];
+    let mut summin = [[0.0f32; T]; R];
     for ib in 0..nb {
         // SAFETY: block ib of each row is within it (lengths asserted above); activations
         // checked above.
         unsafe {
-            let dy = *a.d.get_unchecked(ib);
+            let dy: [f32; T] = core::array::from_fn(|t| *a[t].d.get_unchecked(ib));
             let mut u = [[0u32; 4]; R];
             for r in 0..R {
                 let b = wp[r].add(ib * bytes);
                 u[r] = scales_k4(b.add(4));
-                summin[r] += f16_at(t, b.add(2)) * dy * mins_dot(&u[r], bp.add(ib * 8)) as f32;
+                let dmin = f16_at(tab, b.add(2));
+                for t in 0..T {
+                    summin[r][t] += dmin * dy[t] * mins_dot(&u[r], bp[t].add(ib * 8)) as f32;
+                }
             }
-            let mut isum = [zero(); R];
+            let mut isum = [[zero(); T]; R];
             for j in 0..4 {
-                let y = yp.add(ib * 256 + 64 * j);
-                let ys: [V; 8] = core::array::from_fn(|i| ld16(y.add(8 * i)));
                 for r in 0..R {
                     let b = wp[r].add(ib * bytes);
                     let q = b.add(qs + 32 * j);
@@ -458,33 +470,34 @@ fn k4_rows<const R: usize>(w: [&[u8]; R], a: &ActRow<'_>, q5: bool) -> [f32; R] 
                         v0 = q5k_high(ld(b.add(16)), j as u32, v0);
                         v1 = q5k_high(ld(b.add(32)), j as u32, v1);
                     }
-                    // v.0 = elements 16v+2k, v.1 = 16v+2k+1 (sub-block 2j); v.2, v.3: +32
-                    let lo = add_i32(
-                        add_i32(dot_i16(v0.0, ys[0]), dot_i16(v0.1, ys[1])),
-                        add_i32(dot_i16(v1.0, ys[2]), dot_i16(v1.1, ys[3])),
-                    );
-                    let hi = add_i32(
-                        add_i32(dot_i16(v0.2, ys[4]), dot_i16(v0.3, ys[5])),
-                        add_i32(dot_i16(v1.2, ys[6]), dot_i16(v1.3, ys[7])),
-                    );
-                    let s = add_i32(
-                        mul_small(lo, scale_byte(&u[r], 2 * j)),
-                        mul_small(hi, scale_byte(&u[r], 2 * j + 1)),
-                    );
-                    isum[r] = add_i32(isum[r], s);
+                    let (sc_lo, sc_hi) = (scale_byte(&u[r], 2 * j), scale_byte(&u[r], 2 * j + 1));
+                    for t in 0..T {
+                        let y = yp[t].add(ib * 256 + 64 * j);
+                        let ys: [V; 8] = core::array::from_fn(|i| ld16(y.add(8 * i)));
+                        // v.0 = elements 16v+2k, v.1 = 16v+2k+1 (sub-block 2j); v.2, v.3: +32
+                        let lo = add_i32(
+                            add_i32(dot_i16(v0.0, ys[0]), dot_i16(v0.1, ys[1])),
+                            add_i32(dot_i16(v1.0, ys[2]), dot_i16(v1.1, ys[3])),
+                        );
+                        let hi = add_i32(
+                            add_i32(dot_i16(v0.2, ys[4]), dot_i16(v0.3, ys[5])),
+                            add_i32(dot_i16(v1.2, ys[6]), dot_i16(v1.3, ys[7])),
+                        );
+                        let s = add_i32(mul_small(lo, sc_lo), mul_small(hi, sc_hi));
+                        isum[r][t] = add_i32(isum[r][t], s);
+                    }
                 }
             }
             for r in 0..R {
-                let d = f16_at(t, wp[r].add(ib * bytes)) * dy;
-                acc[r] = add_f32(acc[r], mul_f32(cvt_i32_f32(isum[r]), splat_f32(d)));
+                let dw = f16_at(tab, wp[r].add(ib * bytes));
+                for t in 0..T {
+                    let d = dw * dy[t];
+                    acc[r][t] = add_f32(acc[r][t], mul_f32(cvt_i32_f32(isum[r][t]), splat_f32(d)));
+                }
             }
         }
     }
-    let mut out = [0.0f32; R];
-    for r in 0..R {
-        out[r] = hsum_f32(acc[r]) - summin[r];
-    }
-    out
+    core::array::from_fn(|r| core::array::from_fn(|t| hsum_f32(acc[r][t]) - summin[r][t]))
 }
 
 /// Adds the fifth bits of chunk `j` of a Q5_K block to its nibble vectors: `h` is 16 bytes of
@@ -504,47 +517,59 @@ fn q5k_high(h: V, j: u32, x: (V, V, V, V)) -> (V, V, V, V) {
 
 /// Mirrors `ggml_vec_dot_q4_K_q8_K`.
 #[inline(always)]
-fn q4_k_rows<const R: usize>(w: [&[u8]; R], a: &ActRow<'_>) -> [f32; R] {
-    k4_rows(w, a, false)
+fn q4_k_tile<const R: usize, const T: usize>(
+    w: [&[u8]; R],
+    a: [&ActRow<'_>; T],
+) -> [[f32; T]; R] {
+    k4_tile(w, a, false)
 }
 
 /// Mirrors `ggml_vec_dot_q5_K_q8_K`.
 #[inline(always)]
-fn q5_k_rows<const R: usize>(w: [&[u8]; R], a: &ActRow<'_>) -> [f32; R] {
-    k4_rows(w, a, true)
+fn q5_k_tile<const R: usize, const T: usize>(
+    w: [&[u8]; R],
+    a: [&ActRow<'_>; T],
+) -> [[f32; T]; R] {
+    k4_tile(w, a, true)
 }
 
-/// Mirrors `ggml_vec_dot_q6_K_q8_K` for `R` rows. Block: ql[128], qh[64], scales[16] i8,
-/// d f16. Quants are used unsigned (0..63); Σ sc·(q−32)·y = Σ sc·q·y − 32·Σ sc·bsum.
+/// Mirrors `ggml_vec_dot_q6_K_q8_K` for `R` rows and `T` tokens. Block: ql[128], qh[64],
+/// scales[16] i8, d f16. Quants are used unsigned (0..63); Σ sc·(q−32)·y = Σ sc·q·y − 32·Σ sc·bsum.
+/// A row's 64 elements are unpacked once for all `T` tokens.
 #[inline(always)]
-fn q6_k_rows<const R: usize>(w: [&[u8]; R], a: &ActRow<'_>) -> [f32; R] {
+fn q6_k_tile<const R: usize, const T: usize>(
+    w: [&[u8]; R],
+    a: [&ActRow<'_>; T],
+) -> [[f32; T]; R] {
     let nb = w[0].len() / 210;
     for r in w.iter() {
         assert_eq!(r.len(), nb * 210);
     }
-    assert!(a.q16.len() >= nb * 256 && a.d.len() >= nb && a.bsums.len() >= nb * 16);
-    let t = f16_table();
-    let (yp, bp) = (a.q16.as_ptr(), a.bsums.as_ptr());
+    for a in a.iter() {
+        assert!(a.q16.len() >= nb * 256 && a.d.len() >= nb && a.bsums.len() >= nb * 16);
+    }
+    let tab = f16_table();
+    let (yp, bp) = (a.map(|a| a.q16.as_ptr()), a.map(|a| a.bsums.as_ptr()));
     let wp = w.map(|r| r.as_ptr());
     let m4 = splat_i16(0x0F);
     let m30 = splat_i16(0x30);
-    let mut acc = [zero(); R];
+    let mut acc = [[zero(); T]; R];
     for ib in 0..nb {
         // SAFETY: block ib of each row is within it (lengths asserted above); activations
         // checked above.
         unsafe {
-            let bs = bp.add(ib * 16);
-            let (bs0, bs1) = (ld16(bs), ld16(bs.add(8)));
-            let mut isum = [zero(); R];
+            let mut isum = [[zero(); T]; R];
             for r in 0..R {
                 let scv = ld(wp[r].add(ib * 210 + 192));
-                let off = add_i32(dot_i16(bs0, ext_lo_i8(scv)), dot_i16(bs1, ext_hi_i8(scv)));
-                isum[r] = sub_i32(zero(), shl_i32(off, 5));
+                for t in 0..T {
+                    let bs = bp[t].add(ib * 16);
+                    let (bs0, bs1) = (ld16(bs), ld16(bs.add(8)));
+                    let off = add_i32(dot_i16(bs0, ext_lo_i8(scv)), dot_i16(bs1, ext_hi_i8(scv)));
+                    isum[r][t] = sub_i32(zero(), shl_i32(off, 5));
+                }
             }
             for n in 0..2 {
                 for h in 0..2 {
-                    let y = yp.add(ib * 256 + 128 * n + 64 * h);
-                    let ys: [V; 8] = core::array::from_fn(|i| ld16(y.add(8 * i)));
                     let g = 8 * n + h;
                     for r in 0..R {
                         let b = wp[r].add(ib * 210);
@@ -561,53 +586,38 @@ fn q6_k_rows<const R: usize>(w: [&[u8]; R], a: &ActRow<'_>) -> [f32; R] {
                         let v5 = or(shr_u16(ql0, 12), and(shr_u16(qh, 8), m30));
                         let v6 = or(and(shr_u16(ql32, 4), m4), and(shr_u16(qh, 2), m30));
                         let v7 = or(shr_u16(ql32, 12), and(shr_u16(qh, 10), m30));
-                        // pair sums ≤ 4·63·127 < 2¹⁵, as mul_small needs
-                        let p0 = add_i32(dot_i16(v0, ys[0]), dot_i16(v1, ys[1]));
-                        let p1 = add_i32(dot_i16(v2, ys[2]), dot_i16(v3, ys[3]));
-                        let p2 = add_i32(dot_i16(v4, ys[4]), dot_i16(v5, ys[5]));
-                        let p3 = add_i32(dot_i16(v6, ys[6]), dot_i16(v7, ys[7]));
-                        let s01 = add_i32(
-                            mul_small(p0, i32::from(*sc.add(g))),
-                            mul_small(p1, i32::from(*sc.add(g + 2))),
-                        );
-                        let s23 = add_i32(
-                            mul_small(p2, i32::from(*sc.add(g + 4))),
-                            mul_small(p3, i32::from(*sc.add(g + 6))),
-                        );
-                        isum[r] = add_i32(isum[r], add_i32(s01, s23));
+                        let scs = [g, g + 2, g + 4, g + 6].map(|i| i32::from(*sc.add(i)));
+                        for t in 0..T {
+                            let y = yp[t].add(ib * 256 + 128 * n + 64 * h);
+                            let ys: [V; 8] = core::array::from_fn(|i| ld16(y.add(8 * i)));
+                            // pair sums ≤ 4·63·127 < 2¹⁵, as mul_small needs
+                            let p0 = add_i32(dot_i16(v0, ys[0]), dot_i16(v1, ys[1]));
+                            let p1 = add_i32(dot_i16(v2, ys[2]), dot_i16(v3, ys[3]));
+                            let p2 = add_i32(dot_i16(v4, ys[4]), dot_i16(v5, ys[5]));
+                            let p3 = add_i32(dot_i16(v6, ys[6]), dot_i16(v7, ys[7]));
+                            let s01 = add_i32(mul_small(p0, scs[0]), mul_small(p1, scs[1]));
+                            let s23 = add_i32(mul_small(p2, scs[2]), mul_small(p3, scs[3]));
+                            isum[r][t] = add_i32(isum[r][t], add_i32(s01, s23));
+                        }
                     }
                 }
             }
-            let dy = *a.d.get_unchecked(ib);
             for r in 0..R {
-                let d = f16_at(t, wp[r].add(ib * 210 + 208)) * dy;
-                acc[r] = add_f32(acc[r], mul_f32(cvt_i32_f32(isum[r]), splat_f32(d)));
+                let dw = f16_at(tab, wp[r].add(ib * 210 + 208));
+                for t in 0..T {
+                    let d = dw * *a[t].d.get_unchecked(ib);
+                    acc[r][t] = add_f32(acc[r][t], mul_f32(cvt_i32_f32(isum[r][t]), splat_f32(d)));
+                }
             }
         }
     }
-    let mut out = [0.0f32; R];
-    for r in 0..R {
-        out[r] = hsum_f32(acc[r]);
-    }
-    out
+    core::array::from_fn(|r| core::array::from_fn(|t| hsum_f32(acc[r][t])))
 }
 
-/// One-row and two-row entry points of the K-quant `*_rows` kernels.
-macro_rules! row_fns {
-    ($($one:ident, $two:ident => $rows:ident;)*) => {$(
-        fn $one(w: &[u8], a: &ActRow<'_>) -> f32 {
-            $rows([w], a)[0]
-        }
-        fn $two(w0: &[u8], w1: &[u8], a: &ActRow<'_>) -> [f32; 2] {
-            $rows([w0, w1], a)
-        }
-    )*};
-}
-
-row_fns! {
-    dot_q4_k, dot2_q4_k => q4_k_rows;
-    dot_q5_k, dot2_q5_k => q5_k_rows;
-    dot_q6_k, dot2_q6_k => q6_k_rows;
+tile_fns! {
+    dot_q4_k, dot2_q4_k, tile_q4_k => q4_k_tile;
+    dot_q5_k, dot2_q5_k, tile_q5_k => q5_k_tile;
+    dot_q6_k, dot2_q6_k, tile_q6_k => q6_k_tile;
 }
 
 // ---------------------------------------------------------------------------------------------

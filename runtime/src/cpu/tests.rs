@@ -848,6 +848,7 @@ fn bench_matvec() {
             (GgmlType::Q4_1, 1536, 576, 64),
             (GgmlType::Q8_0, 1536, 576, 64),
             (GgmlType::Q4_K, 1536, 768, 64),
+            (GgmlType::Q6_K, 1536, 768, 64),
         ]);
     for (ty, rows, cols, n_tokens) in shapes {
         let data = make_weights(ty, rows, cols, &mut rng, false);
