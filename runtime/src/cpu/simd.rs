@@ -105,8 +105,9 @@ fn nibbles(x: V) -> (V, V, V, V) {
 // 2k, 2k+1, 16+2k, 17+2k for k = 0..8: the nibbles of lane k of the 16 quant bytes; Q8_0 in
 // element order)
 //
-// One generic kernel computes R rows at once (R = 1 or 2), so the activation vectors and
-// scalars of a block are loaded once for both rows.
+// One generic kernel computes R rows × T tokens at once (1 × 1, 2 × 1, and 2 × 4 in a prefill),
+// so a token's activations are loaded once for the rows and a row's block unpacked once for
+// the tokens.
 
 /// How a legacy block type is unpacked and corrected.
 #[derive(Clone, Copy)]
