@@ -126,12 +126,9 @@ pub fn attention_ext(
 
     // --- scores: q·k with the matmul row kernels
     let widen = cache.ty() == KvType::F16 && group > 1;
-    let (row_ty, row_kty) = if widen {
-        (KvType::F32, GgmlType::F32)
-    } else {
-        (cache.ty(), kty)
-    };
-    let Ok(dot) = dot_fn(row_kty, kernels) else {
+    // the stored rows as the kernels meet them
+    let row_ty = if widen { KvType::F32 } else { cache.ty() };
+    let Ok(dot) = dot_fn(row_ty.ggml_type(), kernels) else {
         unreachable!("every KV type has a dot kernel")
     };
     let axpy = axpy_fn(row_ty, kernels);
@@ -262,8 +259,9 @@ fn widen_fn(kernels: Kernels) -> WidenFn {
 }
 
 fn widen_f16(row: &[u8], out: &mut [f32]) {
-    for (o, c) in out.iter_mut().zip(row.chunks_exact(2)) {
-        *o = ggml_fp16_to_fp32(f16::from_bits(u16::from_le_bytes([c[0], c[1]])));
+    // `out` holds the row's values by construction; dequantize_row only fails on a mismatch.
+    if crate::quant::dequantize_row(GgmlType::F16, row, out).is_err() {
+        out.fill(f32::NAN);
     }
 }
 

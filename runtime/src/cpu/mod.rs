@@ -170,7 +170,7 @@ type Dot2Fn = fn(&[u8], &[u8], &ActRow<'_>) -> [f32; 2];
     )),
     allow(dead_code)
 )]
-type TileFn = fn(&[u8], &[u8], &[ActRow<'_>; TILE_TOKENS]) -> [[f32; TILE_TOKENS]; 2];
+type TileFn = fn(&[u8], &[u8], [&ActRow<'_>; TILE_TOKENS]) -> [[f32; TILE_TOKENS]; 2];
 /// Tokens per [`TileFn`] call.
 const TILE_TOKENS: usize = 4;
 
@@ -189,22 +189,16 @@ fn dots(ty: GgmlType, kernels: Kernels) -> Result<Dots, QuantError> {
         all(target_arch = "wasm32", target_feature = "simd128")
     ))]
     if kernels == Kernels::Simd {
+        let (two, tile) = simd::multi_row_fns(ty).unzip();
+        // 0: single rows, 1: and row pairs, 2: and tiles (benches compare them)
         #[cfg(test)]
-        if tests::NO_PAIRS.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(Dots {
-                one,
-                two: None,
-                tile: None,
-            });
-        }
-        #[cfg(test)]
-        let no_tiles = tests::NO_TILES.load(std::sync::atomic::Ordering::Relaxed);
+        let shapes = tests::KERNEL_SHAPES.load(std::sync::atomic::Ordering::Relaxed);
         #[cfg(not(test))]
-        let no_tiles = false;
+        let shapes = 2;
         return Ok(Dots {
             one,
-            two: simd::dot2_fn(ty),
-            tile: simd::tile_fn(ty).filter(|_| !no_tiles),
+            two: two.filter(|_| shapes >= 1),
+            tile: tile.filter(|_| shapes >= 2),
         });
     }
     Ok(Dots {
@@ -342,10 +336,8 @@ fn matmul_rows(
                 // Tokens by TILE_TOKENS where there is a tile kernel, the rest one by one.
                 let mut tiled = 0;
                 if let Some(tile) = dot.tile {
-                    for chunk in act_rows.chunks_exact(TILE_TOKENS) {
-                        let Ok(a4) = <&[ActRow<'_>; TILE_TOKENS]>::try_from(chunk) else {
-                            break;
-                        };
+                    while tiled + TILE_TOKENS <= act_rows.len() {
+                        let a4 = core::array::from_fn(|k| &act_rows[tiled + k]);
                         let [v0, v1] = tile(w0, w1, a4);
                         for k in 0..TILE_TOKENS {
                             put(tiled + k, ra, v0[k]);

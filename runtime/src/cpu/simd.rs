@@ -328,9 +328,9 @@ macro_rules! tile_fns {
         fn $tile(
             w0: &[u8],
             w1: &[u8],
-            a: &[ActRow<'_>; TILE_TOKENS],
+            a: [&ActRow<'_>; TILE_TOKENS],
         ) -> [[f32; TILE_TOKENS]; 2] {
-            $k([w0, w1], a.each_ref())
+            $k([w0, w1], a)
         }
     )*};
 }
@@ -343,35 +343,19 @@ tile_fns! {
     dot_q8_0, dot2_q8_0, tile_q8_0 => q8_0_tile;
 }
 
-/// The two-row × [`TILE_TOKENS`] SIMD kernel for weights of type `ty`, where there is one
-/// (each weight block is unpacked once for four tokens in a prefill).
-pub(super) fn tile_fn(ty: GgmlType) -> Option<super::TileFn> {
+/// The two-row kernel and the two-row × [`TILE_TOKENS`] kernel (a prefill: each weight block
+/// unpacked once for four tokens) for weights of type `ty`, where the family has them.
+pub(super) fn multi_row_fns(ty: GgmlType) -> Option<(super::Dot2Fn, super::TileFn)> {
     use GgmlType::*;
     Some(match ty {
-        Q4_0 => tile_q4_0,
-        Q4_1 => tile_q4_1,
-        Q5_0 => tile_q5_0,
-        Q5_1 => tile_q5_1,
-        Q8_0 => tile_q8_0,
-        Q4_K => tile_q4_k,
-        Q5_K => tile_q5_k,
-        Q6_K => tile_q6_k,
-        _ => return None,
-    })
-}
-
-/// The two-row SIMD kernel for weights of type `ty`, where there is one.
-pub(super) fn dot2_fn(ty: GgmlType) -> Option<super::Dot2Fn> {
-    use GgmlType::*;
-    Some(match ty {
-        Q4_0 => dot2_q4_0,
-        Q4_1 => dot2_q4_1,
-        Q5_0 => dot2_q5_0,
-        Q5_1 => dot2_q5_1,
-        Q8_0 => dot2_q8_0,
-        Q4_K => dot2_q4_k,
-        Q5_K => dot2_q5_k,
-        Q6_K => dot2_q6_k,
+        Q4_0 => (dot2_q4_0, tile_q4_0),
+        Q4_1 => (dot2_q4_1, tile_q4_1),
+        Q5_0 => (dot2_q5_0, tile_q5_0),
+        Q5_1 => (dot2_q5_1, tile_q5_1),
+        Q8_0 => (dot2_q8_0, tile_q8_0),
+        Q4_K => (dot2_q4_k, tile_q4_k),
+        Q5_K => (dot2_q5_k, tile_q5_k),
+        Q6_K => (dot2_q6_k, tile_q6_k),
         _ => return None,
     })
 }

@@ -813,12 +813,9 @@ fn report(line: &str) {
     println!("{line}");
 }
 
-/// Bench only: run the SIMD matmuls without their two-row kernels.
-pub(super) static NO_PAIRS: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-/// Bench only: run the SIMD matmuls without their two-row × four-token tiles.
-pub(super) static NO_TILES: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
+/// Bench only: the kernel shapes the SIMD matmuls may use — 0 single rows, 1 and row pairs,
+/// 2 and two-row × four-token tiles (all, the default).
+pub(super) static KERNEL_SHAPES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
 
 #[test]
 fn bench_matvec() {
@@ -826,12 +823,12 @@ fn bench_matvec() {
         return;
     }
     let mut rng = Rng::new(99);
-    // (label, kernels, two-row kernels off, tiles off)
-    let mut variants = vec![("scalar", Kernels::Scalar, false, false)];
+    // (label, kernels, KERNEL_SHAPES)
+    let mut variants = vec![("scalar", Kernels::Scalar, 2)];
     if Kernels::available().contains(&Kernels::Simd) {
-        variants.push((Kernels::Simd.name(), Kernels::Simd, false, false));
-        variants.push(("no-tile", Kernels::Simd, false, true));
-        variants.push(("1-row", Kernels::Simd, true, true));
+        variants.push((Kernels::Simd.name(), Kernels::Simd, 2));
+        variants.push(("no-tile", Kernels::Simd, 1));
+        variants.push(("1-row", Kernels::Simd, 0));
     }
     // (type, rows, cols, tokens): every type at a cache-resident size, then Q4_1 and Q8_0 at
     // SmolLM2's output shape (x2: 98304 x 576, 57 M weights, more than L3 holds: streamed from
@@ -859,9 +856,8 @@ fn bench_matvec() {
         // best of 3 interleaved rounds of ~100 ms per variant (the machine may be busy)
         let mut best = vec![f64::INFINITY; variants.len()];
         for _ in 0..3 {
-            for (i, &(_, kernels, no_pairs, no_tiles)) in variants.iter().enumerate() {
-                NO_PAIRS.store(no_pairs, std::sync::atomic::Ordering::Relaxed);
-                NO_TILES.store(no_tiles, std::sync::atomic::Ordering::Relaxed);
+            for (i, &(_, kernels, shapes)) in variants.iter().enumerate() {
+                KERNEL_SHAPES.store(shapes, std::sync::atomic::Ordering::Relaxed);
                 matmul_with(kernels, &w, &x, n_tokens, &mut y, &mut s).expect("warm-up");
                 let t0 = now_ms();
                 let mut iters = 0u32;
@@ -872,11 +868,10 @@ fn bench_matvec() {
                 best[i] = best[i].min((now_ms() - t0) / 1e3 / f64::from(iters));
             }
         }
-        NO_PAIRS.store(false, std::sync::atomic::Ordering::Relaxed);
-        NO_TILES.store(false, std::sync::atomic::Ordering::Relaxed);
+        KERNEL_SHAPES.store(2, std::sync::atomic::Ordering::Relaxed);
         // Gw/s: weight-token products per second (a weight read once per token in decode)
         let mut line = format!("{:>5} {rows}x{cols} t={n_tokens}:", ty.name());
-        for (i, &(label, _, _, _)) in variants.iter().enumerate() {
+        for (i, &(label, _, _)) in variants.iter().enumerate() {
             line += &format!(
                 "  {label} {:8.1} us {:5.2} Gw/s",
                 best[i] * 1e6,
