@@ -149,11 +149,12 @@ fn check_model(name: &str) {
     for m in &a.misses {
         println!("{name}: miss at {m}");
     }
-    // The issue asks for ≥ 99 % where the margin is ≥ 0.1; we measure 98.0–98.3 % (mean |logit
-    // difference| ~0.2). llama.cpp itself, built for AVX-512 or fed token by token, reaches
-    // 98.4–99.1 % at 0.13–0.20 against this oracle, which only its AVX2 build in one batch
-    // reproduces (docs/oracle-agreement-llama-cpp.md): the gate holds what we reach.
-    assert!(conf >= 0.975, "{name}: top-1 agreement {conf:.4} < 0.975 where the oracle margin >= 0.1");
+    // The issue's targets. The oracle is llama.cpp's x86 AVX2 build, whose arithmetic the
+    // default kernels on such a CPU (`Kernels::Avx2`) reproduce bit for bit: 100 % here. The
+    // 128-bit kernels the browser runs reach 98.0–98.3 % (as llama.cpp's own AVX-512 build
+    // does: docs/oracle-agreement-llama-cpp.md), so on a CPU without AVX2 this fails.
+    println!("{name}: CPU kernels {}", webgguf::cpu::Kernels::best().name());
+    assert!(conf >= 0.99, "{name}: top-1 agreement {conf:.4} < 0.99 where the oracle margin >= 0.1");
     assert!(all >= 0.95, "{name}: top-1 agreement {all:.4} < 0.95 over all positions");
     assert!(failures.is_empty(), "{name}: greedy tokens differ before a low-margin step: {failures:#?}");
 }
@@ -209,9 +210,20 @@ fn full_logits(name: &str, min_cos: f64, max_nmse: f64) {
         sum_nmse += err / ww;
     }
     let nmse = sum_nmse / shape[0] as f64;
-    println!("{name}: full logits over {} positions: worst cosine {worst_cos:.6}, mean NMSE {nmse:.2e}", shape[0]);
+    let same = got.iter().zip(&want).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
+    let kernels = webgguf::cpu::Kernels::best();
+    println!(
+        "{name}: full logits over {} positions: worst cosine {worst_cos:.6}, mean NMSE {nmse:.2e}, {same} of {} values bit for bit ({} kernels)",
+        shape[0],
+        got.len(),
+        kernels.name()
+    );
     assert!(worst_cos >= min_cos, "{name}: cosine {worst_cos} < {min_cos}");
     assert!(nmse <= max_nmse, "{name}: NMSE {nmse} > {max_nmse}");
+    if kernels == webgguf::cpu::Kernels::Avx2 {
+        // the oracle's own build: every logit equal (the file stores them as float32)
+        assert_eq!(same, got.len(), "{name}: logits differ from llama.cpp's x86 AVX2 build");
+    }
 }
 
 #[test]

@@ -31,13 +31,36 @@ pub struct ModelArgs {
     /// CPU threads (native only); default: all cores.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// CPU kernel family: `auto` (x86-64 with AVX2+FMA: `avx2`, else `simd`), `avx2` (the
+    /// arithmetic of llama.cpp's x86 AVX2 build, bit for bit), `simd` (the 128-bit kernels the
+    /// browser runs as SIMD128) or `scalar`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "avx2", "simd", "scalar"])]
+    pub kernels: String,
+}
+
+/// Applies `--kernels` (an error when this CPU lacks the family).
+pub fn apply_kernels(name: &str) -> Result<(), ExitCode> {
+    use webgguf::cpu::Kernels;
+    let k = match name {
+        "avx2" => Some(Kernels::Avx2),
+        "simd" => Some(Kernels::Simd),
+        "scalar" => Some(Kernels::Scalar),
+        _ => None,
+    };
+    if webgguf::cpu::set_kernels(k) {
+        Ok(())
+    } else {
+        Err(fail(format!("--kernels {name}: not available on this CPU or build"), false))
+    }
 }
 
 pub fn parse_kv(s: &str) -> Result<KvType, String> {
     KvType::from_name(s).ok_or_else(|| format!("unknown KV type {s:?} (f32, f16, q8, q4)"))
 }
 
-/// A session on whichever device was chosen.
+/// A session on whichever device was chosen (one per process: the variants' sizes differ, and
+/// that does not matter).
+#[allow(clippy::large_enum_variant)]
 pub enum AnySession {
     Cpu(Session<CpuBackend>),
     Gpu(Session<GpuBackend>),
@@ -69,6 +92,7 @@ pub fn fail(e: impl std::fmt::Display, malformed: bool) -> ExitCode {
 pub fn load(args: &ModelArgs) -> Result<Loaded, ExitCode> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     webgguf::cpu::set_num_threads(args.threads.unwrap_or(cores));
+    apply_kernels(&args.kernels)?;
     let options = SessionOptions { kv: args.kv, n_ctx: args.ctx };
     if args.device != "cpu" {
         match GpuBackend::open() {

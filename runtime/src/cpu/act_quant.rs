@@ -156,6 +156,8 @@ fn fill<T: Copy>(v: &mut Vec<T>, n: usize, z: T) {
 
 impl QuantizedActs {
     /// Quantizes `x` (`n_tokens` rows of `cols`) for a dot product with weights of type `wty`.
+    /// The first `q8k_4x8_tokens` tokens of a Q8_K quantization are quantized as ggml's x86
+    /// `ggml_quantize_mat_q8_K_4x8` does (see [`quantize_q8_k_4x8_sign`]; 0 for none).
     pub fn quantize(
         &mut self,
         wty: GgmlType,
@@ -163,6 +165,7 @@ impl QuantizedActs {
         x: &[f32],
         cols: usize,
         n_tokens: usize,
+        q8k_4x8_tokens: usize,
     ) -> Result<(), QuantError> {
         let vt = wty.vec_dot_type();
         let bs = vt.block_size();
@@ -197,7 +200,16 @@ impl QuantizedActs {
                 .extend(x.iter().map(|&v| ggml_bf16_to_fp32(ggml_fp32_to_bf16(v)))),
             GgmlType::Q8_0 => {
                 fill(&mut self.b8_0, nbt, BlockQ8_0::zeroed());
-                quantize_row_q8_0_ref(x, &mut self.b8_0);
+                if kernels == Kernels::Avx2 {
+                    let mut blocks = self.b8_0.iter_mut();
+                    quantize_blocks_x86(x, |d, qs, _| {
+                        if let Some(b) = blocks.next() {
+                            *b = BlockQ8_0 { d: ggml_fp32_to_fp16(d), qs };
+                        }
+                    });
+                } else {
+                    quantize_row_q8_0_ref(x, &mut self.b8_0);
+                }
                 for b in &self.b8_0 {
                     self.qs.extend_from_slice(&b.qs);
                     self.d.push(ggml_fp16_to_fp32(b.d));
@@ -207,7 +219,17 @@ impl QuantizedActs {
             }
             GgmlType::Q8_1 => {
                 fill(&mut self.b8_1, nbt, BlockQ8_1::zeroed());
-                quantize_row_q8_1_ref(x, &mut self.b8_1);
+                if kernels == Kernels::Avx2 {
+                    let mut blocks = self.b8_1.iter_mut();
+                    quantize_blocks_x86(x, |d, qs, sum| {
+                        if let Some(b) = blocks.next() {
+                            let s = ggml_fp32_to_fp16(d * sum as f32);
+                            *b = BlockQ8_1 { d: ggml_fp32_to_fp16(d), s, qs };
+                        }
+                    });
+                } else {
+                    quantize_row_q8_1_ref(x, &mut self.b8_1);
+                }
                 for b in &self.b8_1 {
                     self.qs.extend_from_slice(&b.qs);
                     self.d.push(ggml_fp16_to_fp32(b.d));
@@ -219,6 +241,13 @@ impl QuantizedActs {
             GgmlType::Q8_K => {
                 fill(&mut self.b8_k, nbt, BlockQ8K::zeroed());
                 quantize_row_q8_k_ref(x, &mut self.b8_k);
+                if q8k_4x8_tokens > 0 {
+                    let per = cols / bs;
+                    let gemm = q8k_4x8_tokens.min(n_tokens) * per;
+                    for (xb, b) in x.chunks_exact(bs).zip(self.b8_k.iter_mut()).take(gemm) {
+                        quantize_q8_k_4x8_sign(xb, b);
+                    }
+                }
                 for b in &self.b8_k {
                     self.qs.extend_from_slice(&b.qs);
                     self.d.push(b.d);
@@ -290,6 +319,77 @@ fn layout_for(wty: GgmlType, kernels: Kernels) -> Layout {
             let _ = wty;
             Layout::None
         }
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx2 if super::avx2::dot_fn(wty).is_some() => Layout::None,
+        Kernels::Avx2 => layout_for(wty, Kernels::Simd),
+    }
+}
+
+/// One activation row of `x` quantized to `vt` as family `kernels` quantizes it, as packed
+/// blocks (tests compare the kernels with `quant::vec_dot` on exactly these values).
+#[cfg(test)]
+pub(crate) fn quantize_row_bytes(kernels: Kernels, vt: GgmlType, x: &[f32]) -> Vec<u8> {
+    let mut out = vec![0u8; vt.row_bytes(x.len() as u64).unwrap_or(0) as usize];
+    match vt {
+        GgmlType::Q8_0 if kernels == Kernels::Avx2 => {
+            let mut blocks = Vec::new();
+            quantize_blocks_x86(x, |d, qs, _| blocks.push(BlockQ8_0 { d: ggml_fp32_to_fp16(d), qs }));
+            out.copy_from_slice(bytemuck::cast_slice(&blocks));
+        }
+        GgmlType::Q8_1 if kernels == Kernels::Avx2 => {
+            let mut blocks = Vec::new();
+            quantize_blocks_x86(x, |d, qs, sum| {
+                blocks.push(BlockQ8_1 { d: ggml_fp32_to_fp16(d), s: ggml_fp32_to_fp16(d * sum as f32), qs })
+            });
+            out.copy_from_slice(bytemuck::cast_slice(&blocks));
+        }
+        _ => {
+            if crate::quant::quantize_row(vt, x, &mut out).is_err() {
+                out.clear();
+            }
+        }
+    }
+    out
+}
+
+/// ggml's x86 `ggml_quantize_mat_q8_K_4x8` differs from `quantize_row_q8_K_ref` in one case:
+/// when both +max|x| and −max|x| occur in a block, it takes the positive one as the block's
+/// signed maximum (the reference takes the first). Requantizes `b` (already the reference
+/// result) in that case; the rounding is the same (ties to even).
+fn quantize_q8_k_4x8_sign(x: &[f32], b: &mut BlockQ8K) {
+    let amax = x.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+    if amax == 0.0 || !x.contains(&amax) || !x.contains(&-amax) {
+        return;
+    }
+    let iscale = -127.0 / amax;
+    for (q, &v) in b.qs.iter_mut().zip(x) {
+        *q = ((iscale * v).round_ties_even() as i32).clamp(-128, 127) as i8;
+    }
+    for (s, q) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+        *s = q.iter().map(|&v| i16::from(v)).sum();
+    }
+    b.d = 1.0 / iscale;
+}
+
+/// Per 32-value block of `x`: ggml's x86 AVX `quantize_row_q8_0` / `quantize_row_q8_1`
+/// (ggml-cpu/arch/x86/quants.c): `d = max|x|/127`, `q = round_ties_even(x · (127/max|x|))`
+/// (the reference multiplies by `1/d` and rounds half away from zero: a quant differs by one
+/// in rare cases). Hands each block's `(d, quants, Σq)` to `put`.
+fn quantize_blocks_x86(x: &[f32], mut put: impl FnMut(f32, [i8; 32], i32)) {
+    for xb in x.chunks_exact(32) {
+        let amax = xb.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut qs = [0i8; 32];
+        let mut sum = 0i32;
+        for (q, &v) in qs.iter_mut().zip(xb) {
+            // ties to even as `_mm256_round_ps` (|v·id| ≤ 127.5 < 2²², where adding and
+            // removing 1.5·2²³ rounds exactly so, without a libm call)
+            let r = ((v * id + 12_582_912.0) - 12_582_912.0) as i32;
+            *q = r.clamp(-128, 127) as i8;
+            sum += r;
+        }
+        put(d, qs, sum);
     }
 }
 

@@ -40,6 +40,50 @@ pub struct AttnScratch {
     row: Vec<f32>,
     /// [heads per KV head]: each head's softmax denominator.
     sums: Vec<f64>,
+    /// The path of [`Kernels::Avx2`] (`avx2::attention`).
+    #[cfg(target_arch = "x86_64")]
+    x86: super::avx2::AttnAcc,
+}
+
+/// [`attention`] for one of `batch_tokens` query positions evaluated together: with
+/// [`Kernels::Avx2`] the scores, softmax and V sum follow llama.cpp's x86 graph operation for
+/// operation, and its V summation order differs between a batch and a single token
+/// (`avx2.rs`).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_batch(
+    cache: &KvCache,
+    layer: usize,
+    q: &[f32],
+    n_heads: usize,
+    start: usize,
+    end: usize,
+    scale: f32,
+    batch_tokens: usize,
+    out: &mut [f32],
+    scratch: &mut AttnScratch,
+) {
+    attention_impl(Kernels::best(), cache, layer, q, n_heads, start, end, scale, None, batch_tokens, out, scratch)
+}
+
+/// The argument checks every attention entry point makes (see [`attention`]'s panics).
+fn check_args(cache: &KvCache, layer: usize, q: &[f32], n_heads: usize, start: usize, end: usize, out: &[f32]) {
+    let n_kv = cache.n_kv_heads();
+    let (dk, dv) = (cache.head_dim_k(), cache.head_dim_v());
+    assert!(
+        layer < cache.n_layers(),
+        "attention: layer {layer} out of range"
+    );
+    assert!(
+        start <= end && end <= cache.n_ctx(),
+        "attention: bad range {start}..{end} (n_ctx {})",
+        cache.n_ctx()
+    );
+    assert!(
+        n_heads > 0 && n_heads % n_kv == 0,
+        "attention: {n_heads} heads over {n_kv} KV heads"
+    );
+    assert_eq!(q.len(), n_heads * dk, "attention: q length");
+    assert_eq!(out.len(), n_heads * dv, "attention: out length");
 }
 
 /// Causal attention of one query position over cached positions `[start, end)` of `layer`.
@@ -93,24 +137,36 @@ pub fn attention_ext(
     out: &mut [f32],
     scratch: &mut AttnScratch,
 ) {
+    attention_impl(kernels, cache, layer, q, n_heads, start, end, scale, softcap, 2, out, scratch)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_impl(
+    kernels: Kernels,
+    cache: &KvCache,
+    layer: usize,
+    q: &[f32],
+    n_heads: usize,
+    start: usize,
+    end: usize,
+    scale: f32,
+    softcap: Option<f32>,
+    batch_tokens: usize,
+    out: &mut [f32],
+    scratch: &mut AttnScratch,
+) {
     let n_kv = cache.n_kv_heads();
     let (dk, dv) = (cache.head_dim_k(), cache.head_dim_v());
-    assert!(
-        layer < cache.n_layers(),
-        "attention: layer {layer} out of range"
-    );
-    assert!(
-        start <= end && end <= cache.n_ctx(),
-        "attention: bad range {start}..{end} (n_ctx {})",
-        cache.n_ctx()
-    );
-    assert!(
-        n_heads > 0 && n_heads % n_kv == 0,
-        "attention: {n_heads} heads over {n_kv} KV heads"
-    );
-    assert_eq!(q.len(), n_heads * dk, "attention: q length");
-    assert_eq!(out.len(), n_heads * dv, "attention: out length");
+    check_args(cache, layer, q, n_heads, start, end, out);
     out.fill(0.0);
+    #[cfg(target_arch = "x86_64")]
+    if kernels == Kernels::Avx2 && softcap.is_none() && !cache.ty().is_quantized() {
+        if start < end {
+            super::avx2::attention(cache, layer, q, n_heads, start, end, scale, batch_tokens > 1, out, &mut scratch.x86);
+        }
+        return;
+    }
+    let _ = batch_tokens;
     let n = end - start;
     if n == 0 {
         return;
@@ -134,7 +190,7 @@ pub fn attention_ext(
     let axpy = axpy_fn(row_ty, kernels);
     let widen_row = widen_fn(kernels);
     let q = rotated(cache.ty(), q, &mut scratch.q_rot);
-    if scratch.q.quantize(qty, kernels, q, dk, n_heads).is_err() {
+    if scratch.q.quantize(qty, kernels, q, dk, n_heads, 0).is_err() {
         unreachable!("head_dim_k is a whole number of groups (checked by KvCache::new)")
     }
     let AttnScratch {
@@ -231,7 +287,7 @@ fn axpy_fn(ty: KvType, kernels: Kernels) -> AxpyFn {
         target_arch = "x86_64",
         all(target_arch = "wasm32", target_feature = "simd128")
     ))]
-    if kernels == Kernels::Simd {
+    if kernels.simd_like() {
         return super::simd::axpy_fn(ty);
     }
     let _ = kernels;
@@ -251,7 +307,7 @@ fn widen_fn(kernels: Kernels) -> WidenFn {
         target_arch = "x86_64",
         all(target_arch = "wasm32", target_feature = "simd128")
     ))]
-    if kernels == Kernels::Simd {
+    if kernels.simd_like() {
         return super::simd::widen_f16;
     }
     let _ = kernels;

@@ -1,23 +1,28 @@
 //! Fast CPU kernels: quantized matrix × activation products, norms, rope, activations and
 //! attention over the (quantized) KV cache.
 //!
-//! Two kernel families compute the same thing:
+//! Three kernel families compute the same thing ([`Kernels::best`] picks one at run time):
+//! - [`Kernels::Avx2`] (`avx2.rs`, x86-64 with AVX2 + FMA + F16C): the arithmetic of
+//!   llama.cpp's x86 AVX2 build operation for operation, so native x86 gives its logits bit
+//!   for bit (see `avx2.rs`); types it has no kernel for fall back to `Simd`.
 //! - [`Kernels::Scalar`] (`scalar.rs`): portable Rust reading the packed GGUF blocks in place,
 //!   with the integer and float operations of ggml's generic `ggml_vec_dot_*` in the same
-//!   order, so its results are bit-identical to the oracle `quant::vec_dot`. Native builds use
-//!   it (LLVM autovectorizes the inner loops); so does wasm without `simd128`.
+//!   order, so its results are bit-identical to the oracle `quant::vec_dot`; wasm without
+//!   `simd128` runs it.
 //! - [`Kernels::Simd`] (`simd.rs`): 128-bit integer kernels written once over a small set of
 //!   vector operations, implemented with wasm SIMD128 (`simd128.rs`, the browser path) and
-//!   with x86_64's baseline SSE2 (`sse2.rs`, so native x86 runs, and tests, the same
-//!   kernels). Integer block sums are exact; only the float accumulation across blocks is
-//!   reassociated, so results agree with the oracle to float rounding (see the tests).
+//!   with x86_64's baseline SSE2 (`sse2.rs`, so native x86 can run, and tests, the browser's
+//!   kernels: `set_kernels`). Integer block sums are exact; only the float accumulation across
+//!   blocks is reassociated, so results agree with the oracle to float rounding (see the tests).
 //!
 //! Activations entering a quantized dot product are first quantized to the weight type's
-//! `vec_dot_type` with the `quant::` reference quantizers (as ggml's CPU backend does), see
-//! `act_quant.rs`.
+//! `vec_dot_type` with the `quant::` reference quantizers (as ggml's CPU backend does; `Avx2`
+//! with ggml's x86 ones), see `act_quant.rs`.
 
 mod act_quant;
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 pub mod ops;
 mod scalar;
 #[cfg(any(
@@ -108,6 +113,9 @@ pub enum Kernels {
     /// 128-bit SIMD: wasm SIMD128 in the browser, SSE2 on x86_64 (only where compiled in:
     /// see [`Kernels::available`]).
     Simd,
+    /// x86-64 with AVX2 + FMA + F16C (detected at run time): the arithmetic of ggml's x86
+    /// AVX2 build (`avx2.rs`) for the types it has kernels for, [`Kernels::Simd`] for the rest.
+    Avx2,
 }
 
 const HAS_SIMD: bool = cfg!(any(
@@ -116,8 +124,19 @@ const HAS_SIMD: bool = cfg!(any(
 ));
 
 impl Kernels {
-    /// The fastest family compiled into this build.
+    /// The family every CPU op runs: the one [`set_kernels`] chose, else the fastest this
+    /// build and CPU have.
     pub fn best() -> Kernels {
+        match PREFERRED.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => return Kernels::Scalar,
+            2 => return Kernels::Simd,
+            3 => return Kernels::Avx2,
+            _ => {}
+        }
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            return Kernels::Avx2;
+        }
         if HAS_SIMD {
             Kernels::Simd
         } else {
@@ -125,8 +144,12 @@ impl Kernels {
         }
     }
 
-    /// Every family compiled into this build (tests run each).
+    /// Every family this build and CPU have (tests run each).
     pub fn available() -> &'static [Kernels] {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            return &[Kernels::Scalar, Kernels::Simd, Kernels::Avx2];
+        }
         if HAS_SIMD {
             &[Kernels::Scalar, Kernels::Simd]
         } else {
@@ -134,14 +157,49 @@ impl Kernels {
         }
     }
 
-    /// "scalar", "simd128" (wasm) or "sse2" (x86_64).
+    /// Whether the 128-bit SIMD kernels serve what this family has no kernel of its own for.
+    #[cfg(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    ))]
+    fn simd_like(self) -> bool {
+        matches!(self, Kernels::Simd | Kernels::Avx2)
+    }
+
+    /// "scalar", "simd128" (wasm), "sse2" or "avx2" (x86_64).
     pub fn name(self) -> &'static str {
         match self {
             Kernels::Scalar => "scalar",
             Kernels::Simd if cfg!(target_arch = "wasm32") => "simd128",
             Kernels::Simd => "sse2",
+            Kernels::Avx2 => "avx2",
         }
     }
+}
+
+/// 0: automatic; 1, 2, 3: Scalar, Simd, Avx2 (see [`set_kernels`]).
+static PREFERRED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Makes [`Kernels::best`] answer `k` (when this build and CPU have it; `None` restores the
+/// automatic choice). E.g. `Kernels::Simd` on x86 runs natively the arithmetic of the
+/// browser's SIMD128 kernels, where the default follows llama.cpp's x86 build. Returns
+/// whether `k` is available.
+pub fn set_kernels(k: Option<Kernels>) -> bool {
+    let (code, ok) = match k {
+        None => (0, true),
+        Some(k) => (
+            match k {
+                Kernels::Scalar => 1,
+                Kernels::Simd => 2,
+                Kernels::Avx2 => 3,
+            },
+            Kernels::available().contains(&k),
+        ),
+    };
+    if ok {
+        PREFERRED.store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+    ok
 }
 
 /// Reusable buffers for quantized activations (no allocation per call once warm).
@@ -175,14 +233,39 @@ type TileFn = fn(&[u8], &[u8], [&ActRow<'_>; TILE_TOKENS]) -> [[f32; TILE_TOKENS
 const TILE_TOKENS: usize = 4;
 
 /// The kernels of one matmul: single rows, and row pairs and tiles where the family has them.
+/// Tokens from `rest_from` on use `rest` for single rows ([`Kernels::Avx2`] follows llama.cpp,
+/// whose x86 build computes the last tokens of some batches with another kernel).
 #[derive(Clone, Copy)]
 struct Dots {
     one: DotFn,
     two: Option<Dot2Fn>,
     tile: Option<TileFn>,
+    rest_from: usize,
+    rest: DotFn,
 }
 
-fn dots(ty: GgmlType, kernels: Kernels) -> Result<Dots, QuantError> {
+/// The kernels for a product of `rows` weight rows by `n_tokens` tokens.
+fn dots(ty: GgmlType, kernels: Kernels, rows: usize, n_tokens: usize) -> Result<Dots, QuantError> {
+    if kernels == Kernels::Avx2 {
+        #[cfg(target_arch = "x86_64")]
+        if let Some((one, rest_from, rest)) = avx2::batch_dot_fns(ty, rows, n_tokens) {
+            // pairs and tiles only where every token takes the same arithmetic
+            let (two, tile) = avx2::multi_row_fns(ty).filter(|_| rest_from >= n_tokens).unzip();
+            #[cfg(test)]
+            let shapes = tests::KERNEL_SHAPES.load(std::sync::atomic::Ordering::Relaxed);
+            #[cfg(not(test))]
+            let shapes = 2;
+            return Ok(Dots {
+                one,
+                two: two.filter(|_| shapes >= 1),
+                tile: tile.filter(|_| shapes >= 2),
+                rest_from,
+                rest,
+            });
+        }
+        return dots(ty, Kernels::Simd, rows, n_tokens);
+    }
+    let _ = rows;
     let one = dot_fn(ty, kernels)?;
     #[cfg(any(
         target_arch = "x86_64",
@@ -199,21 +282,31 @@ fn dots(ty: GgmlType, kernels: Kernels) -> Result<Dots, QuantError> {
             one,
             two: two.filter(|_| shapes >= 1),
             tile: tile.filter(|_| shapes >= 2),
+            rest_from: n_tokens,
+            rest: one,
         });
     }
     Ok(Dots {
         one,
         two: None,
         tile: None,
+        rest_from: n_tokens,
+        rest: one,
     })
 }
 
 fn dot_fn(ty: GgmlType, kernels: Kernels) -> Result<DotFn, QuantError> {
+    #[cfg(target_arch = "x86_64")]
+    if kernels == Kernels::Avx2 {
+        if let Some(f) = avx2::dot_fn(ty) {
+            return Ok(f);
+        }
+    }
     #[cfg(any(
         target_arch = "x86_64",
         all(target_arch = "wasm32", target_feature = "simd128")
     ))]
-    if kernels == Kernels::Simd {
+    if kernels.simd_like() {
         if let Some(f) = simd::dot_fn(ty) {
             return Ok(f);
         }
@@ -275,8 +368,12 @@ pub fn matmul_with(
             got: w.data.len(),
         });
     }
-    let dot = dots(ty, kernels)?;
-    scratch.acts.quantize(ty, kernels, x, w.cols, n_tokens)?;
+    let dot = dots(ty, kernels, w.rows, n_tokens)?;
+    // llama.cpp's x86 build quantizes the activations of its repacked Q4_K gemm (the first
+    // `rest_from` tokens) with its own Q8_K routine
+    let repacked = kernels == Kernels::Avx2 && ty == GgmlType::Q4_K && w.rows % 8 == 0;
+    let q8k_4x8_tokens = if repacked { dot.rest_from } else { 0 };
+    scratch.acts.quantize(ty, kernels, x, w.cols, n_tokens, q8k_4x8_tokens)?;
     let acts = &scratch.acts;
     let y = &mut y[..want_y];
     if n_tokens == 0 || w.rows == 0 {
@@ -357,7 +454,8 @@ fn matmul_rows(
         for r in r..r1 {
             let wr = w.row(r);
             for (t, a) in act_rows.iter().enumerate() {
-                put(t, r, (dot.one)(wr, a));
+                let f = if t0 + t < dot.rest_from { dot.one } else { dot.rest };
+                put(t, r, f(wr, a));
             }
         }
     }

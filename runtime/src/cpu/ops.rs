@@ -82,15 +82,38 @@ pub fn gelu_tanh_f32(x: f32) -> f32 {
 }
 
 /// ggml_table_gelu_f16: `fp16(gelu(fp32(h)))` for every half `h`, built on first use (128 KiB).
+/// With [`super::Kernels::Avx2`], `1 + 0.044715·x·x` is fused as GCC fused it in ggml's x86
+/// build (`fma(x, 0.044715·x, 1)`, seen in its `ggml_cpu_init`).
 fn gelu_table() -> &'static [u16] {
-    static TABLE: OnceLock<Vec<u16>> = OnceLock::new();
-    TABLE.get_or_init(|| {
+    static PLAIN: OnceLock<Vec<u16>> = OnceLock::new();
+    static FUSED: OnceLock<Vec<u16>> = OnceLock::new();
+    let fused = fused_like_x86();
+    (if fused { &FUSED } else { &PLAIN }).get_or_init(|| {
         (0..=u16::MAX)
             .map(|i| {
-                ggml_fp32_to_fp16(gelu_tanh_f32(ggml_fp16_to_fp32(f16::from_bits(i)))).to_bits()
+                let x = ggml_fp16_to_fp32(f16::from_bits(i));
+                let g = if fused {
+                    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * x.mul_add(GELU_COEF_A * x, 1.0)).tanh())
+                } else {
+                    gelu_tanh_f32(x)
+                };
+                ggml_fp32_to_fp16(g).to_bits()
             })
             .collect()
     })
+}
+
+/// Whether the element-wise ops round as ggml's x86 build does: GCC contracts `a·b + c` there
+/// (`-ffp-contract=fast` with FMA), so do we when the kernels are [`super::Kernels::Avx2`].
+fn fused_like_x86() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::Kernels::best() == super::Kernels::Avx2
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 #[inline(always)]
@@ -115,10 +138,15 @@ pub fn gelu_tanh(x: f32) -> f32 {
     }
 }
 
-/// ggml_vec_swiglu_f32 (scalar path): `out = silu(gate) · up`.
+/// ggml_vec_swiglu_f32 (scalar path): `out = silu(gate) · up`. With [`super::Kernels::Avx2`],
+/// the AVX2 build's (`avx2::swiglu`: its vector `expf`).
 pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert_eq!(gate.len(), up.len(), "swiglu: lengths differ");
     assert_eq!(gate.len(), out.len(), "swiglu: output length");
+    #[cfg(target_arch = "x86_64")]
+    if super::Kernels::best() == super::Kernels::Avx2 {
+        return super::avx2::swiglu(gate, up, out);
+    }
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = silu(g) * u;
     }
@@ -233,6 +261,7 @@ pub fn rope_inplace(x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, 
         "rope: n_dims must be even and ≤ head_dim"
     );
     let half = rope.n_dims / 2;
+    let fused = fused_like_x86();
     rope.for_each_angle(pos, |i, c, s| {
         let (i0, i1) = match rope.mode {
             RopeMode::Normal => (2 * i, 2 * i + 1),
@@ -241,8 +270,18 @@ pub fn rope_inplace(x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, 
         for h in x.chunks_exact_mut(head_dim) {
             let x0 = h[i0];
             let x1 = h[i1];
-            h[i0] = x0 * c - x1 * s;
-            h[i1] = x0 * s + x1 * c;
+            match (fused, rope.mode) {
+                (false, _) => {
+                    h[i0] = x0 * c - x1 * s;
+                    h[i1] = x0 * s + x1 * c;
+                }
+                // what GCC made of ggml's rotate_pairs in the x86 AVX2 build (vectorized
+                // vfmaddsub for adjacent pairs, vfmsub/vfmadd for halves: the same roundings)
+                (true, _) => {
+                    h[i0] = x0.mul_add(c, -(x1 * s));
+                    h[i1] = x0.mul_add(s, x1 * c);
+                }
+            }
         }
     });
 }

@@ -244,7 +244,7 @@ impl Backend for CpuBackend {
             let pos = pos0 + t;
             let qr = &q.data[t * q.width..(t + 1) * q.width];
             let o = &mut out[t * width..(t + 1) * width];
-            cpu::attention::attention(cache, layer, qr, cfg.n_heads, cfg.attn_start(layer, pos), pos + 1, cfg.attn_scale, o, &mut self.attn);
+            cpu::attention::attention_batch(cache, layer, qr, cfg.n_heads, cfg.attn_start(layer, pos), pos + 1, cfg.attn_scale, n, o, &mut self.attn);
         }
         Ok(CpuAct { data: out, n_tokens: n, width })
     }
@@ -261,5 +261,9 @@ impl Backend for CpuBackend {
 
     fn read_host(&mut self, x: CpuAct) -> Result<Vec<f32>, ModelError> {
         Ok(x.data)
+    }
+
+    fn describe(&self) -> String {
+        format!("cpu ({} kernels)", cpu::Kernels::best().name())
     }
 }

@@ -264,7 +264,7 @@ pub(super) fn make_qkx2_quants(
 /// 6 bits of bytes 0–3 and 4–7; sub-blocks 4–7 keep their low 4 bits in the nibbles of bytes
 /// 8–11 and their top 2 bits in the top 2 bits of bytes 0–3 (scale) and 4–7 (min).
 #[inline]
-pub(super) fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+pub(crate) fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

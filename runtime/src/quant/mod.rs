@@ -10,6 +10,8 @@ mod float;
 mod ggml_type;
 mod k_quants;
 mod k_quants_helpers;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use k_quants_helpers::get_scale_min_k4;
 mod legacy;
 
 pub use float::*;
