@@ -124,6 +124,15 @@ unsafe fn q5_0_q8_0(w: &[u8], a: &ActRow<'_>) -> f32 {
     hsum_float_8(acc)
 }
 
+/// `get_scale_shuffle(is)` applied: scales[2·is] in i16 lanes 0..8, scales[2·is + 1] in 8..16.
+#[inline(always)]
+unsafe fn scale_shuffle(scales: __m128i, is: usize) -> __m256i {
+    let lo = (2 * is) as i8;
+    let hi = (2 * is + 1) as i8;
+    let shuf = _mm_set_epi8(hi, hi, hi, hi, hi, hi, hi, hi, lo, lo, lo, lo, lo, lo, lo, lo);
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuf))
+}
+
 /// `ggml_vec_dot_q6_K_q8_K` (AVX2). block_q6_K: ql [128], qh [64], scales [16] i8, d f16
 /// (210 bytes); the −32 offset enters as `32 · Σ scale · bsum` per lane.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -160,18 +169,10 @@ unsafe fn q6_k_q8_k(w: &[u8], a: &ActRow<'_>) -> f32 {
             let q8_2 = _mm256_loadu_si256(q8.add(64) as *const __m256i);
             let q8_3 = _mm256_loadu_si256(q8.add(96) as *const __m256i);
             q8 = q8.add(128);
-            // get_scale_shuffle(is): scales[2·is] for bytes 0..8, scales[2·is + 1] for 8..16
-            let sc = |k: usize| {
-                let is = 4 * j + k;
-                let lo = (2 * is) as i8;
-                let hi = (2 * is + 1) as i8;
-                let shuf = _mm_set_epi8(hi, hi, hi, hi, hi, hi, hi, hi, lo, lo, lo, lo, lo, lo, lo, lo);
-                _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuf))
-            };
-            let p16_0 = _mm256_madd_epi16(sc(0), _mm256_maddubs_epi16(q4_0, q8_0));
-            let p16_1 = _mm256_madd_epi16(sc(1), _mm256_maddubs_epi16(q4_1, q8_1));
-            let p16_2 = _mm256_madd_epi16(sc(2), _mm256_maddubs_epi16(q4_2, q8_2));
-            let p16_3 = _mm256_madd_epi16(sc(3), _mm256_maddubs_epi16(q4_3, q8_3));
+            let p16_0 = _mm256_madd_epi16(scale_shuffle(scales, 4 * j), _mm256_maddubs_epi16(q4_0, q8_0));
+            let p16_1 = _mm256_madd_epi16(scale_shuffle(scales, 4 * j + 1), _mm256_maddubs_epi16(q4_1, q8_1));
+            let p16_2 = _mm256_madd_epi16(scale_shuffle(scales, 4 * j + 2), _mm256_maddubs_epi16(q4_2, q8_2));
+            let p16_3 = _mm256_madd_epi16(scale_shuffle(scales, 4 * j + 3), _mm256_maddubs_epi16(q4_3, q8_3));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_0, p16_1));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_2, p16_3));
         }
@@ -213,7 +214,9 @@ unsafe fn q4_k_pairs(b: &[u8], a: &ActRow<'_>, i: usize) -> [(i32, i32); 4] {
     let q8 = a.qs.as_ptr().add(256 * i);
     let bs = &a.bsums[16 * i..16 * i + 16];
     let m15 = _mm256_set1_epi8(15);
-    core::array::from_fn(|j| {
+    // (loops, not closures: a closure would not inherit the target features)
+    let mut out = [(0i32, 0i32); 4];
+    for (j, o) in out.iter_mut().enumerate() {
         let (s0, m0) = crate::quant::get_scale_min_k4(2 * j, &sc);
         let (s1, m1) = crate::quant::get_scale_min_k4(2 * j + 1, &sc);
         let qs = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * j) as *const __m256i);
@@ -221,11 +224,19 @@ unsafe fn q4_k_pairs(b: &[u8], a: &ActRow<'_>, i: usize) -> [(i32, i32); 4] {
         let d1 = dot_u8_i8_32(_mm256_and_si256(_mm256_srli_epi16(qs, 4), m15), q8.add(64 * j + 32));
         let b0 = i32::from(bs[4 * j]) + i32::from(bs[4 * j + 1]);
         let b1 = i32::from(bs[4 * j + 2]) + i32::from(bs[4 * j + 3]);
-        (
+        *o = (
             i32::from(s0) * d0 + i32::from(s1) * d1,
             i32::from(m0) * b0 + i32::from(m1) * b1,
-        )
-    })
+        );
+    }
+    out
+}
+
+/// Σ of 4 i32 lanes.
+#[inline(always)]
+unsafe fn hsum_i32_4(v: __m128i) -> i32 {
+    let v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+    _mm_cvtsi128_si32(_mm_add_epi32(v, _mm_shuffle_epi32(v, 0b10_11_00_01)))
 }
 
 /// `ggml_gemm_q4_K_8x8_q8_K`: one fused multiply-add per 64-element sub-block pair,
@@ -268,7 +279,7 @@ unsafe fn q6_k_tiled(w: &[u8], a: &ActRow<'_>) -> f32 {
     for (i, b) in w.chunks_exact(210).enumerate() {
         let q8 = a.qs.as_ptr().add(256 * i);
         let bs = &a.bsums[16 * i..16 * i + 16];
-        let sc = |k: usize| i32::from(b[192 + k] as i8);
+        let sc = &b[192..208];
         let mut s1 = 0i32;
         for j in 0..2 {
             let ql0 = _mm256_loadu_si256(b.as_ptr().add(64 * j) as *const __m256i);
@@ -287,14 +298,10 @@ unsafe fn q6_k_tiled(w: &[u8], a: &ActRow<'_>) -> f32 {
                 // two 16-element sub-blocks of their own scale
                 let g = 8 * j + 2 * k;
                 let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_loadu_si256(q8.add(128 * j + 32 * k) as *const __m256i)), _mm256_set1_epi16(1));
-                let lo4 = _mm256_castsi256_si128(p);
-                let hi4 = _mm256_extracti128_si256(p, 1);
-                let h4 = |v: __m128i| {
-                    let v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
-                    _mm_cvtsi128_si32(_mm_add_epi32(v, _mm_shuffle_epi32(v, 0b10_11_00_01)))
-                };
-                s1 += sc(g) * (h4(lo4) - 32 * i32::from(bs[g]));
-                s1 += sc(g + 1) * (h4(hi4) - 32 * i32::from(bs[g + 1]));
+                let lo4 = hsum_i32_4(_mm256_castsi256_si128(p));
+                let hi4 = hsum_i32_4(_mm256_extracti128_si256(p, 1));
+                s1 += i32::from(sc[g] as i8) * (lo4 - 32 * i32::from(bs[g]));
+                s1 += i32::from(sc[g + 1] as i8) * (hi4 - 32 * i32::from(bs[g + 1]));
             }
         }
         let res = rd_f16(b, 208) * s1 as f32;
