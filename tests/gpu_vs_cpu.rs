@@ -4,6 +4,7 @@
 //! positions where the CPU's margin is ≥ 0.1. Measured agreement is printed
 //! (`cargo test --test gpu_vs_cpu -- --nocapture`). No adapter is a failure.
 //!
+//! The CPU runs its 128-bit kernels here, whose numerics the GPU's follow (`--kernels simd`).
 //! The two backends differ by summation order only (every kernel matches the CPU's to NMSE
 //! ≤ 1e-10), but activation quantization turns 1e-7 differences into flipped quants, so logits
 //! drift by up to ~1.5 over the layers and a top-1 with a margin just above 0.1 can flip
@@ -33,6 +34,9 @@ fn session<B: Backend>(mut backend: B, name: &str, kv: KvType) -> Session<B> {
 /// continuation, from an empty cache), then 8 greedy steps from case 0's prompt.
 fn check(name: &str, kv: KvType, sequences: usize) {
     use_all_cores();
+    // The GPU's numerics follow the CPU's 128-bit kernels (reference activation quantizers,
+    // no fused multiply-adds), not the x86 AVX2 arithmetic the CPU defaults to on such a CPU.
+    assert!(webgguf::cpu::set_kernels(Some(webgguf::cpu::Kernels::Simd)), "the 128-bit CPU kernels");
     let o: Value = serde_json::from_slice(&std::fs::read(fixtures_dir().join("oracle").join(format!("{name}.json"))).expect("oracle")).expect("json");
     let mut cpu = session(CpuBackend::new(), name, kv);
     let mut gpu = session(GpuBackend::open().expect("a GPU adapter (CI installs Mesa lavapipe)"), name, kv);

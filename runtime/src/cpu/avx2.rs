@@ -1,23 +1,28 @@
-//! x86-64 AVX2 + FMA kernels with the arithmetic of ggml's x86 AVX2 build, operation for
-//! operation: on such a CPU our logits are llama.cpp's (x86 AVX2) logits bit for bit, where
-//! any other summation order lands ~2 % of near-tied positions on another top-1 token (an
-//! ulp in one f32 sum moves an 8-bit activation quant by one, and such flips compound over
-//! the layers; see docs/oracle-agreement-llama-cpp.md).
+//! x86-64 AVX2 + FMA + F16C kernels with the arithmetic of llama.cpp's x86 AVX2 build,
+//! operation for operation: on such a CPU our logits are llama.cpp's bit for bit, where any
+//! other arithmetic lands ~2 % of near-tied positions on another top-1 token (an ulp in one f32
+//! sum moves an 8-bit activation quant by one, and such flips compound over the layers; see
+//! docs/oracle-agreement-llama-cpp.md, which also lists how each piece was found).
 //!
-//! Ported from ggml-cpu/arch/x86/quants.c (`quantize_row_q8_0/q8_1`, `ggml_vec_dot_q4_1_q8_1`,
-//! `ggml_vec_dot_q8_0_q8_0`, `hsum_float_8`) and llamafile/sgemm.cpp (`tinyBLAS_Q0_AVX`, whose
-//! per-element order is the same as the `vec_dot`s'). What fixes the results, and must not
-//! change: per 32-value block, the integer products summed in 8 lanes of 4 consecutive
-//! elements; each lane accumulated across blocks with one fused multiply-add by the block's
-//! scale product; the 8 lanes added as `hsum_float_8` does; scalar `a*b + c` fused where GCC
-//! fused it in that build (`-ffp-contract=fast`, checked in its disassembly).
+//! Written from ggml-cpu's x86 sources, which fix what must not change here:
+//! - matmul (arch/x86/quants.c `vec_dot`s, llamafile/sgemm.cpp `tinyBLAS_Q0_AVX`, which has
+//!   the same per-element order): per 32-value block, integer products summed in 8 lanes of 4
+//!   consecutive elements; each lane accumulated across blocks with one fused multiply-add by
+//!   the block's scale product; the lanes added as `hsum_float_8` does;
+//! - K-quants in a batch (repack.cpp q4_K_8x8 gemm/gemv, tiled/ Q6_K): where the exact block
+//!   integers are converted to f32 and fused, per output element;
+//! - attention without flash attention, for f32/f16 caches (vec.cpp `ggml_vec_dot_f32`,
+//!   `ggml_vec_soft_max_f32` with vec.h's `ggml_v_expf`, tinyBLAS for `p·V`);
+//! - SwiGLU with `ggml_v_silu`; and, in `ops.rs`, the `a·b + c` GCC fused in ggml's scalar C
+//!   (`-ffp-contract=fast`, seen in the build's disassembly).
 //!
-//! Chosen at run time ([`available`]); the families of `simd.rs` run everywhere else.
+//! Chosen at run time ([`available`]); `simd.rs` serves the types without a kernel here.
 
 use core::arch::x86_64::*;
 
 use super::act_quant::ActRow;
 use crate::kv_cache::{KvCache, KvType};
+
 /// The f16 at byte `o` of `b` as f32 (F16C: exact, as `ggml_fp16_to_fp32`).
 #[inline(always)]
 unsafe fn rd_f16(b: &[u8], o: usize) -> f32 {
@@ -78,50 +83,6 @@ unsafe fn bytes_from_bits_32(bits: u32) -> __m256i {
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuf);
     let mask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
     _mm256_cmpeq_epi8(_mm256_or_si256(bytes, mask), _mm256_set1_epi64x(-1))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1_q8_1(w: &[u8], a: &ActRow<'_>) -> f32 {
-    // block_q4_1: d f16, m f16, qs [16] (20 bytes)
-    let mut acc = _mm256_setzero_ps();
-    let mut summs = 0.0f32;
-    for (i, b) in w.chunks_exact(20).enumerate() {
-        // fused in the AVX2 build (vfmadd231ss)
-        summs = rd_f16(b, 2).mul_add(a.s[i], summs);
-        let d0d1 = _mm256_set1_ps(rd_f16(b, 0) * a.d[i]);
-        let qx = bytes_from_nibbles_32(b.as_ptr().add(4));
-        let qy = _mm256_loadu_si256(a.qs.as_ptr().add(32 * i) as *const __m256i);
-        acc = _mm256_fmadd_ps(d0d1, mul_sum_us8_pairs_float(qx, qy), acc);
-    }
-    hsum_float_8(acc) + summs
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0_q8_0(w: &[u8], a: &ActRow<'_>) -> f32 {
-    // block_q8_0: d f16, qs [32] (34 bytes)
-    let mut acc = _mm256_setzero_ps();
-    for (i, b) in w.chunks_exact(34).enumerate() {
-        let d = _mm256_set1_ps(rd_f16(b, 0) * a.d[i]);
-        let qx = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
-        let qy = _mm256_loadu_si256(a.qs.as_ptr().add(32 * i) as *const __m256i);
-        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
-    }
-    hsum_float_8(acc)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_0_q8_0(w: &[u8], a: &ActRow<'_>) -> f32 {
-    // block_q5_0: d f16, qh [4], qs [16] (22 bytes)
-    let mut acc = _mm256_setzero_ps();
-    for (i, b) in w.chunks_exact(22).enumerate() {
-        let d = _mm256_set1_ps(rd_f16(b, 0) * a.d[i]);
-        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-        let hi = _mm256_andnot_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0xF0u8 as i8));
-        let qx = _mm256_or_si256(bytes_from_nibbles_32(b.as_ptr().add(6)), hi);
-        let qy = _mm256_loadu_si256(a.qs.as_ptr().add(32 * i) as *const __m256i);
-        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
-    }
-    hsum_float_8(acc)
 }
 
 /// `get_scale_shuffle(is)` applied: scales[2·is] in i16 lanes 0..8, scales[2·is + 1] in 8..16.
@@ -310,10 +271,11 @@ unsafe fn q6_k_tiled(w: &[u8], a: &ActRow<'_>) -> f32 {
     acc
 }
 
-/// The legacy kernels above for `R` rows × `T` tokens at once (each weight block unpacked once
-/// for all tokens): every output element keeps its own 8-lane accumulator and the same
-/// operations in the same order, so the results are bit for bit those of the single-row
-/// kernels (tested).
+/// `ggml_vec_dot_q4_1_q8_1`, `ggml_vec_dot_q8_0_q8_0` and `ggml_vec_dot_q5_0_q8_0` (AVX2)
+/// for `R` rows × `T` tokens at once (each weight block unpacked once for all tokens): every
+/// output element keeps its own 8-lane accumulator and ggml's operations in ggml's order, so
+/// one row and one token, a pair or a tile give the same bits (tested against a scalar model).
+/// Q4_1's `m·s` term is fused into its own sum (GCC contracts `summs += m*s`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Legacy {
     Q4_1,
@@ -375,15 +337,24 @@ unsafe fn legacy_tile<const R: usize, const T: usize>(kind: Legacy, rows: [&[u8]
     out
 }
 
-macro_rules! legacy_multi {
-    ($two:ident, $tile:ident, $kind:expr) => {
+// Safe entry points for `DotFn`, `Dot2Fn`, `TileFn`. SAFETY (every `unsafe` call below):
+// these are handed out only where [`available`] said yes, and the slices are whole blocks of
+// equal length (checked by `QMatrix::new` / `QuantizedActs`).
+macro_rules! legacy_fns {
+    ($one:ident, $two:ident, $tile:ident, $kind:expr) => {
+        fn $one(w: &[u8], a: &ActRow<'_>) -> f32 {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn go(w: &[u8], a: &ActRow<'_>) -> f32 {
+                legacy_tile::<1, 1>($kind, [w], [a])[0][0]
+            }
+            unsafe { go(w, a) }
+        }
         fn $two(w0: &[u8], w1: &[u8], a: &ActRow<'_>) -> [f32; 2] {
             #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn go(w0: &[u8], w1: &[u8], a: &ActRow<'_>) -> [f32; 2] {
                 let [[x], [y]] = legacy_tile::<2, 1>($kind, [w0, w1], [a]);
                 [x, y]
             }
-            // SAFETY: as the single-row entry points (only handed out where `available()`).
             unsafe { go(w0, w1, a) }
         }
         fn $tile(w0: &[u8], w1: &[u8], a: [&ActRow<'_>; super::TILE_TOKENS]) -> [[f32; super::TILE_TOKENS]; 2] {
@@ -391,14 +362,13 @@ macro_rules! legacy_multi {
             unsafe fn go(w0: &[u8], w1: &[u8], a: [&ActRow<'_>; super::TILE_TOKENS]) -> [[f32; super::TILE_TOKENS]; 2] {
                 legacy_tile::<2, { super::TILE_TOKENS }>($kind, [w0, w1], a)
             }
-            // SAFETY: as above.
             unsafe { go(w0, w1, a) }
         }
     };
 }
-legacy_multi!(two_q4_1, tile_q4_1, Legacy::Q4_1);
-legacy_multi!(two_q8_0, tile_q8_0, Legacy::Q8_0);
-legacy_multi!(two_q5_0, tile_q5_0, Legacy::Q5_0);
+legacy_fns!(dot_q4_1, two_q4_1, tile_q4_1, Legacy::Q4_1);
+legacy_fns!(dot_q8_0, two_q8_0, tile_q8_0, Legacy::Q8_0);
+legacy_fns!(dot_q5_0, two_q5_0, tile_q5_0, Legacy::Q5_0);
 
 /// Row-pair and tile kernels with the single-row kernels' arithmetic, where there are.
 pub(crate) fn multi_row_fns(ty: crate::quant::GgmlType) -> Option<(super::Dot2Fn, super::TileFn)> {
@@ -414,17 +384,6 @@ pub(crate) fn multi_row_fns(ty: crate::quant::GgmlType) -> Option<(super::Dot2Fn
     })
 }
 
-// Safe entry points for `DotFn`. SAFETY: `dot_fn` hands these out only when [`available`]
-// said yes; the slices are whole blocks (checked by `QMatrix::new` / `QuantizedActs`).
-fn dot_q4_1(w: &[u8], a: &ActRow<'_>) -> f32 {
-    unsafe { q4_1_q8_1(w, a) }
-}
-fn dot_q8_0(w: &[u8], a: &ActRow<'_>) -> f32 {
-    unsafe { q8_0_q8_0(w, a) }
-}
-fn dot_q5_0(w: &[u8], a: &ActRow<'_>) -> f32 {
-    unsafe { q5_0_q8_0(w, a) }
-}
 fn dot_q6_k(w: &[u8], a: &ActRow<'_>) -> f32 {
     unsafe { q6_k_q8_k(w, a) }
 }
