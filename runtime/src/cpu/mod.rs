@@ -244,6 +244,23 @@ struct Dots {
     rest: DotFn,
 }
 
+/// The pair and tile kernels the benches allow (`tests::KERNEL_SHAPES`: 0 single rows, 1 and
+/// row pairs, 2 and tiles; always 2 outside tests).
+#[cfg_attr(
+    not(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    )),
+    allow(dead_code)
+)]
+fn allowed_shapes(two: Option<Dot2Fn>, tile: Option<TileFn>) -> (Option<Dot2Fn>, Option<TileFn>) {
+    #[cfg(test)]
+    let shapes = tests::KERNEL_SHAPES.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(test))]
+    let shapes = 2;
+    (two.filter(|_| shapes >= 1), tile.filter(|_| shapes >= 2))
+}
+
 /// The kernels for a product of `rows` weight rows by `n_tokens` tokens.
 fn dots(ty: GgmlType, kernels: Kernels, rows: usize, n_tokens: usize) -> Result<Dots, QuantError> {
     if kernels == Kernels::Avx2 {
@@ -251,17 +268,8 @@ fn dots(ty: GgmlType, kernels: Kernels, rows: usize, n_tokens: usize) -> Result<
         if let Some((one, rest_from, rest)) = avx2::batch_dot_fns(ty, rows, n_tokens) {
             // pairs and tiles only where every token takes the same arithmetic
             let (two, tile) = avx2::multi_row_fns(ty).filter(|_| rest_from >= n_tokens).unzip();
-            #[cfg(test)]
-            let shapes = tests::KERNEL_SHAPES.load(std::sync::atomic::Ordering::Relaxed);
-            #[cfg(not(test))]
-            let shapes = 2;
-            return Ok(Dots {
-                one,
-                two: two.filter(|_| shapes >= 1),
-                tile: tile.filter(|_| shapes >= 2),
-                rest_from,
-                rest,
-            });
+            let (two, tile) = allowed_shapes(two, tile);
+            return Ok(Dots { one, two, tile, rest_from, rest });
         }
         return dots(ty, Kernels::Simd, rows, n_tokens);
     }
@@ -273,18 +281,8 @@ fn dots(ty: GgmlType, kernels: Kernels, rows: usize, n_tokens: usize) -> Result<
     ))]
     if kernels == Kernels::Simd {
         let (two, tile) = simd::multi_row_fns(ty).unzip();
-        // 0: single rows, 1: and row pairs, 2: and tiles (benches compare them)
-        #[cfg(test)]
-        let shapes = tests::KERNEL_SHAPES.load(std::sync::atomic::Ordering::Relaxed);
-        #[cfg(not(test))]
-        let shapes = 2;
-        return Ok(Dots {
-            one,
-            two: two.filter(|_| shapes >= 1),
-            tile: tile.filter(|_| shapes >= 2),
-            rest_from: n_tokens,
-            rest: one,
-        });
+        let (two, tile) = allowed_shapes(two, tile);
+        return Ok(Dots { one, two, tile, rest_from: n_tokens, rest: one });
     }
     Ok(Dots {
         one,
