@@ -12,10 +12,13 @@
 //! (see `simd.rs`). The conversions are exact, so the dot products see exactly the values
 //! of the reference blocks.
 //!
-//! ggml differences worth knowing: ggml's x86 AVX `quantize_row_q8_0/q8_1` round ties to even
-//! (`_mm256_round_ps`) where the reference rounds half away from zero, and ggml's own wasm
-//! `quantize_row_q8_0/q8_1` truncate toward zero; both change a quant by one in rare
-//! (resp. frequent) cases. We use the reference everywhere, so native and wasm agree.
+//! ggml differences worth knowing: ggml's x86 AVX `quantize_row_q8_0/q8_1` compute `127/max`
+//! and round ties to even (`_mm256_round_ps`) where the reference multiplies by `1/(max/127)`
+//! and rounds half away from zero, and ggml's own wasm `quantize_row_q8_0/q8_1` truncate
+//! toward zero; both change a quant by one in rare (resp. frequent) cases. The `Simd` and
+//! `Scalar` families use the reference (so native SSE2 and wasm agree); `Avx2` uses the x86
+//! form, and for the repacked Q4_K gemm's tokens the sign rule of x86
+//! `ggml_quantize_mat_q8_K_4x8`, as llama.cpp's x86 build does.
 
 use crate::error::QuantError;
 use crate::quant::{

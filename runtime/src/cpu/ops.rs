@@ -3,8 +3,10 @@
 //! SwiGLU / GeGLU, softmax and rotary position embedding.
 //!
 //! Where ggml's SIMD paths and its scalar path differ (SiLU / softmax use a polynomial `expf`
-//! under AVX2 / NEON), we follow the scalar path with the platform's `expf`/`tanhf`; these
-//! differ from ggml's SIMD results by a few ulp at most.
+//! under AVX2 / NEON), we follow the scalar path with the platform's `expf`/`tanhf` (a few ulp
+//! from ggml's SIMD results) — except with [`super::Kernels::Avx2`], which takes the AVX2
+//! build's vector `expf` (SwiGLU) and GCC's fused multiply-adds (rope, the GELU table), as
+//! that build computes them.
 
 use crate::quant::{ggml_fp16_to_fp32, ggml_fp32_to_fp16};
 use half::f16;
@@ -270,17 +272,14 @@ pub fn rope_inplace(x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, 
         for h in x.chunks_exact_mut(head_dim) {
             let x0 = h[i0];
             let x1 = h[i1];
-            match (fused, rope.mode) {
-                (false, _) => {
-                    h[i0] = x0 * c - x1 * s;
-                    h[i1] = x0 * s + x1 * c;
-                }
+            if fused {
                 // what GCC made of ggml's rotate_pairs in the x86 AVX2 build (vectorized
                 // vfmaddsub for adjacent pairs, vfmsub/vfmadd for halves: the same roundings)
-                (true, _) => {
-                    h[i0] = x0.mul_add(c, -(x1 * s));
-                    h[i1] = x0.mul_add(s, x1 * c);
-                }
+                h[i0] = x0.mul_add(c, -(x1 * s));
+                h[i1] = x0.mul_add(s, x1 * c);
+            } else {
+                h[i0] = x0 * c - x1 * s;
+                h[i1] = x0 * s + x1 * c;
             }
         }
     });
