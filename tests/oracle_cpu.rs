@@ -145,7 +145,7 @@ fn check_model(name: &str) {
         "{name}: teacher-forced top-1 agreement {:.4} over all {} positions, {:.4} over {} with margin >= 0.1",
         all, a.all.1, conf, a.confident.1
     );
-    println!("{name}: mean |logit difference| over the oracle's top-10: {:.4}", a.diff.0 / a.diff.1.max(1) as f64);
+    println!("{name}: mean |logit difference| over the oracle's top-10: {:.5}", a.diff.0 / a.diff.1.max(1) as f64);
     for m in &a.misses {
         println!("{name}: miss at {m}");
     }

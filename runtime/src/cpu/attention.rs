@@ -45,12 +45,18 @@ pub struct AttnScratch {
     x86: super::avx2::AttnAcc,
 }
 
-/// [`attention`] for one of `batch_tokens` query positions evaluated together: with
-/// [`Kernels::Avx2`] the scores, softmax and V sum follow llama.cpp's x86 graph operation for
-/// operation, and its V summation order differs between a batch and a single token
-/// (`avx2.rs`).
+/// Causal attention of one query position over cached positions `[start, end)` of `layer`,
+/// the position being one of `batch_tokens` evaluated together (llama.cpp's x86 build sums
+/// `p·V` in another order for a single token than for a batch: [`Kernels::Avx2`] follows it).
+///
+/// `q` holds `n_heads · head_dim_k` values, `out` receives `n_heads · head_dim_v`. Scores are
+/// `scale · q·k`, softmax in f32 with max subtraction. An empty range writes zeros.
+///
+/// Panics on inconsistent arguments (a bug in the caller, not a data error): `layer` out of
+/// range, `end > n_ctx`, `start > end`, `n_heads` not a multiple of the KV head count, or
+/// wrong `q` / `out` lengths.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_batch(
+pub fn attention(
     cache: &KvCache,
     layer: usize,
     q: &[f32],
@@ -62,11 +68,26 @@ pub fn attention_batch(
     out: &mut [f32],
     scratch: &mut AttnScratch,
 ) {
-    attention_impl(Kernels::best(), cache, layer, q, n_heads, start, end, scale, None, batch_tokens, out, scratch)
+    attention_ext(Kernels::best(), cache, layer, q, n_heads, start, end, scale, None, batch_tokens, out, scratch)
 }
 
-/// The argument checks every attention entry point makes (see [`attention`]'s panics).
-fn check_args(cache: &KvCache, layer: usize, q: &[f32], n_heads: usize, start: usize, end: usize, out: &[f32]) {
+/// [`attention`] with a chosen kernel family and an optional logit softcap
+/// (`s = softcap · tanh(s / softcap)` after scaling; Gemma-2 style).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_ext(
+    kernels: Kernels,
+    cache: &KvCache,
+    layer: usize,
+    q: &[f32],
+    n_heads: usize,
+    start: usize,
+    end: usize,
+    scale: f32,
+    softcap: Option<f32>,
+    batch_tokens: usize,
+    out: &mut [f32],
+    scratch: &mut AttnScratch,
+) {
     let n_kv = cache.n_kv_heads();
     let (dk, dv) = (cache.head_dim_k(), cache.head_dim_v());
     assert!(
@@ -84,85 +105,12 @@ fn check_args(cache: &KvCache, layer: usize, q: &[f32], n_heads: usize, start: u
     );
     assert_eq!(q.len(), n_heads * dk, "attention: q length");
     assert_eq!(out.len(), n_heads * dv, "attention: out length");
-}
-
-/// Causal attention of one query position over cached positions `[start, end)` of `layer`.
-///
-/// `q` holds `n_heads · head_dim_k` values, `out` receives `n_heads · head_dim_v`. Scores are
-/// `scale · q·k`, softmax in f32 with max subtraction. An empty range writes zeros.
-///
-/// Panics on inconsistent arguments (a bug in the caller, not a data error): `layer` out of
-/// range, `end > n_ctx`, `start > end`, `n_heads` not a multiple of the KV head count, or
-/// wrong `q` / `out` lengths.
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    cache: &KvCache,
-    layer: usize,
-    q: &[f32],
-    n_heads: usize,
-    start: usize,
-    end: usize,
-    scale: f32,
-    out: &mut [f32],
-    scratch: &mut AttnScratch,
-) {
-    attention_ext(
-        Kernels::best(),
-        cache,
-        layer,
-        q,
-        n_heads,
-        start,
-        end,
-        scale,
-        None,
-        out,
-        scratch,
-    )
-}
-
-/// [`attention`] with a chosen kernel family and an optional logit softcap
-/// (`s = softcap · tanh(s / softcap)` after scaling; Gemma-2 style).
-#[allow(clippy::too_many_arguments)]
-pub fn attention_ext(
-    kernels: Kernels,
-    cache: &KvCache,
-    layer: usize,
-    q: &[f32],
-    n_heads: usize,
-    start: usize,
-    end: usize,
-    scale: f32,
-    softcap: Option<f32>,
-    out: &mut [f32],
-    scratch: &mut AttnScratch,
-) {
-    attention_impl(kernels, cache, layer, q, n_heads, start, end, scale, softcap, 2, out, scratch)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn attention_impl(
-    kernels: Kernels,
-    cache: &KvCache,
-    layer: usize,
-    q: &[f32],
-    n_heads: usize,
-    start: usize,
-    end: usize,
-    scale: f32,
-    softcap: Option<f32>,
-    batch_tokens: usize,
-    out: &mut [f32],
-    scratch: &mut AttnScratch,
-) {
-    let n_kv = cache.n_kv_heads();
-    let (dk, dv) = (cache.head_dim_k(), cache.head_dim_v());
-    check_args(cache, layer, q, n_heads, start, end, out);
     out.fill(0.0);
     #[cfg(target_arch = "x86_64")]
     if kernels == Kernels::Avx2 && softcap.is_none() && !cache.ty().is_quantized() {
         if start < end {
-            super::avx2::attention(cache, layer, q, n_heads, start, end, scale, batch_tokens > 1, out, &mut scratch.x86);
+            // SAFETY: `Kernels::Avx2` is only available where `avx2::available()`.
+            unsafe { super::avx2::attention(cache, layer, q, n_heads, start, end, scale, batch_tokens > 1, out, &mut scratch.x86) };
         }
         return;
     }

@@ -242,6 +242,8 @@ struct Dots {
     tile: Option<TileFn>,
     rest_from: usize,
     rest: DotFn,
+    /// The first tokens whose Q8_K activations take llama.cpp's x86 4×8 quantizer.
+    q8k_4x8_tokens: usize,
 }
 
 /// The pair and tile kernels the benches allow (`tests::KERNEL_SHAPES`: 0 single rows, 1 and
@@ -265,11 +267,12 @@ fn allowed_shapes(two: Option<Dot2Fn>, tile: Option<TileFn>) -> (Option<Dot2Fn>,
 fn dots(ty: GgmlType, kernels: Kernels, rows: usize, n_tokens: usize) -> Result<Dots, QuantError> {
     if kernels == Kernels::Avx2 {
         #[cfg(target_arch = "x86_64")]
-        if let Some((one, rest_from, rest)) = avx2::batch_dot_fns(ty, rows, n_tokens) {
+        if let Some(b) = avx2::batch_dot_fns(ty, rows, n_tokens) {
             // pairs and tiles only where every token takes the same arithmetic
-            let (two, tile) = avx2::multi_row_fns(ty).filter(|_| rest_from >= n_tokens).unzip();
+            let (two, tile) = avx2::multi_row_fns(ty).filter(|_| b.rest_from >= n_tokens).unzip();
             let (two, tile) = allowed_shapes(two, tile);
-            return Ok(Dots { one, two, tile, rest_from, rest });
+            let avx2::BatchDots { one, rest_from, rest, q8k_4x8_tokens } = b;
+            return Ok(Dots { one, two, tile, rest_from, rest, q8k_4x8_tokens });
         }
         return dots(ty, Kernels::Simd, rows, n_tokens);
     }
@@ -282,15 +285,9 @@ fn dots(ty: GgmlType, kernels: Kernels, rows: usize, n_tokens: usize) -> Result<
     if kernels == Kernels::Simd {
         let (two, tile) = simd::multi_row_fns(ty).unzip();
         let (two, tile) = allowed_shapes(two, tile);
-        return Ok(Dots { one, two, tile, rest_from: n_tokens, rest: one });
+        return Ok(Dots { one, two, tile, rest_from: n_tokens, rest: one, q8k_4x8_tokens: 0 });
     }
-    Ok(Dots {
-        one,
-        two: None,
-        tile: None,
-        rest_from: n_tokens,
-        rest: one,
-    })
+    Ok(Dots { one, two: None, tile: None, rest_from: n_tokens, rest: one, q8k_4x8_tokens: 0 })
 }
 
 fn dot_fn(ty: GgmlType, kernels: Kernels) -> Result<DotFn, QuantError> {
@@ -367,11 +364,7 @@ pub fn matmul_with(
         });
     }
     let dot = dots(ty, kernels, w.rows, n_tokens)?;
-    // llama.cpp's x86 build quantizes the activations of its repacked Q4_K gemm (the first
-    // `rest_from` tokens) with its own Q8_K routine
-    let repacked = kernels == Kernels::Avx2 && ty == GgmlType::Q4_K && w.rows % 8 == 0;
-    let q8k_4x8_tokens = if repacked { dot.rest_from } else { 0 };
-    scratch.acts.quantize(ty, kernels, x, w.cols, n_tokens, q8k_4x8_tokens)?;
+    scratch.acts.quantize(ty, kernels, x, w.cols, n_tokens, dot.q8k_4x8_tokens)?;
     let acts = &scratch.acts;
     let y = &mut y[..want_y];
     if n_tokens == 0 || w.rows == 0 {

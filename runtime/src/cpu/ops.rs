@@ -147,7 +147,8 @@ pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert_eq!(gate.len(), out.len(), "swiglu: output length");
     #[cfg(target_arch = "x86_64")]
     if super::Kernels::best() == super::Kernels::Avx2 {
-        return super::avx2::swiglu(gate, up, out);
+        // SAFETY: `Kernels::Avx2` is only available where `avx2::available()`.
+        return unsafe { super::avx2::swiglu(gate, up, out) };
     }
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = silu(g) * u;

@@ -512,6 +512,10 @@ fn kv_round_trip_within_bounds() {
     }
 }
 
+/// Tokens evaluated together, for the attention calls (a prefill; `Avx2`'s `p·V` order differs
+/// for a single token: `attention_matches_reference` checks both).
+const BATCH: usize = 2;
+
 /// The query as the attention kernels see it: Q8_0 for quantized caches, f32 otherwise.
 fn effective_q(ty: KvType, q: &[f32]) -> Vec<f32> {
     if !ty.is_quantized() {
@@ -625,12 +629,16 @@ fn attention_matches_reference() {
                 };
                 let q: Vec<f32> = rng.vec(n_heads * dk);
                 let scale = 1.0 / (dk as f32).sqrt();
-                for (start, end, cap) in [
+                for ((start, end, cap), batch) in [
                     (0usize, 1usize, None),
                     (0, 40, None),
                     (13, 29, None),
                     (0, 33, Some(5.0f32)),
-                ] {
+                ]
+                .into_iter()
+                // a query of a batch, and one alone (`Avx2` sums p·V in another order then)
+                .flat_map(|r| [(r, BATCH), (r, 1)])
+                {
                     let mut out = padded(n_heads * dv);
                     let mut s = AttnScratch::default();
                     attention_ext(
@@ -643,11 +651,12 @@ fn attention_matches_reference() {
                         end,
                         scale,
                         cap,
+                        batch,
                         &mut out[..n_heads * dv],
                         &mut s,
                     );
                     let what = format!(
-                        "{} {ty:?} {n_heads}/{nkv} dk{dk} dv{dv} {start}..{end} cap {cap:?}",
+                        "{} {ty:?} {n_heads}/{nkv} dk{dk} dv{dv} {start}..{end} cap {cap:?} batch {batch}",
                         kernels.name()
                     );
                     check_pad(&out, n_heads * dv, &what);
@@ -688,6 +697,7 @@ fn attention_matches_reference() {
                     5,
                     scale,
                     None,
+                    BATCH,
                     &mut out,
                     &mut AttnScratch::default(),
                 );
@@ -723,8 +733,8 @@ fn attention_f16_cache_equals_f32_cache_of_same_values() {
                 let mut o16 = vec![0f32; n_heads * dv];
                 let mut o32 = vec![0f32; n_heads * dv];
                 let mut s = AttnScratch::default();
-                attention_ext(kernels, &c16, 0, &q, n_heads, start, end, 0.125, cap, &mut o16, &mut s);
-                attention_ext(kernels, &c32, 0, &q, n_heads, start, end, 0.125, cap, &mut o32, &mut s);
+                attention_ext(kernels, &c16, 0, &q, n_heads, start, end, 0.125, cap, BATCH, &mut o16, &mut s);
+                attention_ext(kernels, &c32, 0, &q, n_heads, start, end, 0.125, cap, BATCH, &mut o32, &mut s);
                 check_finite(&o16, "f16 cache");
                 for (i, (a, b)) in o16.iter().zip(&o32).enumerate() {
                     assert_eq!(
@@ -777,6 +787,7 @@ fn attention_default_entry_point() {
         0,
         8,
         0.125,
+        BATCH,
         &mut a,
         &mut AttnScratch::default(),
     );
@@ -790,6 +801,7 @@ fn attention_default_entry_point() {
         8,
         0.125,
         None,
+        BATCH,
         &mut b,
         &mut AttnScratch::default(),
     );
@@ -914,7 +926,7 @@ fn bench_attention() {
                     let mut iters = 0u32;
                     while now_ms() - t0 < 50.0 {
                         attention_ext(
-                            kernels, &c, 0, &q, n_heads, 0, n, 0.125, None, &mut out, &mut s,
+                            kernels, &c, 0, &q, n_heads, 0, n, 0.125, None, BATCH, &mut out, &mut s,
                         );
                         iters += 1;
                     }

@@ -244,7 +244,7 @@ impl Backend for CpuBackend {
             let pos = pos0 + t;
             let qr = &q.data[t * q.width..(t + 1) * q.width];
             let o = &mut out[t * width..(t + 1) * width];
-            cpu::attention::attention_batch(cache, layer, qr, cfg.n_heads, cfg.attn_start(layer, pos), pos + 1, cfg.attn_scale, n, o, &mut self.attn);
+            cpu::attention::attention(cache, layer, qr, cfg.n_heads, cfg.attn_start(layer, pos), pos + 1, cfg.attn_scale, n, o, &mut self.attn);
         }
         Ok(CpuAct { data: out, n_tokens: n, width })
     }
