@@ -36,9 +36,9 @@ fn check(name: &str, kv: KvType, sequences: usize) {
     use_all_cores();
     // The GPU's numerics follow the CPU's 128-bit kernels (reference activation quantizers,
     // no fused multiply-adds), not the x86 AVX2 arithmetic the CPU defaults to on such a CPU.
-    assert!(webgguf::cpu::set_kernels(Some(webgguf::cpu::Kernels::Simd)), "the 128-bit CPU kernels");
     let o: Value = serde_json::from_slice(&std::fs::read(fixtures_dir().join("oracle").join(format!("{name}.json"))).expect("oracle")).expect("json");
-    let mut cpu = session(CpuBackend::new(), name, kv);
+    let simd = CpuBackend::with_kernels(webgguf::cpu::Kernels::Simd).expect("the 128-bit CPU kernels");
+    let mut cpu = session(simd, name, kv);
     let mut gpu = session(GpuBackend::open().expect("a GPU adapter (CI installs Mesa lavapipe)"), name, kv);
     let t = std::time::Instant::now();
 

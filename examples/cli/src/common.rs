@@ -38,20 +38,16 @@ pub struct ModelArgs {
     pub kernels: String,
 }
 
-/// Applies `--kernels` (an error when this CPU lacks the family).
-pub fn apply_kernels(name: &str) -> Result<(), ExitCode> {
+/// A CPU backend on the `--kernels` family (an error when this CPU lacks it).
+pub fn cpu_backend(name: &str) -> Result<CpuBackend, ExitCode> {
     use webgguf::cpu::Kernels;
     let k = match name {
-        "avx2" => Some(Kernels::Avx2),
-        "simd" => Some(Kernels::Simd),
-        "scalar" => Some(Kernels::Scalar),
-        _ => None,
+        "avx2" => Kernels::Avx2,
+        "simd" => Kernels::Simd,
+        "scalar" => Kernels::Scalar,
+        _ => return Ok(CpuBackend::new()),
     };
-    if webgguf::cpu::set_kernels(k) {
-        Ok(())
-    } else {
-        Err(fail(format!("--kernels {name}: not available on this CPU or build"), false))
-    }
+    CpuBackend::with_kernels(k).ok_or_else(|| fail(format!("--kernels {name}: not available on this CPU or build"), false))
 }
 
 pub fn parse_kv(s: &str) -> Result<KvType, String> {
@@ -92,7 +88,7 @@ pub fn fail(e: impl std::fmt::Display, malformed: bool) -> ExitCode {
 pub fn load(args: &ModelArgs) -> Result<Loaded, ExitCode> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     webgguf::cpu::set_num_threads(args.threads.unwrap_or(cores));
-    apply_kernels(&args.kernels)?;
+    let cpu = cpu_backend(&args.kernels)?;
     let options = SessionOptions { kv: args.kv, n_ctx: args.ctx };
     if args.device != "cpu" {
         match GpuBackend::open() {
@@ -115,7 +111,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded, ExitCode> {
             Err(e) => eprintln!("[{e}; using the CPU]"),
         }
     }
-    let (gguf, session) = session_on(CpuBackend::new(), &args.model, options).map_err(|e| {
+    let (gguf, session) = session_on(cpu, &args.model, options).map_err(|e| {
         let m = malformed(&e);
         fail(e, m)
     })?;

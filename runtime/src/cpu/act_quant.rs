@@ -157,19 +157,36 @@ fn fill<T: Copy>(v: &mut Vec<T>, n: usize, z: T) {
     v.resize(n, z);
 }
 
+/// What the kernels of a product need of its quantized activations beyond the values.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ActForm {
+    /// The i16 copy they read ([`layout_for`] for [`dot_fn`](super::dot_fn)'s kernel).
+    pub layout: Layout,
+    /// The first tokens of a Q8_K quantization made as ggml's x86
+    /// `ggml_quantize_mat_q8_K_4x8` makes them (see [`quantize_q8_k_4x8_sign`]; 0 for none).
+    pub q8k_4x8_tokens: usize,
+}
+
+impl ActForm {
+    /// The form [`dot_fn`](super::dot_fn)'s kernel for weights `wty` reads.
+    pub fn of(wty: GgmlType, kernels: Kernels) -> ActForm {
+        ActForm { layout: layout_for(wty, kernels), q8k_4x8_tokens: 0 }
+    }
+}
+
 impl QuantizedActs {
-    /// Quantizes `x` (`n_tokens` rows of `cols`) for a dot product with weights of type `wty`.
-    /// The first `q8k_4x8_tokens` tokens of a Q8_K quantization are quantized as ggml's x86
-    /// `ggml_quantize_mat_q8_K_4x8` does (see [`quantize_q8_k_4x8_sign`]; 0 for none).
+    /// Quantizes `x` (`n_tokens` rows of `cols`) for a dot product with weights of type `wty`,
+    /// in the form the kernels read (`form`).
     pub fn quantize(
         &mut self,
         wty: GgmlType,
         kernels: Kernels,
+        form: ActForm,
         x: &[f32],
         cols: usize,
         n_tokens: usize,
-        q8k_4x8_tokens: usize,
     ) -> Result<(), QuantError> {
+        let ActForm { layout, q8k_4x8_tokens } = form;
         let vt = wty.vec_dot_type();
         let bs = vt.block_size();
         if cols % bs != 0 {
@@ -266,7 +283,6 @@ impl QuantizedActs {
                 })
             }
         }
-        let layout = layout_for(wty, kernels);
         if layout != Layout::None {
             let chunk = layout.chunk();
             self.q16.resize(self.qs.len(), 0);
@@ -306,6 +322,7 @@ impl QuantizedActs {
     }
 }
 
+/// The i16 copy [`dot_fn`](super::dot_fn)'s kernel for weights `wty` reads.
 fn layout_for(wty: GgmlType, kernels: Kernels) -> Layout {
     match kernels {
         Kernels::Scalar => Layout::None,

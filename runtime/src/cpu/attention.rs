@@ -23,7 +23,7 @@
 //! operations in the same order on the same values), converting each row once, not once per
 //! head (a third of a long prefill's time went to those conversions on SmolLM2, 3 heads a group).
 
-use super::act_quant::QuantizedActs;
+use super::act_quant::{ActForm, QuantizedActs};
 use super::{dot_fn, Kernels};
 use crate::kv_cache::{rotate_groups, rotated, KvCache, KvType};
 use crate::quant::{ggml_fp16_to_fp32, GgmlType};
@@ -45,36 +45,20 @@ pub struct AttnScratch {
     x86: super::avx2::AttnAcc,
 }
 
-/// Causal attention of one query position over cached positions `[start, end)` of `layer`,
-/// the position being one of `batch_tokens` evaluated together (llama.cpp's x86 build sums
-/// `p·V` in another order for a single token than for a batch: [`Kernels::Avx2`] follows it).
+/// Causal attention of one query position over cached positions `[start, end)` of `layer`
+/// with kernel family `kernels`, the position being one of `batch_tokens` evaluated together
+/// (llama.cpp's x86 build sums `p·V` in another order for a single token than for a batch:
+/// [`Kernels::Avx2`] follows it).
 ///
 /// `q` holds `n_heads · head_dim_k` values, `out` receives `n_heads · head_dim_v`. Scores are
-/// `scale · q·k`, softmax in f32 with max subtraction. An empty range writes zeros.
+/// `scale · q·k`, then with `softcap` `softcap · tanh(s / softcap)` (Gemma-2 style), softmax in
+/// f32 with max subtraction. An empty range writes zeros.
 ///
 /// Panics on inconsistent arguments (a bug in the caller, not a data error): `layer` out of
 /// range, `end > n_ctx`, `start > end`, `n_heads` not a multiple of the KV head count, or
 /// wrong `q` / `out` lengths.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
-    cache: &KvCache,
-    layer: usize,
-    q: &[f32],
-    n_heads: usize,
-    start: usize,
-    end: usize,
-    scale: f32,
-    batch_tokens: usize,
-    out: &mut [f32],
-    scratch: &mut AttnScratch,
-) {
-    attention_ext(Kernels::best(), cache, layer, q, n_heads, start, end, scale, None, batch_tokens, out, scratch)
-}
-
-/// [`attention`] with a chosen kernel family and an optional logit softcap
-/// (`s = softcap · tanh(s / softcap)` after scaling; Gemma-2 style).
-#[allow(clippy::too_many_arguments)]
-pub fn attention_ext(
     kernels: Kernels,
     cache: &KvCache,
     layer: usize,
@@ -107,9 +91,9 @@ pub fn attention_ext(
     assert_eq!(out.len(), n_heads * dv, "attention: out length");
     out.fill(0.0);
     #[cfg(target_arch = "x86_64")]
-    if kernels == Kernels::Avx2 && softcap.is_none() && !cache.ty().is_quantized() {
+    if kernels.runs_avx2() && softcap.is_none() && !cache.ty().is_quantized() {
         if start < end {
-            // SAFETY: `Kernels::Avx2` is only available where `avx2::available()`.
+            // SAFETY: `runs_avx2` checked the CPU.
             unsafe { super::avx2::attention(cache, layer, q, n_heads, start, end, scale, batch_tokens > 1, out, &mut scratch.x86) };
         }
         return;
@@ -138,7 +122,7 @@ pub fn attention_ext(
     let axpy = axpy_fn(row_ty, kernels);
     let widen_row = widen_fn(kernels);
     let q = rotated(cache.ty(), q, &mut scratch.q_rot);
-    if scratch.q.quantize(qty, kernels, q, dk, n_heads, 0).is_err() {
+    if scratch.q.quantize(qty, kernels, ActForm::of(qty, kernels), q, dk, n_heads).is_err() {
         unreachable!("head_dim_k is a whole number of groups (checked by KvCache::new)")
     }
     let AttnScratch {

@@ -501,6 +501,22 @@ unsafe fn v_expf(x: __m256) -> __m256 {
     )
 }
 
+/// One rope pair `(i0, i1)` of every head of `x` (rows of `head_dim`) rotated by (c, s), as
+/// GCC compiled ggml's `rotate_pairs` in the AVX2 build: `x0·c − x1·s` and `x0·s + x1·c` each
+/// with one fused multiply-add (vfmaddsub for adjacent pairs, vfmsub/vfmadd for halves: the
+/// same roundings).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C ([`available`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn rope_pairs(x: &mut [f32], head_dim: usize, i0: usize, i1: usize, c: f32, s: f32) {
+    for h in x.chunks_exact_mut(head_dim) {
+        let (x0, x1) = (h[i0], h[i1]);
+        h[i0] = x0.mul_add(c, -(x1 * s));
+        h[i1] = x0.mul_add(s, x1 * c);
+    }
+}
+
 /// `ggml_vec_swiglu_f32` of the AVX2 build: `out = silu(gate) · up`.
 ///
 /// # Safety

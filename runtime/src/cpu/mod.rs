@@ -12,7 +12,7 @@
 //! - [`Kernels::Simd`] (`simd.rs`): 128-bit integer kernels written once over a small set of
 //!   vector operations, implemented with wasm SIMD128 (`simd128.rs`, the browser path) and
 //!   with x86_64's baseline SSE2 (`sse2.rs`, so native x86 can run, and tests, the browser's
-//!   kernels: `set_kernels`). Integer block sums are exact; only the float accumulation across
+//!   kernels: `CpuBackend::with_kernels`). Integer block sums are exact; only the float accumulation across
 //!   blocks is reassociated, so results agree with the oracle to float rounding (see the tests).
 //!
 //! Activations entering a quantized dot product are first quantized to the weight type's
@@ -35,7 +35,7 @@ mod simd128;
 #[cfg(all(target_arch = "x86_64", not(target_arch = "wasm32")))]
 mod sse2;
 
-pub use attention::{attention, attention_ext, AttnScratch};
+pub use attention::{attention, AttnScratch};
 pub use ops::{
     add_inplace, geglu, gelu_tanh, mul_inplace, rms_norm, rms_norm_inplace, rope_inplace, silu,
     softmax_inplace, swiglu, Rope, RopeMode,
@@ -43,7 +43,7 @@ pub use ops::{
 
 use crate::error::QuantError;
 use crate::quant::{dequantize_row, GgmlType};
-use act_quant::{ActRow, QuantizedActs};
+use act_quant::{ActForm, ActRow, QuantizedActs};
 
 /// A row-major matrix of quantized rows as stored in GGUF: `rows` rows of `cols` elements,
 /// each row `ty.row_bytes(cols)` bytes of packed blocks, any alignment.
@@ -124,15 +124,8 @@ const HAS_SIMD: bool = cfg!(any(
 ));
 
 impl Kernels {
-    /// The family every CPU op runs: the one [`set_kernels`] chose, else the fastest this
-    /// build and CPU have.
+    /// The fastest family this build and CPU have (what a backend runs unless told otherwise).
     pub fn best() -> Kernels {
-        match PREFERRED.load(std::sync::atomic::Ordering::Relaxed) {
-            1 => return Kernels::Scalar,
-            2 => return Kernels::Simd,
-            3 => return Kernels::Avx2,
-            _ => {}
-        }
         #[cfg(target_arch = "x86_64")]
         if avx2::available() {
             return Kernels::Avx2;
@@ -142,6 +135,13 @@ impl Kernels {
         } else {
             Kernels::Scalar
         }
+    }
+
+    /// Whether this is [`Kernels::Avx2`] on a CPU that has it: the condition for calling
+    /// `avx2`'s target-feature functions (anyone can name `Kernels::Avx2`).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn runs_avx2(self) -> bool {
+        self == Kernels::Avx2 && avx2::available()
     }
 
     /// Every family this build and CPU have (tests run each).
@@ -175,31 +175,6 @@ impl Kernels {
             Kernels::Avx2 => "avx2",
         }
     }
-}
-
-/// 0: automatic; 1, 2, 3: Scalar, Simd, Avx2 (see [`set_kernels`]).
-static PREFERRED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// Makes [`Kernels::best`] answer `k` (when this build and CPU have it; `None` restores the
-/// automatic choice). E.g. `Kernels::Simd` on x86 runs natively the arithmetic of the
-/// browser's SIMD128 kernels, where the default follows llama.cpp's x86 build. Returns
-/// whether `k` is available.
-pub fn set_kernels(k: Option<Kernels>) -> bool {
-    let (code, ok) = match k {
-        None => (0, true),
-        Some(k) => (
-            match k {
-                Kernels::Scalar => 1,
-                Kernels::Simd => 2,
-                Kernels::Avx2 => 3,
-            },
-            Kernels::available().contains(&k),
-        ),
-    };
-    if ok {
-        PREFERRED.store(code, std::sync::atomic::Ordering::Relaxed);
-    }
-    ok
 }
 
 /// Reusable buffers for quantized activations (no allocation per call once warm).
@@ -242,8 +217,8 @@ struct Dots {
     tile: Option<TileFn>,
     rest_from: usize,
     rest: DotFn,
-    /// The first tokens whose Q8_K activations take llama.cpp's x86 4×8 quantizer.
-    q8k_4x8_tokens: usize,
+    /// The quantized activations these kernels read.
+    acts: ActForm,
 }
 
 /// The pair and tile kernels the benches allow (`tests::KERNEL_SHAPES`: 0 single rows, 1 and
@@ -272,7 +247,9 @@ fn dots(ty: GgmlType, kernels: Kernels, rows: usize, n_tokens: usize) -> Result<
             let (two, tile) = avx2::multi_row_fns(ty).filter(|_| b.rest_from >= n_tokens).unzip();
             let (two, tile) = allowed_shapes(two, tile);
             let avx2::BatchDots { one, rest_from, rest, q8k_4x8_tokens } = b;
-            return Ok(Dots { one, two, tile, rest_from, rest, q8k_4x8_tokens });
+            // llama.cpp's x86 kernels read the i8 quants only
+            let acts = ActForm { layout: act_quant::Layout::None, q8k_4x8_tokens };
+            return Ok(Dots { one, two, tile, rest_from, rest, acts });
         }
         return dots(ty, Kernels::Simd, rows, n_tokens);
     }
@@ -285,9 +262,11 @@ fn dots(ty: GgmlType, kernels: Kernels, rows: usize, n_tokens: usize) -> Result<
     if kernels == Kernels::Simd {
         let (two, tile) = simd::multi_row_fns(ty).unzip();
         let (two, tile) = allowed_shapes(two, tile);
-        return Ok(Dots { one, two, tile, rest_from: n_tokens, rest: one, q8k_4x8_tokens: 0 });
+        let acts = ActForm::of(ty, kernels);
+        return Ok(Dots { one, two, tile, rest_from: n_tokens, rest: one, acts });
     }
-    Ok(Dots { one, two: None, tile: None, rest_from: n_tokens, rest: one, q8k_4x8_tokens: 0 })
+    let acts = ActForm::of(ty, kernels);
+    Ok(Dots { one, two: None, tile: None, rest_from: n_tokens, rest: one, acts })
 }
 
 fn dot_fn(ty: GgmlType, kernels: Kernels) -> Result<DotFn, QuantError> {
@@ -364,7 +343,7 @@ pub fn matmul_with(
         });
     }
     let dot = dots(ty, kernels, w.rows, n_tokens)?;
-    scratch.acts.quantize(ty, kernels, x, w.cols, n_tokens, dot.q8k_4x8_tokens)?;
+    scratch.acts.quantize(ty, kernels, dot.acts, x, w.cols, n_tokens)?;
     let acts = &scratch.acts;
     let y = &mut y[..want_y];
     if n_tokens == 0 || w.rows == 0 {

@@ -8,6 +8,7 @@
 //! build's vector `expf` (SwiGLU) and GCC's fused multiply-adds (rope, the GELU table), as
 //! that build computes them.
 
+use super::Kernels;
 use crate::quant::{ggml_fp16_to_fp32, ggml_fp32_to_fp16};
 use half::f16;
 use std::sync::OnceLock;
@@ -84,12 +85,12 @@ pub fn gelu_tanh_f32(x: f32) -> f32 {
 }
 
 /// ggml_table_gelu_f16: `fp16(gelu(fp32(h)))` for every half `h`, built on first use (128 KiB).
-/// With [`super::Kernels::Avx2`], `1 + 0.044715·x·x` is fused as GCC fused it in ggml's x86
-/// build (`fma(x, 0.044715·x, 1)`, seen in its `ggml_cpu_init`).
-fn gelu_table() -> &'static [u16] {
+/// With [`Kernels::Avx2`], `1 + 0.044715·x·x` is fused as GCC fused it in ggml's x86 build
+/// (`fma(x, 0.044715·x, 1)`, seen in its `ggml_cpu_init`).
+fn gelu_table(kernels: Kernels) -> &'static [u16] {
     static PLAIN: OnceLock<Vec<u16>> = OnceLock::new();
     static FUSED: OnceLock<Vec<u16>> = OnceLock::new();
-    let fused = fused_like_x86();
+    let fused = fused_like_x86(kernels);
     (if fused { &FUSED } else { &PLAIN }).get_or_init(|| {
         (0..=u16::MAX)
             .map(|i| {
@@ -105,17 +106,10 @@ fn gelu_table() -> &'static [u16] {
     })
 }
 
-/// Whether the element-wise ops round as ggml's x86 build does: GCC contracts `a·b + c` there
-/// (`-ffp-contract=fast` with FMA), so do we when the kernels are [`super::Kernels::Avx2`].
-fn fused_like_x86() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::Kernels::best() == super::Kernels::Avx2
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// Whether the element-wise ops of `kernels` round as ggml's x86 build does: GCC contracts
+/// `a·b + c` there (`-ffp-contract=fast` with FMA), so do we with [`Kernels::Avx2`].
+fn fused_like_x86(kernels: Kernels) -> bool {
+    kernels == Kernels::Avx2
 }
 
 #[inline(always)]
@@ -130,24 +124,26 @@ fn gelu_lookup(table: &[u16], x: f32) -> f32 {
 /// f16 precision (relative error ≤ 2⁻¹¹ plus the input rounding), exactly as ggml's does;
 /// the table is built with this platform's `tanhf`, which may differ from glibc's by an ulp
 /// before the f16 rounding (so almost never after it). [`gelu_tanh_f32`] is the plain f32 form.
-pub fn gelu_tanh(x: f32) -> f32 {
+/// `kernels` picks the table ([`gelu_table`]).
+pub fn gelu_tanh(kernels: Kernels, x: f32) -> f32 {
     if x <= -10.0 {
         0.0
     } else if x >= 10.0 {
         x
     } else {
-        gelu_lookup(gelu_table(), x)
+        gelu_lookup(gelu_table(kernels), x)
     }
 }
 
-/// ggml_vec_swiglu_f32 (scalar path): `out = silu(gate) · up`. With [`super::Kernels::Avx2`],
-/// the AVX2 build's (`avx2::swiglu`: its vector `expf`).
-pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+/// ggml_vec_swiglu_f32 (scalar path): `out = silu(gate) · up`. With [`Kernels::Avx2`], the
+/// AVX2 build's (`avx2::swiglu`: its vector `expf`).
+pub fn swiglu(kernels: Kernels, gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert_eq!(gate.len(), up.len(), "swiglu: lengths differ");
     assert_eq!(gate.len(), out.len(), "swiglu: output length");
+    let _ = kernels; // read on x86-64 only
     #[cfg(target_arch = "x86_64")]
-    if super::Kernels::best() == super::Kernels::Avx2 {
-        // SAFETY: `Kernels::Avx2` is only available where `avx2::available()`.
+    if kernels.runs_avx2() {
+        // SAFETY: `runs_avx2` checked the CPU.
         return unsafe { super::avx2::swiglu(gate, up, out) };
     }
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
@@ -157,10 +153,10 @@ pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 /// ggml_vec_geglu_f32 with `GGML_GELU_FP16`: `out = gelu(gate) · up`, gelu as [`gelu_tanh`]
 /// (0 for gate ≤ −10, gate·up for gate ≥ 10, the f16 table otherwise).
-pub fn geglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+pub fn geglu(kernels: Kernels, gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert_eq!(gate.len(), up.len(), "geglu: lengths differ");
     assert_eq!(gate.len(), out.len(), "geglu: output length");
-    let table = gelu_table();
+    let table = gelu_table(kernels);
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = if g <= -10.0 {
             0.0
@@ -252,8 +248,9 @@ impl Rope {
 
 /// Rotates `x` (`n_heads` rows of `head_dim`) in place for position `pos`, with
 /// ggml_compute_forward_rope_f32's semantics: for each pair (x0, x1) of the first `n_dims`
-/// dims, `x0' = x0·cos − x1·sin`, `x1' = x0·sin + x1·cos`.
-pub fn rope_inplace(x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, rope: &Rope) {
+/// dims, `x0' = x0·cos − x1·sin`, `x1' = x0·sin + x1·cos` — with [`Kernels::Avx2`] each
+/// with one fused multiply-add, as ggml's x86 build (`avx2::rope_pairs`).
+pub fn rope_inplace(kernels: Kernels, x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, rope: &Rope) {
     assert_eq!(
         x.len(),
         n_heads * head_dim,
@@ -264,24 +261,21 @@ pub fn rope_inplace(x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, 
         "rope: n_dims must be even and ≤ head_dim"
     );
     let half = rope.n_dims / 2;
-    let fused = fused_like_x86();
+    let _ = kernels; // read on x86-64 only
     rope.for_each_angle(pos, |i, c, s| {
         let (i0, i1) = match rope.mode {
             RopeMode::Normal => (2 * i, 2 * i + 1),
             RopeMode::Neox => (i, i + half),
         };
+        #[cfg(target_arch = "x86_64")]
+        if kernels.runs_avx2() {
+            // SAFETY: `runs_avx2` checked the CPU.
+            return unsafe { super::avx2::rope_pairs(x, head_dim, i0, i1, c, s) };
+        }
         for h in x.chunks_exact_mut(head_dim) {
-            let x0 = h[i0];
-            let x1 = h[i1];
-            if fused {
-                // what GCC made of ggml's rotate_pairs in the x86 AVX2 build (vectorized
-                // vfmaddsub for adjacent pairs, vfmsub/vfmadd for halves: the same roundings)
-                h[i0] = x0.mul_add(c, -(x1 * s));
-                h[i1] = x0.mul_add(s, x1 * c);
-            } else {
-                h[i0] = x0 * c - x1 * s;
-                h[i1] = x0 * s + x1 * c;
-            }
+            let (x0, x1) = (h[i0], h[i1]);
+            h[i0] = x0 * c - x1 * s;
+            h[i1] = x0 * s + x1 * c;
         }
     });
 }

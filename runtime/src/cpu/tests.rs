@@ -342,35 +342,38 @@ fn rms_norm_matches_f64() {
 
 #[test]
 fn activations_match_ggml_formulas() {
-    for i in -2000..2000 {
-        let x = i as f32 * 0.01;
-        let s = silu(x);
-        let want = f64::from(x) / (1.0 + (-f64::from(x)).exp());
-        assert!(
-            (f64::from(s) - want).abs() <= 1e-6 * want.abs().max(1e-3),
-            "silu {x}"
-        );
-        // GELU goes through an f16 table: f16 precision of input and output.
-        let g = gelu_tanh(x);
-        let e = ops::gelu_tanh_f32(x);
-        assert!(
-            (g - e).abs() <= 2e-3 * e.abs() + 2e-3 * x.abs() * 0.5 + 1e-4,
-            "gelu {x}: {g} vs {e}"
-        );
+    for &k in Kernels::available() {
+        for i in -2000..2000 {
+            let x = i as f32 * 0.01;
+            let s = silu(x);
+            let want = f64::from(x) / (1.0 + (-f64::from(x)).exp());
+            assert!(
+                (f64::from(s) - want).abs() <= 1e-6 * want.abs().max(1e-3),
+                "silu {x}"
+            );
+            // GELU goes through an f16 table: f16 precision of input and output.
+            let g = gelu_tanh(k, x);
+            let e = ops::gelu_tanh_f32(x);
+            assert!(
+                (g - e).abs() <= 2e-3 * e.abs() + 2e-3 * x.abs() * 0.5 + 1e-4,
+                "{k:?} gelu {x}: {g} vs {e}"
+            );
+        }
+        assert_eq!(gelu_tanh(k, -10.0), 0.0);
+        assert_eq!(gelu_tanh(k, 12.5), 12.5);
+        let gate = [-11.0f32, -1.0, 0.5, 3.0, 11.0];
+        let up = [2.0f32, 2.0, 2.0, 2.0, 2.0];
+        let mut out = padded(5);
+        geglu(k, &gate, &up, &mut out[..5]);
+        check_pad(&out, 5, "geglu");
+        assert_eq!(out[0], 0.0);
+        assert_eq!(out[4], 22.0);
+        assert_eq!(out[2], gelu_tanh(k, 0.5) * 2.0);
+        swiglu(k, &gate, &up, &mut out[..5]);
+        check_pad(&out, 5, "swiglu");
+        let want = silu(-1.0) * 2.0;
+        assert!((out[1] - want).abs() <= 4.0 * f32::EPSILON * want.abs(), "{k:?} swiglu");
     }
-    assert_eq!(gelu_tanh(-10.0), 0.0);
-    assert_eq!(gelu_tanh(12.5), 12.5);
-    let gate = [-11.0f32, -1.0, 0.5, 3.0, 11.0];
-    let up = [2.0f32, 2.0, 2.0, 2.0, 2.0];
-    let mut out = padded(5);
-    geglu(&gate, &up, &mut out[..5]);
-    check_pad(&out, 5, "geglu");
-    assert_eq!(out[0], 0.0);
-    assert_eq!(out[4], 22.0);
-    assert_eq!(out[2], gelu_tanh(0.5) * 2.0);
-    swiglu(&gate, &up, &mut out[..5]);
-    check_pad(&out, 5, "swiglu");
-    assert_eq!(out[1], silu(-1.0) * 2.0);
 }
 
 #[test]
@@ -428,24 +431,42 @@ fn rope_matches_reference() {
         }
         for pos in [0usize, 1, 17, 511, 4000] {
             let x = rng.vec(n_heads * hd);
-            let mut y = x.clone();
-            rope_inplace(&mut y, n_heads, hd, pos, &r);
-            let want = rope_reference(&x, n_heads, hd, pos, &r);
-            // ggml's f32 theta recurrence drifts by ~n_dims/2 ulp of θ: allow pos-proportional error.
-            let tol = 1e-5 + pos as f64 * 4e-7 * (n_dims as f64 / 64.0);
-            for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
-                assert!(
-                    (f64::from(a) - b).abs() <= tol,
-                    "{mode:?} pos {pos} elem {i}: {a} vs {b}"
-                );
-            }
-            for h in 0..n_heads {
-                for d in n_dims..hd {
-                    assert_eq!(y[h * hd + d], x[h * hd + d], "unrotated dims pass through");
+            for &k in Kernels::available() {
+                let mut y = x.clone();
+                rope_inplace(k, &mut y, n_heads, hd, pos, &r);
+                let want = rope_reference(&x, n_heads, hd, pos, &r);
+                // the x86 build's contractions, bit for bit: one FMA per output
+                let mut fused = x.clone();
+                r.for_each_angle(pos, |i, c, s| {
+                    let (i0, i1) = if mode == RopeMode::Normal { (2 * i, 2 * i + 1) } else { (i, i + n_dims / 2) };
+                    for h in fused.chunks_exact_mut(hd) {
+                        let (x0, x1) = (h[i0], h[i1]);
+                        (h[i0], h[i1]) = (x0.mul_add(c, -(x1 * s)), x0.mul_add(s, x1 * c));
+                    }
+                });
+                if k == Kernels::Avx2 {
+                    assert!(y == fused, "{mode:?} pos {pos}: Avx2 rounds as x86's fused multiply-adds");
+                } else if pos > 0 {
+                    assert!(y != fused, "{k:?} {mode:?} pos {pos}: no fused multiply-adds");
                 }
-            }
-            if pos == 0 {
-                assert_eq!(y, x, "position 0 is the identity");
+                // ggml's f32 theta recurrence drifts by ~n_dims/2 ulp of θ: allow pos-proportional error.
+                // An error in θ moves an element in proportion to its pair's size.
+                let size = x.iter().fold(1f64, |m, &v| m.max(f64::from(v.abs())));
+                let tol = (1e-5 + pos as f64 * 4e-7 * (n_dims as f64 / 64.0)) * size;
+                for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(a) - b).abs() <= tol,
+                        "{k:?} {mode:?} pos {pos} elem {i}: {a} vs {b}"
+                    );
+                }
+                for h in 0..n_heads {
+                    for d in n_dims..hd {
+                        assert_eq!(y[h * hd + d], x[h * hd + d], "unrotated dims pass through");
+                    }
+                }
+                if pos == 0 {
+                    assert_eq!(y, x, "position 0 is the identity");
+                }
             }
         }
     }
@@ -641,7 +662,7 @@ fn attention_matches_reference() {
                 {
                     let mut out = padded(n_heads * dv);
                     let mut s = AttnScratch::default();
-                    attention_ext(
+                    attention(
                         kernels,
                         &c,
                         1,
@@ -687,7 +708,7 @@ fn attention_matches_reference() {
                 }
                 // An empty range writes zeros.
                 let mut out = vec![1f32; n_heads * dv];
-                attention_ext(
+                attention(
                     kernels,
                     &c,
                     0,
@@ -733,8 +754,8 @@ fn attention_f16_cache_equals_f32_cache_of_same_values() {
                 let mut o16 = vec![0f32; n_heads * dv];
                 let mut o32 = vec![0f32; n_heads * dv];
                 let mut s = AttnScratch::default();
-                attention_ext(kernels, &c16, 0, &q, n_heads, start, end, 0.125, cap, BATCH, &mut o16, &mut s);
-                attention_ext(kernels, &c32, 0, &q, n_heads, start, end, 0.125, cap, BATCH, &mut o32, &mut s);
+                attention(kernels, &c16, 0, &q, n_heads, start, end, 0.125, cap, BATCH, &mut o16, &mut s);
+                attention(kernels, &c32, 0, &q, n_heads, start, end, 0.125, cap, BATCH, &mut o32, &mut s);
                 check_finite(&o16, "f16 cache");
                 for (i, (a, b)) in o16.iter().zip(&o32).enumerate() {
                     assert_eq!(
@@ -767,45 +788,6 @@ fn attention_exp_is_accurate() {
     }
     assert_eq!(attention::exp_nonpositive(0.0), 1.0);
     assert!(attention::exp_nonpositive(f32::NAN).is_nan());
-}
-
-#[test]
-fn attention_default_entry_point() {
-    let mut rng = Rng::new(77);
-    let mut c = KvCache::new(KvType::F32, 1, 8, 3, 64, 64).expect("cache");
-    for p in 0..8 {
-        c.write(0, p, &rng.vec(192), &rng.vec(192)).expect("write");
-    }
-    let q = rng.vec(9 * 64);
-    let mut a = vec![0f32; 9 * 64];
-    let mut b = vec![0f32; 9 * 64];
-    attention(
-        &c,
-        0,
-        &q,
-        9,
-        0,
-        8,
-        0.125,
-        BATCH,
-        &mut a,
-        &mut AttnScratch::default(),
-    );
-    attention_ext(
-        Kernels::best(),
-        &c,
-        0,
-        &q,
-        9,
-        0,
-        8,
-        0.125,
-        None,
-        BATCH,
-        &mut b,
-        &mut AttnScratch::default(),
-    );
-    assert_eq!(a, b);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -925,7 +907,7 @@ fn bench_attention() {
                     let t0 = now_ms();
                     let mut iters = 0u32;
                     while now_ms() - t0 < 50.0 {
-                        attention_ext(
+                        attention(
                             kernels, &c, 0, &q, n_heads, 0, n, 0.125, None, BATCH, &mut out, &mut s,
                         );
                         iters += 1;

@@ -3,7 +3,7 @@
 
 use super::backend::Backend;
 use super::config::{Activation, ModelConfig, RopeKind, RopeParams};
-use crate::cpu::{self, ops, AttnScratch, QMatrix, Scratch};
+use crate::cpu::{self, ops, AttnScratch, Kernels, QMatrix, Scratch};
 use crate::error::ModelError;
 use crate::kv_cache::{KvCache, KvType};
 use crate::quant::GgmlType;
@@ -67,15 +67,35 @@ pub struct CpuAct {
     pub width: usize,
 }
 
-#[derive(Default)]
 pub struct CpuBackend {
     scratch: Scratch,
     attn: AttnScratch,
+    /// The kernel family every op of this backend runs.
+    kernels: Kernels,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl CpuBackend {
+    /// A backend on the fastest kernels of this build and CPU ([`Kernels::best`]).
     pub fn new() -> Self {
-        Self::default()
+        CpuBackend { scratch: Scratch::default(), attn: AttnScratch::default(), kernels: Kernels::best() }
+    }
+
+    /// A backend on kernel family `kernels`, if this build and CPU have it. E.g.
+    /// `Kernels::Simd` on x86 runs natively the arithmetic of the browser's SIMD128 kernels,
+    /// where the default follows llama.cpp's x86 build.
+    pub fn with_kernels(kernels: Kernels) -> Option<Self> {
+        Kernels::available().contains(&kernels).then(|| CpuBackend { kernels, ..Self::new() })
+    }
+
+    /// The kernel family this backend runs.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 }
 
@@ -163,7 +183,7 @@ impl Backend for CpuBackend {
             return Err(shape_err("matmul inner dimension", m.cols, x.width));
         }
         let mut y = vec![0f32; x.n_tokens * m.rows];
-        cpu::matmul(&m, &x.data, x.n_tokens, &mut y, &mut self.scratch)?;
+        cpu::matmul_with(self.kernels, &m, &x.data, x.n_tokens, &mut y, &mut self.scratch)?;
         Ok(CpuAct { data: y, n_tokens: x.n_tokens, width: m.rows })
     }
 
@@ -202,7 +222,7 @@ impl Backend for CpuBackend {
         };
         let n_heads = x.width / head_dim;
         for (t, row) in x.data.chunks_exact_mut(x.width).enumerate() {
-            ops::rope_inplace(row, n_heads, head_dim, pos0 + t, &params);
+            ops::rope_inplace(self.kernels, row, n_heads, head_dim, pos0 + t, &params);
         }
         Ok(())
     }
@@ -213,8 +233,8 @@ impl Backend for CpuBackend {
         }
         let mut out = vec![0f32; gate.data.len()];
         match act {
-            Activation::Silu => ops::swiglu(&gate.data, &up.data, &mut out),
-            Activation::GeluTanh => ops::geglu(&gate.data, &up.data, &mut out),
+            Activation::Silu => ops::swiglu(self.kernels, &gate.data, &up.data, &mut out),
+            Activation::GeluTanh => ops::geglu(self.kernels, &gate.data, &up.data, &mut out),
         }
         Ok(CpuAct { data: out, n_tokens: gate.n_tokens, width: gate.width })
     }
@@ -244,7 +264,7 @@ impl Backend for CpuBackend {
             let pos = pos0 + t;
             let qr = &q.data[t * q.width..(t + 1) * q.width];
             let o = &mut out[t * width..(t + 1) * width];
-            cpu::attention::attention(cache, layer, qr, cfg.n_heads, cfg.attn_start(layer, pos), pos + 1, cfg.attn_scale, n, o, &mut self.attn);
+            cpu::attention::attention(self.kernels, cache, layer, qr, cfg.n_heads, cfg.attn_start(layer, pos), pos + 1, cfg.attn_scale, None, n, o, &mut self.attn);
         }
         Ok(CpuAct { data: out, n_tokens: n, width })
     }
@@ -264,6 +284,6 @@ impl Backend for CpuBackend {
     }
 
     fn describe(&self) -> String {
-        format!("cpu ({} kernels)", cpu::Kernels::best().name())
+        format!("cpu ({} kernels)", self.kernels.name())
     }
 }
