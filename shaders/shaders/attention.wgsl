@@ -10,12 +10,13 @@
 // - attn_scores: S[t, h, p] = scale · q·k for positions p in [start(pos), pos], -inf elsewhere,
 //   one invocation per (token, head, position): every position in parallel (split over K);
 // - attn_softmax_v: one workgroup per (token, head): max, exp, sum, then Σ_p e_p·V[p] / sum.
-// - rotate_groups: the orthonormal Walsh–Hadamard transform of every group of 32 values of O,
-//   in place, one invocation per group (P.n groups). A Q4_0 cache stores K and V rows rotated
-//   (kv_store rotates before quantizing); the backend rotates the queries before rounding them
-//   and the attention output after it (kv_cache.rs, rotate_groups, says why).
-// Queries for Q8_0/Q4_0 caches arrive already rounded to Q8_0 (act_quant.wgsl), as the CPU
-// quantizes them before its integer dot products.
+//   For a Q4_0 cache the output is rotated back per group of 32 before it leaves.
+// - attn_prepare_q (quantized caches): O ← the queries Kin as the CPU's integer dot products
+//   see them: rotated per group of 32 for a Q4_0 cache, then rounded as Q8_0 (act_quant.wgsl's
+//   mode 3, the same operations), one invocation per group of 32 (P.n groups).
+// A Q4_0 cache stores K and V rows rotated by the orthonormal Walsh–Hadamard transform of each
+// group of 32 (kv_store rotates before quantizing); queries are rotated to match and the output
+// rotated back (kv_cache.rs, rotate_groups, says why).
 
 override KVTYPE: u32 = 0u;
 
@@ -282,21 +283,51 @@ fn attn_softmax_v(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         O[ob + d + 2u] = o.z;
         O[ob + d + 3u] = o.w;
     }
+    if KVTYPE == 2u {
+        // the head's output, rotated back in place: one invocation per group of 32
+        storageBarrier();
+        if 32u * tid < P.hdv {
+            var x: array<f32, 32>;
+            let gb = ob + 32u * tid;
+            for (var i = 0u; i < 32u; i++) {
+                x[i] = O[gb + i];
+            }
+            rotate32(&x);
+            for (var i = 0u; i < 32u; i++) {
+                O[gb + i] = x[i];
+            }
+        }
+    }
 }
 
 @compute @workgroup_size(64)
-fn rotate_groups(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                 @builtin(local_invocation_index) lid: u32) {
+fn attn_prepare_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
     let g = (wid.x + wid.y * nwg.x) * 64u + lid;
     if g >= P.n {
         return;
     }
     var x: array<f32, 32>;
     for (var i = 0u; i < 32u; i++) {
-        x[i] = O[32u * g + i];
+        x[i] = Kin[32u * g + i];
     }
-    rotate32(&x);
+    if KVTYPE == 2u {
+        rotate32(&x);
+    }
+    // quantize_row_q8_0_ref's rounding (act_quant.wgsl, mode 3)
+    var amax = 0.0;
     for (var i = 0u; i < 32u; i++) {
-        O[32u * g + i] = x[i];
+        if abs(x[i]) > amax {
+            amax = abs(x[i]);
+        }
+    }
+    let d = div_rn(amax, 127.0);
+    var id = 0.0;
+    if d != 0.0 {
+        id = div_rn(1.0, d);
+    }
+    let dh = round_f16(d);
+    for (var i = 0u; i < 32u; i++) {
+        O[32u * g + i] = round_half_away(x[i] * id) * dh;
     }
 }

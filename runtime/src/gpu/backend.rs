@@ -440,13 +440,6 @@ impl GpuBackend {
         Ok((mode == 5).then_some(sfix))
     }
 
-    /// `x` ← H₃₂/√32 · x per group of 32 values (attention.wgsl `rotate_groups`; for caches
-    /// that store rotated rows, kv_cache.rs says why).
-    fn rotate_groups(&mut self, x: &GpuAct) -> Result<(), GpuError> {
-        let groups = x.n_tokens * x.width / 32;
-        let p = AttnParams { n: groups as u32, ..AttnParams::default() };
-        self.dispatch(Family::Attention, "rotate_groups", ("", 0), &[(4, x.buf.get())], 5, bytemuck::bytes_of(&p), groups.div_ceil(64))
-    }
 
     /// Adds the Q8_1 block-sum corrections of `act_round` mode 5 to `y = x · Wᵀ` (Q4_1, Q5_1).
     fn min_fix(&mut self, w: &GpuWeight, n_tokens: usize, sfix: &PooledBuffer, y: &GpuAct) -> Result<(), GpuError> {
@@ -1035,6 +1028,10 @@ impl Backend for GpuBackend {
             return Err(shape_err("attention widths", q.width, cfg.n_heads * hdk));
         }
         let kv = cache.layers.get(layer).ok_or_else(|| shape_err("attention layer", layer, cache.layers.len()))?.clone();
+        if cache.ty.rotates() && hdv > 64 * 32 {
+            // attn_softmax_v rotates a head's output back with one invocation per group of 32
+            return Err(shape_err("attention head_dim_v for a rotated cache (at most 2048)", hdv, 64 * 32));
+        }
         let ty = kv_type_id(cache.ty);
         let window = if cfg.layer_is_swa.get(layer).copied().unwrap_or(false) { cfg.sliding_window.unwrap_or(0) } else { 0 };
         let mut p = AttnParams {
@@ -1063,14 +1060,22 @@ impl Backend for GpuBackend {
             (n * groups_per_tok).div_ceil(64),
         )?;
         // Queries as the CPU's integer dot products see them for a quantized cache (rotated
-        // first when the cache stores rotated rows).
+        // first when the cache stores rotated rows), in one pass.
         let qr;
         let q = if cache.ty.is_quantized() {
-            qr = self.copy_act(q)?;
-            if cache.ty.rotates() {
-                self.rotate_groups(&qr)?;
-            }
-            self.act_round(&qr, 3)?;
+            qr = self.new_act(n, q.width)?;
+            let groups = n * q.width / 32;
+            let mut pq = p;
+            pq.n = groups as u32;
+            self.dispatch(
+                Family::Attention,
+                "attn_prepare_q",
+                ("KVTYPE", ty),
+                &[(1, q.buf.get()), (4, qr.buf.get())],
+                5,
+                bytemuck::bytes_of(&pq),
+                groups.div_ceil(64),
+            )?;
             &qr
         } else {
             q
@@ -1105,9 +1110,7 @@ impl Backend for GpuBackend {
             )?;
             t0 += m;
         }
-        if cache.ty.rotates() {
-            self.rotate_groups(&out)?;
-        }
+        // (a rotating cache's output left attn_softmax_v rotated back)
         Ok(out)
     }
 

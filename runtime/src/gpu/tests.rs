@@ -53,6 +53,12 @@ fn nmse(got: &[f32], want: &[f32]) -> f64 {
     num / den
 }
 
+/// The CPU backend the GPU mirrors: the 128-bit kernels' numerics (reference activation
+/// quantizers, no fused multiply-adds), not the x86 AVX2 arithmetic native x86 defaults to.
+fn cpu() -> CpuBackend {
+    CpuBackend::with_kernels(crate::cpu::Kernels::Simd).expect("the 128-bit CPU kernels")
+}
+
 fn assert_close(got: &[f32], want: &[f32], tol: f64, what: &str) {
     let e = nmse(got, want);
     assert!(e <= tol, "{what}: nmse {e:e} > {tol:e}");
@@ -103,7 +109,7 @@ fn cpu_act(data: Vec<f32>, n_tokens: usize, width: usize) -> CpuAct {
 #[test]
 fn matmul_every_type_matches_cpu() {
     let mut g = gpu();
-    let mut c = CpuBackend::new();
+    let mut c = cpu();
     let mut rng = Rng::new(1);
     for ty in GgmlType::WEIGHT_TYPES {
         let cols = match ty.block_size() {
@@ -136,7 +142,7 @@ fn matmul_every_type_matches_cpu() {
 #[test]
 fn chunked_weights_match_cpu() {
     let mut g = gpu();
-    let mut c = CpuBackend::new();
+    let mut c = cpu();
     let mut rng = Rng::new(2);
     let (rows, cols) = (300usize, 256usize);
     for ty in [GgmlType::Q8_0, GgmlType::Q6_K] {
@@ -178,7 +184,7 @@ fn chunked_weights_match_cpu() {
 #[test]
 fn embed_every_type_is_exact() {
     let mut g = gpu();
-    let mut c = CpuBackend::new();
+    let mut c = cpu();
     let mut rng = Rng::new(3);
     for ty in GgmlType::WEIGHT_TYPES {
         let cols = if ty.block_size() == 256 { 256 } else { 64 };
@@ -194,7 +200,7 @@ fn embed_every_type_is_exact() {
 #[test]
 fn elementwise_ops_match_cpu() {
     let mut g = gpu();
-    let mut c = CpuBackend::new();
+    let mut c = cpu();
     let mut rng = Rng::new(4);
     let (n, width) = (3usize, 96usize);
     let x = acts(&mut rng, n, width);
@@ -312,7 +318,7 @@ fn argmax_matches_cpu() {
 #[test]
 fn attention_every_cache_type_matches_cpu() {
     let mut g = gpu();
-    let mut c = CpuBackend::new();
+    let mut c = cpu();
     let mut rng = Rng::new(6);
     for (nh, nkv, hd, big) in [(4usize, 2usize, 64usize, 1.0f32), (4, 1, 256, 8.0)] {
         let cfg = ModelConfig::attention_test(nh, nkv, hd, Some(3));
