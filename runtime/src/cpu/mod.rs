@@ -12,8 +12,9 @@
 //! - [`Kernels::Simd`] (`simd.rs`): 128-bit integer kernels written once over a small set of
 //!   vector operations, implemented with wasm SIMD128 (`simd128.rs`, the browser path) and
 //!   with x86_64's baseline SSE2 (`sse2.rs`, so native x86 can run, and tests, the browser's
-//!   kernels: `CpuBackend::with_kernels`). Integer block sums are exact; only the float accumulation across
-//!   blocks is reassociated, so results agree with the oracle to float rounding (see the tests).
+//!   kernels: `CpuBackend::with_kernels`). Integer block sums are exact; only the float
+//!   accumulation across blocks is reassociated, so results agree with the oracle to float
+//!   rounding (see the tests).
 //!
 //! Activations entering a quantized dot product are first quantized to the weight type's
 //! `vec_dot_type` with the `quant::` reference quantizers (as ggml's CPU backend does; `Avx2`

@@ -440,7 +440,6 @@ impl GpuBackend {
         Ok((mode == 5).then_some(sfix))
     }
 
-
     /// Adds the Q8_1 block-sum corrections of `act_round` mode 5 to `y = x · Wᵀ` (Q4_1, Q5_1).
     fn min_fix(&mut self, w: &GpuWeight, n_tokens: usize, sfix: &PooledBuffer, y: &GpuAct) -> Result<(), GpuError> {
         let m = w.view()?;
