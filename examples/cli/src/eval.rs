@@ -67,6 +67,11 @@ struct Report {
     kl_max: Option<f64>,
     /// Share of positions whose argmax equals the reference's.
     top1_agreement: Option<f64>,
+    /// The same over the positions where the reference's top-2 margin is at least 0.1 (the
+    /// near-ties, where any change of rounding may swap the two, left out).
+    top1_agreement_confident: Option<f64>,
+    /// How many positions that is.
+    confident_positions: Option<usize>,
     prefill_tok_s: f64,
     decode_tok_s: f64,
     /// Greedy tokens the decode rate was measured over.
@@ -92,8 +97,24 @@ fn log_softmax(row: &[f32], out: &mut Vec<f64>) {
 }
 
 fn argmax(v: &[f64]) -> usize {
-    v.iter().enumerate().fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) }).0
+    top2(v).0
 }
+
+/// The first index of the largest value, and the largest minus the second largest.
+fn top2(v: &[f64]) -> (usize, f64) {
+    let (mut bi, mut b1, mut b2) = (0, f64::NEG_INFINITY, f64::NEG_INFINITY);
+    for (i, &x) in v.iter().enumerate() {
+        if x > b1 {
+            (bi, b2, b1) = (i, b1, x);
+        } else if x > b2 {
+            b2 = x;
+        }
+    }
+    (bi, b1 - b2)
+}
+
+/// Top-2 margin from which a reference position counts as confident.
+const CONFIDENT_MARGIN: f64 = 0.1;
 
 fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -156,6 +177,7 @@ pub fn run(mut args: Args) -> ExitCode {
     let per_window = if bos.is_some() { args.window - 1 } else { args.window };
     let (mut nll, mut predictions) = (0f64, 0usize);
     let (mut kl_sum, mut kl_max, mut agree) = (0f64, 0f64, 0usize);
+    let (mut confident, mut agree_confident) = (0usize, 0usize);
     let mut lp = Vec::with_capacity(n_vocab);
     let mut ref_lp = vec![0f64; n_vocab];
     let mut prefill_tokens = 0usize;
@@ -199,8 +221,12 @@ pub fn run(mut args: Args) -> ExitCode {
                 let kl: f64 = ref_lp.iter().zip(&lp).map(|(&p, &q)| (p - lse).exp() * ((p - lse) - q)).sum();
                 kl_sum += kl;
                 kl_max = kl_max.max(kl);
-                if argmax(&ref_lp) == argmax(&lp) {
-                    agree += 1;
+                let (ref_top, margin) = top2(&ref_lp);
+                let same = ref_top == argmax(&lp);
+                agree += usize::from(same);
+                if margin >= CONFIDENT_MARGIN {
+                    confident += 1;
+                    agree_confident += usize::from(same);
                 }
             }
         }
@@ -232,6 +258,8 @@ pub fn run(mut args: Args) -> ExitCode {
         kl_mean: reader.as_ref().map(|_| kl_sum / predictions.max(1) as f64),
         kl_max: reader.as_ref().map(|_| kl_max),
         top1_agreement: reader.as_ref().map(|_| agree as f64 / predictions.max(1) as f64),
+        top1_agreement_confident: reader.as_ref().map(|_| agree_confident as f64 / confident.max(1) as f64),
+        confident_positions: reader.as_ref().map(|_| confident),
         prefill_tok_s: prefill_tokens as f64 / prefill_s.max(1e-9),
         decode_tok_s,
         decode_tokens: args.decode_tokens,
@@ -247,7 +275,7 @@ pub fn run(mut args: Args) -> ExitCode {
     } else {
         let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_owned(), f);
         println!(
-            "{}: {:.2} bpw, ppl {:.4} over {} predictions, KL {} (max {}), top-1 {}, prefill {:.1} tok/s, decode {:.1} tok/s",
+            "{}: {:.2} bpw, ppl {:.4} over {} predictions, KL {} (max {}), top-1 {} ({} where the reference's margin >= {CONFIDENT_MARGIN}), prefill {:.1} tok/s, decode {:.1} tok/s",
             report.model,
             report.bits_per_weight,
             report.ppl,
@@ -255,6 +283,7 @@ pub fn run(mut args: Args) -> ExitCode {
             opt(report.kl_mean, &|v| format!("{v:.5}")),
             opt(report.kl_max, &|v| format!("{v:.3}")),
             opt(report.top1_agreement, &|v| format!("{:.2} %", v * 100.0)),
+            opt(report.top1_agreement_confident, &|v| format!("{:.2} %", v * 100.0)),
             report.prefill_tok_s,
             report.decode_tok_s
         );
@@ -301,4 +330,16 @@ fn open_reference(p: &PathBuf, n_vocab: usize, tokens: &[u32], predictions: usiz
         return Err("the reference was computed on other tokens (another text or tokenizer)".into());
     }
     Ok(RefReader { r, row: vec![0u8; n_vocab * 2] })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top2;
+
+    #[test]
+    fn top2_takes_the_first_of_equal_maxima_and_their_margin() {
+        assert_eq!(top2(&[1.0, 3.0, 3.0, 2.0]), (1, 0.0));
+        assert_eq!(top2(&[-1.0, -4.0, -0.5, -0.75]), (2, 0.25));
+        assert_eq!(top2(&[0.5]), (0, f64::INFINITY));
+    }
 }

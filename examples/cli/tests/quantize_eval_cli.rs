@@ -66,6 +66,9 @@ fn quantize_then_eval_against_the_source() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ref.bin.partial"), "{}", String::from_utf8_lossy(&bad.stderr));
     let self_cmp = ok_json(&webgguf(&common, &[("--model", &model()), ("--file", &text), ("--reference", &reference)]));
     assert_eq!(self_cmp["top1_agreement"].as_f64(), Some(1.0));
+    assert_eq!(self_cmp["top1_agreement_confident"].as_f64(), Some(1.0));
+    let confident = self_cmp["confident_positions"].as_u64().unwrap();
+    assert!((1..=94).contains(&confident), "{confident} positions with a reference margin >= 0.1");
     assert!(self_cmp["kl_mean"].as_f64().unwrap() < 1e-4, "{}", self_cmp["kl_mean"]);
     assert_eq!(self_cmp["ppl"], src["ppl"], "the same model, the same perplexity");
     assert_eq!(self_cmp["predictions"].as_u64(), Some(94), "96 tokens in windows of 48 with BOS: 47 + 47");
@@ -73,6 +76,8 @@ fn quantize_then_eval_against_the_source() {
     let kl = q["kl_mean"].as_f64().unwrap();
     assert!(kl > 0.0 && kl < 0.1, "Q8_0 of a Q4_1 model stays close: KL {kl}");
     assert!(q["top1_agreement"].as_f64().unwrap() > 0.8, "{}", q["top1_agreement"]);
+    assert!(q["top1_agreement_confident"].as_f64().unwrap() > 0.8, "{}", q["top1_agreement_confident"]);
+    assert_eq!(q["confident_positions"].as_u64(), Some(confident), "confidence is the reference's");
     assert!(q["decode_tok_s"].as_f64().unwrap() > 0.0 && q["prefill_tok_s"].as_f64().unwrap() > 0.0);
     assert!(q["kv_bytes_4k"]["q4"].as_u64().unwrap() < q["kv_bytes_4k"]["f16"].as_u64().unwrap());
 
