@@ -32,14 +32,6 @@ fn bf16_round(x: f32) -> f32 {
     return bitcast<f32>(((u + (0x7fffu + ((u >> 16u) & 1u))) >> 16u) << 16u);
 }
 
-fn round_half_away(v: f32) -> f32 {
-    let t = trunc(v);
-    if abs(v - t) >= 0.5 {
-        return t + sign(v);
-    }
-    return t;
-}
-
 @compute @workgroup_size(64)
 fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) tid: u32) {
@@ -93,11 +85,9 @@ fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     workgroupBarrier();
     if P.mode == 3u || P.mode == 5u {
-        let d = div_rn(amax, 127.0);
-        var id = 0.0;
-        if d != 0.0 {
-            id = div_rn(1.0, d);
-        }
+        let step = q8_0_step(amax);
+        let d = step.x;
+        let id = step.y;
         let dh = round_f16(d);
         var qsum = 0.0;
         for (var i = tid; i < bs; i += 64u) {

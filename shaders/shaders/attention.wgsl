@@ -76,14 +76,6 @@ fn kv_deq4(row: u32, k: u32) -> vec4<f32> {
     }
 }
 
-fn round_half_away(v: f32) -> f32 {
-    let t = trunc(v);
-    if abs(v - t) >= 0.5 {
-        return t + sign(v);
-    }
-    return t;
-}
-
 // H₃₂/√32 · x in place: the butterflies of kv_cache.rs's rotate_groups in the same order, so
 // the same f32 results.
 fn rotate32(x: ptr<function, array<f32, 32>>) {
@@ -102,6 +94,21 @@ fn rotate32(x: ptr<function, array<f32, 32>>) {
     }
 }
 
+// The largest |x| of a group and the first value of that magnitude, sign kept (the `amax` and
+// `max` of ggml's reference quantizers).
+fn group_max(x: ptr<function, array<f32, 32>>) -> vec2<f32> {
+    var amax = 0.0;
+    var vmax = 0.0;
+    for (var i = 0u; i < 32u; i++) {
+        let v = (*x)[i];
+        if abs(v) > amax {
+            amax = abs(v);
+            vmax = v;
+        }
+    }
+    return vec2<f32>(amax, vmax);
+}
+
 // Stores 32 values x[0..32) (from `src`, K or V input) as one group starting at word `dst`
 // (rotated first for a Q4_0 cache).
 fn store_group(dst: u32, from_v: bool, src: u32) {
@@ -116,15 +123,9 @@ fn store_group(dst: u32, from_v: bool, src: u32) {
     if KVTYPE == 2u {
         rotate32(&x);
     }
-    var amax = 0.0;
-    var vmax = 0.0;
-    for (var i = 0u; i < 32u; i++) {
-        let v = x[i];
-        if abs(v) > amax {
-            amax = abs(v);
-            vmax = v;
-        }
-    }
+    let m = group_max(&x);
+    let amax = m.x;
+    let vmax = m.y;
     switch KVTYPE {
         case 0u: {
             for (var i = 0u; i < 32u; i++) {
@@ -137,11 +138,9 @@ fn store_group(dst: u32, from_v: bool, src: u32) {
             }
         }
         case 8u: {
-            let d = div_rn(amax, 127.0);
-            var id = 0.0;
-            if d != 0.0 {
-                id = div_rn(1.0, d);
-            }
+            let step = q8_0_step(amax);
+            let d = step.x;
+            let id = step.y;
             for (var w = 0u; w < 8u; w++) {
                 var word = 0u;
                 for (var b = 0u; b < 4u; b++) {
@@ -315,19 +314,9 @@ fn attn_prepare_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         rotate32(&x);
     }
     // quantize_row_q8_0_ref's rounding (act_quant.wgsl, mode 3)
-    var amax = 0.0;
+    let step = q8_0_step(group_max(&x).x);
+    let dh = round_f16(step.x);
     for (var i = 0u; i < 32u; i++) {
-        if abs(x[i]) > amax {
-            amax = abs(x[i]);
-        }
-    }
-    let d = div_rn(amax, 127.0);
-    var id = 0.0;
-    if d != 0.0 {
-        id = div_rn(1.0, d);
-    }
-    let dh = round_f16(d);
-    for (var i = 0u; i < 32u; i++) {
-        O[32u * g + i] = round_half_away(x[i] * id) * dh;
+        O[32u * g + i] = round_half_away(x[i] * step.y) * dh;
     }
 }

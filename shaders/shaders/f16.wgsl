@@ -66,3 +66,25 @@ fn div_rn(a: f32, b: f32) -> f32 {
     }
     return bitcast<f32>(sign | (u32(e) << 23u) | (q & 0x7fffffu));
 }
+
+// round(v) with ties away from zero, as C's roundf in ggml's reference quantizers (WGSL's
+// round() ties to even).
+fn round_half_away(v: f32) -> f32 {
+    let t = trunc(v);
+    if abs(v - t) >= 0.5 {
+        return t + sign(v);
+    }
+    return t;
+}
+
+// The step of a Q8_0 block whose largest |x| is amax, as quantize_row_q8_0_ref computes it:
+// (d = amax / 127, id = 1 / d, or 0 for an all-zero block). Values quantize to
+// round_half_away(x · id) and read back as that times round_f16(d).
+fn q8_0_step(amax: f32) -> vec2<f32> {
+    let d = div_rn(amax, 127.0);
+    var id = 0.0;
+    if d != 0.0 {
+        id = div_rn(1.0, d);
+    }
+    return vec2<f32>(d, id);
+}

@@ -1,6 +1,7 @@
 //! WGSL kernels of webgguf. One `.wgsl` file per kernel family lives in `shaders/`; a family's
 //! module is its file with the helper files it uses prepended (WGSL has no includes):
-//! `dequant.wgsl` (weight block layout → values), `f16.wgsl` (exact f16 rounding) and one of the two workgroup-sum variants,
+//! `dequant.wgsl` (weight block layout → values), `f16.wgsl` (exact f16 and quantizer rounding)
+//! and one of the two workgroup-sum variants,
 //! `reduce_shared.wgsl` (every adapter) or `reduce_subgroup.wgsl` (adapters with subgroups).
 //! Sizes that vary per call are uniforms; per-pipeline choices (weight type, KV type) are WGSL
 //! `override` constants.
@@ -20,7 +21,7 @@ pub enum Family {
     ActQuant,
     /// `argmax`.
     Argmax,
-    /// `kv_store`, `attn_scores`, `attn_softmax_v` (override `KVTYPE`).
+    /// `kv_store`, `attn_prepare_q`, `attn_scores`, `attn_softmax_v` (override `KVTYPE`).
     Attention,
 }
 

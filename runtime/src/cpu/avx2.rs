@@ -538,7 +538,6 @@ pub(crate) unsafe fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Attention over an f32 (or f16) KV cache as llama.cpp's graph computes it without flash attention:
 // `kq = mul_mat(K, Q)` (ggml_vec_dot_f32 per score), `soft_max_ext` (scale, mask, v_expf,

@@ -256,6 +256,7 @@ fn dots(ty: GgmlType, kernels: Kernels, rows: usize, n_tokens: usize) -> Result<
     }
     let _ = rows;
     let one = dot_fn(ty, kernels)?;
+    let acts = ActForm::of(ty, kernels);
     #[cfg(any(
         target_arch = "x86_64",
         all(target_arch = "wasm32", target_feature = "simd128")
@@ -263,10 +264,8 @@ fn dots(ty: GgmlType, kernels: Kernels, rows: usize, n_tokens: usize) -> Result<
     if kernels == Kernels::Simd {
         let (two, tile) = simd::multi_row_fns(ty).unzip();
         let (two, tile) = allowed_shapes(two, tile);
-        let acts = ActForm::of(ty, kernels);
         return Ok(Dots { one, two, tile, rest_from: n_tokens, rest: one, acts });
     }
-    let acts = ActForm::of(ty, kernels);
     Ok(Dots { one, two: None, tile: None, rest_from: n_tokens, rest: one, acts })
 }
 

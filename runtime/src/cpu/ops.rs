@@ -90,7 +90,8 @@ pub fn gelu_tanh_f32(x: f32) -> f32 {
 fn gelu_table(kernels: Kernels) -> &'static [u16] {
     static PLAIN: OnceLock<Vec<u16>> = OnceLock::new();
     static FUSED: OnceLock<Vec<u16>> = OnceLock::new();
-    let fused = fused_like_x86(kernels);
+    // GCC contracts `a·b + c` in ggml's x86 build (`-ffp-contract=fast` with FMA)
+    let fused = kernels == Kernels::Avx2;
     (if fused { &FUSED } else { &PLAIN }).get_or_init(|| {
         (0..=u16::MAX)
             .map(|i| {
@@ -104,12 +105,6 @@ fn gelu_table(kernels: Kernels) -> &'static [u16] {
             })
             .collect()
     })
-}
-
-/// Whether the element-wise ops of `kernels` round as ggml's x86 build does: GCC contracts
-/// `a·b + c` there (`-ffp-contract=fast` with FMA), so do we with [`Kernels::Avx2`].
-fn fused_like_x86(kernels: Kernels) -> bool {
-    kernels == Kernels::Avx2
 }
 
 #[inline(always)]
@@ -262,13 +257,15 @@ pub fn rope_inplace(kernels: Kernels, x: &mut [f32], n_heads: usize, head_dim: u
     );
     let half = rope.n_dims / 2;
     let _ = kernels; // read on x86-64 only
+    #[cfg(target_arch = "x86_64")]
+    let fused = kernels.runs_avx2();
     rope.for_each_angle(pos, |i, c, s| {
         let (i0, i1) = match rope.mode {
             RopeMode::Normal => (2 * i, 2 * i + 1),
             RopeMode::Neox => (i, i + half),
         };
         #[cfg(target_arch = "x86_64")]
-        if kernels.runs_avx2() {
+        if fused {
             // SAFETY: `runs_avx2` checked the CPU.
             return unsafe { super::avx2::rope_pairs(x, head_dim, i0, i1, c, s) };
         }
