@@ -289,10 +289,10 @@ fn kv_agreement(name: &str, gates: [(KvType, f64, f64); 3]) {
 
 #[test]
 fn smollm2_quantized_kv_agrees_with_f32() {
-    kv_agreement(SMOL, [(KvType::F16, 0.94, 0.96), (KvType::Q8, 0.94, 0.96), (KvType::Q4, 0.82, 0.83)]);
+    kv_agreement(SMOL, [(KvType::F16, 0.94, 0.96), (KvType::Q8, 0.94, 0.96), (KvType::Q4, 0.86, 0.89)]);
 }
 
 #[test]
 fn gemma3_quantized_kv_agrees_with_f32() {
-    kv_agreement(GEMMA, [(KvType::F16, 0.94, 0.96), (KvType::Q8, 0.94, 0.96), (KvType::Q4, 0.84, 0.87)]);
+    kv_agreement(GEMMA, [(KvType::F16, 0.94, 0.96), (KvType::Q8, 0.94, 0.96), (KvType::Q4, 0.91, 0.93)]);
 }

@@ -144,8 +144,9 @@ async fn matmul_every_type_matches_cpu() {
 }
 
 
-/// Prefill of 6 tokens then one single-token step, every cache type, grouped-query heads, the
-/// second layer with a sliding window of 3: outputs equal the CPU's attention over its own cache
+/// Prefill of 6 tokens then one single-token step, every cache type (q4 with its K offset),
+/// grouped-query heads, the second layer with a sliding window of 3: outputs equal the CPU's
+/// attention over its own cache
 /// (every cache type to summation order: f16 rounding is exact, see the matmul test).
 #[wasm_bindgen_test]
 async fn attention_every_cache_type_matches_cpu() {
@@ -160,7 +161,9 @@ async fn attention_every_cache_type_matches_cpu() {
         let mut pos = 0;
         for n in [6usize, 1] {
             let q = rng.acts(n, nh * hd);
-            let k = rng.acts(n, nkv * hd);
+            // K with a part shared by all tokens: a q4 cache stores it less the prefill's
+            // offset (the GPU's kv_offset pass)
+            let k: Vec<f32> = rng.acts(n, nkv * hd).iter().enumerate().map(|(i, x)| x + 3.0 * ((i % (nkv * hd)) as f32 * 0.37).sin()).collect();
             let v = rng.acts(n, nkv * hd);
             for layer in 0..2 {
                 let what = format!("attention {kv:?} layer {layer} pos {pos} n {n}");

@@ -1,12 +1,17 @@
 // Attention over the KV cache, reading it in its stored (possibly quantized) form; mirrors
 // cpu/attention.rs. One layer's cache is one buffer KV: K rows [n_ctx][n_kv_heads][k_row_words]
-// from word 0, V rows [n_ctx][n_kv_heads][v_row_words] from word v_base. Row formats by KVTYPE
+// from word 0, V rows [n_ctx][n_kv_heads][v_row_words] from word v_base, and for a Q4_0 cache
+// the layer's K offset [n_kv_heads * hdk] f32 from word offset_base. Row formats by KVTYPE
 // (ggml ids): 0 F32 (1 word per value), 1 F16 (2 values per word), 8 Q8_0 (per 32 values: 8 words
 // of i8 quants, then the f16 scale), 2 Q4_0 (per 32 values: 4 words of nibbles, value j in the
 // low nibble of byte j and j+16 in its high nibble, then the f16 scale).
 // Entry points:
+// - kv_offset (Q4_0 cache, a pass from position 0): the layer's K offset, the mean K of the
+//   pass's tokens after the first (kv_cache.rs's k_offset, the same operations), one
+//   invocation per K channel;
 // - kv_store: quantizes new K/V rows into the cache, one invocation per (token, head, 32 values)
-//   (quantize_row_q8_0_ref / quantize_row_q4_0_ref, f16 with round-to-nearest-even);
+//   (quantize_row_q8_0_ref / quantize_row_q4_0_ref, f16 with round-to-nearest-even; a Q4_0
+//   cache stores K less the offset);
 // - attn_scores: S[t, h, p] = scale · q·k for positions p in [start(pos), pos], -inf elsewhere,
 //   one invocation per (token, head, position): every position in parallel (split over K);
 // - attn_softmax_v: one workgroup per (token, head): max, exp, sum, then Σ_p e_p·V[p] / sum.
@@ -34,6 +39,8 @@ struct AttnParams {
     v_row_words: u32,
     v_base: u32,
     scale: f32,
+    offset_base: u32,  // word of the K offset (Q4_0 cache)
+    inv_count: f32,    // kv_offset: 1 / (tokens - 1), 0 for one token
 }
 
 @group(0) @binding(0) var<storage, read_write> KV: array<u32>;
@@ -110,12 +117,14 @@ fn group_max(x: ptr<function, array<f32, 32>>) -> vec2<f32> {
 }
 
 // Stores 32 values x[0..32) (from `src`, K or V input) as one group starting at word `dst`
-// (rotated first for a Q4_0 cache).
-fn store_group(dst: u32, from_v: bool, src: u32) {
+// (for a Q4_0 cache K less its offset from channel `chan` on, then rotated).
+fn store_group(dst: u32, from_v: bool, src: u32, chan: u32) {
     var x: array<f32, 32>;
     for (var i = 0u; i < 32u; i++) {
         if from_v {
             x[i] = Vin[src + i];
+        } else if KVTYPE == 2u {
+            x[i] = Kin[src + i] - bitcast<f32>(KV[P.offset_base + chan + i]);
         } else {
             x[i] = Kin[src + i];
         }
@@ -177,6 +186,21 @@ fn group_words() -> u32 {
 }
 
 @compute @workgroup_size(64)
+fn kv_offset(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let c = (wid.x + wid.y * nwg.x) * 64u + lid;
+    let width = P.n_kv_heads * P.hdk;
+    if c >= width {
+        return;
+    }
+    var sum = 0.0;
+    for (var t = 1u; t < P.n; t++) {
+        sum += Kin[t * width + c];
+    }
+    KV[P.offset_base + c] = bitcast<u32>(sum * P.inv_count);
+}
+
+@compute @workgroup_size(64)
 fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let g = (wid.x + wid.y * nwg.x) * 64u + lid;
@@ -193,13 +217,13 @@ fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         let h = r / gk;
         let j = r % gk;
         let dst = (pos * P.n_kv_heads + h) * P.k_row_words + j * group_words();
-        store_group(dst, false, t * P.n_kv_heads * P.hdk + h * P.hdk + 32u * j);
+        store_group(dst, false, t * P.n_kv_heads * P.hdk + h * P.hdk + 32u * j, h * P.hdk + 32u * j);
     } else {
         let r2 = r - P.n_kv_heads * gk;
         let h = r2 / gv;
         let j = r2 % gv;
         let dst = P.v_base + (pos * P.n_kv_heads + h) * P.v_row_words + j * group_words();
-        store_group(dst, true, t * P.n_kv_heads * P.hdv + h * P.hdv + 32u * j);
+        store_group(dst, true, t * P.n_kv_heads * P.hdv + h * P.hdv + 32u * j, 0u);
     }
 }
 

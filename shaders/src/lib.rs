@@ -21,7 +21,7 @@ pub enum Family {
     ActQuant,
     /// `argmax`.
     Argmax,
-    /// `kv_store`, `attn_prepare_q`, `attn_scores`, `attn_softmax_v` (override `KVTYPE`).
+    /// `kv_offset`, `kv_store`, `attn_prepare_q`, `attn_scores`, `attn_softmax_v` (override `KVTYPE`).
     Attention,
 }
 

@@ -14,7 +14,9 @@
 //! - V rows are dequantized group by group on the fly and accumulated in f32 (ggml accumulates
 //!   f16 V in f16; we keep f32), then divided by the sum;
 //! - a q4 cache stores rotated rows (`kv_cache::rotate_groups`): the query is rotated before
-//!   it is quantized and the output rotated back (not in ggml).
+//!   it is quantized and the output rotated back (not in ggml); it stores K less an offset
+//!   (`kv_cache::k_offset`), which moves all of a query's scores by the same `q·m`: the
+//!   softmax ignores that, a softcap does not, so with a softcap `q·m` is added back.
 //!
 //! Grouped-query attention: query head `h` reads KV head `h / (n_heads / n_kv_heads)`; positions
 //! outer, heads inner, so each K and V row is read once per position for its whole group of
@@ -121,6 +123,12 @@ pub fn attention(
     };
     let axpy = axpy_fn(row_ty, kernels);
     let widen_row = widen_fn(kernels);
+    // with a softcap, each head's `q·m` for a cache that stores K less an offset `m`
+    let q_dot_offset = |h: usize| -> f32 {
+        let m = cache.k_offset(layer, h / group);
+        q[h * dk..(h + 1) * dk].iter().zip(m).map(|(q, m)| q * m).sum()
+    };
+    let shifts: Vec<f32> = if softcap.is_some() && cache.ty().offsets_k() { (0..n_heads).map(q_dot_offset).collect() } else { Vec::new() };
     let q = rotated(cache.ty(), q, &mut scratch.q_rot);
     if scratch.q.quantize(qty, kernels, ActForm::of(qty, kernels), q, dk, n_heads).is_err() {
         unreachable!("head_dim_k is a whole number of groups (checked by KvCache::new)")
@@ -146,7 +154,11 @@ pub fn attention(
                 k = bytemuck::cast_slice(&wide[..dk]);
             }
             for j in 0..group {
-                scores[j * n + i] = dot(k, &qa.row(g * group + j)) * scale;
+                let s = dot(k, &qa.row(g * group + j));
+                scores[j * n + i] = match shifts.get(g * group + j) {
+                    Some(shift) => (s + shift) * scale,
+                    None => s * scale,
+                };
             }
         }
         for (row, sum) in scores.chunks_exact_mut(n).zip(sums.iter_mut()) {

@@ -485,11 +485,21 @@ fn kv_round_trip_within_bounds() {
         let mut c = KvCache::new(ty, nl, nctx, nkv, dk, dv).expect("cache");
         let mut rows = Vec::new();
         for l in 0..nl {
+            let (mut ks, mut vs) = (Vec::new(), Vec::new());
             for p in 0..nctx {
-                let k = rng.vec(nkv * dk);
+                // K with a part shared by all tokens (what a Q4 cache's K offset takes out)
+                let k: Vec<f32> = rng.vec(nkv * dk).iter().enumerate().map(|(i, x)| x + (i as f32 * 0.3).sin()).collect();
                 let v = rng.vec(nkv * dv);
-                c.write(l, p, &k, &v).expect("write");
+                if l == 0 {
+                    c.write(l, p, &k, &v).expect("write");
+                }
+                ks.extend_from_slice(&k);
+                vs.extend_from_slice(&v);
                 rows.push((l, p, k, v));
+            }
+            // layer 1: one batch from position 0, which sets a Q4 cache's K offset
+            if l == 1 {
+                c.write_batch(l, 0, &ks, &vs).expect("write batch");
             }
         }
         assert_eq!(c.n_pos(), nctx);
@@ -505,6 +515,15 @@ fn kv_round_trip_within_bounds() {
                     check_pad(&out, d, "kv read");
                     let mut src = src[h * d..(h + 1) * d].to_vec();
                     let out = &mut out[..d];
+                    // A type that offsets K quantizes K less the offset: bound the error there.
+                    if is_k {
+                        let m = c.k_offset(*l, h);
+                        assert_eq!(m.len(), if ty.offsets_k() { d } else { 0 });
+                        for ((s, o), m) in src.iter_mut().zip(out.iter_mut()).zip(m) {
+                            *s -= m;
+                            *o -= m;
+                        }
+                    }
                     // A rotating type quantizes the rotated row: bound the error there.
                     if ty.rotates() {
                         rotate_groups(&mut src);
@@ -512,7 +531,8 @@ fn kv_round_trip_within_bounds() {
                     }
                     for (g, (o, s)) in out.chunks(32).zip(src.chunks(32)).enumerate() {
                         let amax = s.iter().fold(0f32, |m, &x| m.max(x.abs()));
-                        let bound = match ty {
+                        // (+ the f32 rounding of adding the offset back and taking it off)
+                        let bound = 1e-6 + match ty {
                             KvType::F32 => 0.0,
                             KvType::F16 => amax * 2f32.powi(-11),
                             // d/2 + f16 rounding of d (≤ 2⁻¹¹·d per unit of q, |q| ≤ 127)
@@ -558,7 +578,13 @@ fn effective_q(ty: KvType, q: &[f32]) -> Vec<f32> {
     out
 }
 
-/// f64 attention of `q` over K/V rows given by `kv(p, kv_head) -> (k, v)`.
+/// `q·m` in f64.
+fn q_dot(q: &[f32], m: &[f32]) -> f64 {
+    q.iter().zip(m).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum()
+}
+
+/// f64 attention of `q` over K/V rows given by `kv(p, kv_head) -> (k, v)`, with `shifts[h]`
+/// (when given) added to head `h`'s dot products before they are scaled.
 #[allow(clippy::too_many_arguments)]
 fn attention_reference(
     kv: &dyn Fn(usize, usize) -> (Vec<f32>, Vec<f32>),
@@ -571,6 +597,7 @@ fn attention_reference(
     end: usize,
     scale: f32,
     softcap: Option<f32>,
+    shifts: &[f64],
 ) -> Vec<f64> {
     let group = n_heads / nkv;
     let mut out = vec![0f64; n_heads * dv];
@@ -579,11 +606,7 @@ fn attention_reference(
         let mut s = Vec::new();
         for p in start..end {
             let (k, _) = kv(p, g);
-            let mut d: f64 = q[h * dk..(h + 1) * dk]
-                .iter()
-                .zip(&k)
-                .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                .sum();
+            let mut d = q_dot(&q[h * dk..(h + 1) * dk], &k) + shifts.get(h).copied().unwrap_or(0.0);
             d *= f64::from(scale);
             if let Some(cap) = softcap {
                 d = f64::from(cap) * (d / f64::from(cap)).tanh();
@@ -625,30 +648,47 @@ fn attention_matches_reference() {
             ] {
                 let mut rng = Rng::new((n_heads * 31 + dk) as u64);
                 let (nl, nctx) = (2, 40);
+                let q_all: Vec<f32> = rng.vec(n_heads * dk);
                 let mut c = KvCache::new(ty, nl, nctx, nkv, dk, dv).expect("cache");
                 let mut orig = Vec::new();
-                for l in 0..nl {
-                    for p in 0..nctx {
-                        let (k, v) = (rng.vec(nkv * dk), rng.vec(nkv * dv));
-                        c.write(l, p, &k, &v).expect("write");
-                        if l == 1 {
-                            orig.push((k, v));
-                        }
-                    }
+                for p in 0..nctx {
+                    let (k, v) = (rng.vec(nkv * dk), rng.vec(nkv * dv));
+                    c.write(0, p, &k, &v).expect("write");
                 }
+                // layer 1 (the one attended): one batch from position 0, K with a part shared
+                // by all tokens, so that a Q4 cache stores it less an offset
+                for _ in 0..nctx {
+                    let k: Vec<f32> = rng.vec(nkv * dk).iter().enumerate().map(|(i, x)| x + 0.5 * (i as f32 * 0.7).sin()).collect();
+                    orig.push((k, rng.vec(nkv * dv)));
+                }
+                let ks: Vec<f32> = orig.iter().flat_map(|(k, _)| k.clone()).collect();
+                let vs: Vec<f32> = orig.iter().flat_map(|(_, v)| v.clone()).collect();
+                c.write_batch(1, 0, &ks, &vs).expect("write batch");
+                assert_eq!(c.k_offset(1, 0).iter().any(|m| m.abs() > 0.1), ty.offsets_k());
+                // the stored rows (K less the offset, which moves no softmax)
                 let stored = |p: usize, g: usize| {
                     let (mut k, mut v) = (vec![0f32; dk], vec![0f32; dv]);
                     c.read_k(1, p, g, &mut k);
                     c.read_v(1, p, g, &mut v);
+                    for (k, m) in k.iter_mut().zip(c.k_offset(1, g)) {
+                        *k -= m;
+                    }
                     (k, v)
                 };
+                // what a softcap needs added back: q·m per head
+                let shifts: Vec<f64> = (0..n_heads)
+                    .map(|h| {
+                        let m = c.k_offset(1, h / (n_heads / nkv));
+                        q_dot(&q_all[h * dk..(h + 1) * dk], m)
+                    })
+                    .collect();
                 let original = |p: usize, g: usize| {
                     (
                         orig[p].0[g * dk..(g + 1) * dk].to_vec(),
                         orig[p].1[g * dv..(g + 1) * dv].to_vec(),
                     )
                 };
-                let q: Vec<f32> = rng.vec(n_heads * dk);
+                let q = q_all.clone();
                 let scale = 1.0 / (dk as f32).sqrt();
                 for ((start, end, cap), batch) in [
                     (0usize, 1usize, None),
@@ -685,8 +725,9 @@ fn attention_matches_reference() {
                     let out = &out[..n_heads * dv];
                     // Tight: the stored rows and the query as converted for the K dot product.
                     let q_eff = effective_q(ty, &q);
+                    let shift: &[f64] = if cap.is_some() { &shifts } else { &[] };
                     let tight = attention_reference(
-                        &stored, dk, dv, nkv, &q_eff, n_heads, start, end, scale, cap,
+                        &stored, dk, dv, nkv, &q_eff, n_heads, start, end, scale, cap, shift,
                     );
                     let e = max_rel_err(out, &tight);
                     assert!(
@@ -695,7 +736,7 @@ fn attention_matches_reference() {
                     );
                     // Loose: the original f32 rows and query (the cost of the cache format).
                     let loose = attention_reference(
-                        &original, dk, dv, nkv, &q, n_heads, start, end, scale, cap,
+                        &original, dk, dv, nkv, &q, n_heads, start, end, scale, cap, &[],
                     );
                     let bound = match ty {
                         KvType::F32 => 2e-5,

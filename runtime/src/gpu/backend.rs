@@ -132,7 +132,8 @@ pub struct GpuCache {
     head_dim_v: usize,
     k_row_words: usize,
     v_row_words: usize,
-    /// per layer: `[n_ctx, n_kv_heads, k_row_words]` then `[n_ctx, n_kv_heads, v_row_words]` u32
+    /// per layer: `[n_ctx, n_kv_heads, k_row_words]` then `[n_ctx, n_kv_heads, v_row_words]` u32,
+    /// then for a type that offsets K the layer's K offset `[n_kv_heads · head_dim_k]` f32
     layers: Vec<wgpu::Buffer>,
 }
 
@@ -140,6 +141,11 @@ impl GpuCache {
     /// Word offset of the V rows in a layer's buffer (after `[n_ctx][n_kv_heads]` K rows).
     fn v_base_words(&self) -> usize {
         self.n_ctx * self.n_kv_heads * self.k_row_words
+    }
+
+    /// Word offset of the K offset in a layer's buffer (after the V rows).
+    fn offset_base_words(&self) -> usize {
+        self.v_base_words() + self.n_ctx * self.n_kv_heads * self.v_row_words
     }
 }
 
@@ -548,6 +554,14 @@ impl GpuBackend {
             .collect()
     }
 
+    /// The K offset of `layer` as stored (tests; empty for a type that does not offset K).
+    #[cfg(all(test, not(target_arch = "wasm32")))]
+    pub(crate) fn cache_k_offset(&mut self, cache: &GpuCache, layer: usize) -> Vec<f32> {
+        let buf = cache.layers[layer].clone();
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&pollster::block_on(self.read_async(&buf, buf.size())).expect("readback"));
+        words[cache.offset_base_words()..].iter().map(|w| f32::from_bits(*w)).collect()
+    }
+
     /// Every word of the buffer behind `x`, including the tail past its values (tests).
     #[cfg(all(test, not(target_arch = "wasm32")))]
     pub(crate) fn raw_words(&mut self, x: &GpuAct) -> Vec<u32> {
@@ -638,6 +652,8 @@ struct AttnParams {
     v_row_words: u32,
     v_base: u32,
     scale: f32,
+    offset_base: u32,
+    inv_count: f32,
 }
 
 const _: () = assert!(std::mem::size_of::<AttnParams>() as u64 <= PARAM_BIND);
@@ -828,7 +844,8 @@ impl Backend for GpuBackend {
         }
         let k_row_words = cache_row_words(kv, hdk);
         let v_row_words = cache_row_words(kv, hdv);
-        let bytes = (n_ctx * cfg.n_kv_heads * (k_row_words + v_row_words) * 4) as u64;
+        let offset_words = if kv.offsets_k() { cfg.n_kv_heads * hdk } else { 0 };
+        let bytes = ((n_ctx * cfg.n_kv_heads * (k_row_words + v_row_words) + offset_words) * 4) as u64;
         if bytes > self.dev.max_binding() || bytes / 4 > u64::from(u32::MAX) {
             return Err(GpuError::TooLarge { what: "the KV cache of one layer".into(), bytes, limit: self.dev.max_binding() }.into());
         }
@@ -1047,7 +1064,13 @@ impl Backend for GpuBackend {
             v_row_words: cache.v_row_words as u32,
             v_base: cache.v_base_words() as u32,
             scale: cfg.attn_scale,
+            offset_base: cache.offset_base_words() as u32,
+            inv_count: if n > 1 { 1.0 / (n - 1) as f32 } else { 0.0 },
         };
+        if cache.ty.offsets_k() && pos0 == 0 {
+            // a pass from position 0 starts a sequence: its K offset first (kv_cache::k_offset)
+            self.dispatch(Family::Attention, "kv_offset", ("KVTYPE", ty), &[(0, &kv), (1, k.buf.get())], 5, bytemuck::bytes_of(&p), (nkv * hdk).div_ceil(64))?;
+        }
         let groups_per_tok = nkv * (hdk / 32 + hdv / 32);
         self.dispatch(
             Family::Attention,

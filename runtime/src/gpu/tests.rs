@@ -329,7 +329,9 @@ fn attention_every_cache_type_matches_cpu() {
             for n in [6usize, 1, 1] {
                 // big: large attention logits (peaked softmax), as real models have
                 let q: Vec<f32> = acts(&mut rng, n, nh * hd).iter().map(|x| x * big).collect();
-                let k = acts(&mut rng, n, nkv * hd);
+                // K with a part common to all tokens, as real models' K has (what a Q4
+                // cache's K offset takes out)
+                let k: Vec<f32> = acts(&mut rng, n, nkv * hd).iter().enumerate().map(|(i, x)| x + 3.0 * ((i % (nkv * hd)) as f32 * 0.37).sin()).collect();
                 let v = acts(&mut rng, n, nkv * hd);
                 for layer in 0..2 {
                     let gq = g.upload(&q, n, nh * hd).unwrap();
@@ -363,6 +365,10 @@ fn attention_every_cache_type_matches_cpu() {
             // The stored rows themselves: the same bytes (the q4 rows rotated by the same
             // butterflies, then rounded as quantize_row_q4_0_ref does).
             for layer in 0..2 {
+                let offset = g.cache_k_offset(&gc, layer);
+                let want: Vec<f32> = (0..nkv).flat_map(|h| cc.k_offset(layer, h).to_vec()).collect();
+                assert_eq!(offset.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{kv:?} hd {hd} layer {layer}: K offset");
+                assert_eq!(want.iter().any(|v| v.abs() > 0.5), kv.offsets_k(), "{kv:?}: an offset only where the type takes one");
                 let rows = g.cache_rows_as_ggml(&gc, layer);
                 for p in 0..pos {
                     for h in 0..nkv {

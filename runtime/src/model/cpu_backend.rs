@@ -253,11 +253,7 @@ impl Backend for CpuBackend {
         if pos0 + n > cache.n_ctx() {
             return Err(ModelError::ContextFull { pos: pos0 + n, n_ctx: cache.n_ctx() });
         }
-        for t in 0..n {
-            let kr = &k.data[t * k.width..(t + 1) * k.width];
-            let vr = &v.data[t * v.width..(t + 1) * v.width];
-            cache.write(layer, pos0 + t, kr, vr)?;
-        }
+        cache.write_batch(layer, pos0, &k.data, &v.data)?;
         let width = cfg.n_heads * cfg.head_dim_v;
         let mut out = vec![0f32; n * width];
         for t in 0..n {
