@@ -83,6 +83,8 @@ impl KvType {
     }
 
     /// Whether K rows are stored less the layer's [K offset](k_offset) (Q4: see there why).
+    /// attention.wgsl does so for its Q4_0 `KVTYPE`; the GPU attention test compares the
+    /// stored offset of every type with the CPU cache's.
     pub fn offsets_k(self) -> bool {
         matches!(self, KvType::Q4)
     }
@@ -114,8 +116,8 @@ pub struct KvCache {
     n_pos: usize,
     tmp8: Vec<BlockQ8_0>,
     tmp4: Vec<BlockQ4_0>,
-    /// Rotated copies of the K and V rows being written (types that [rotate](KvType::rotates)).
-    rotated: Vec<f32>,
+    /// The row being written in its [stored form](stored_form), when that is not the row itself.
+    staged: Vec<f32>,
     /// [n_layers][n_kv_heads · head_dim_k]: each layer's [K offset](k_offset), subtracted from
     /// every K row before it is stored (types that [offset K](KvType::offsets_k); else empty).
     k_offsets: Vec<f32>,
@@ -214,7 +216,7 @@ impl KvCache {
             n_pos: 0,
             tmp8: Vec::new(),
             tmp4: Vec::new(),
-            rotated: Vec::new(),
+            staged: Vec::new(),
             k_offsets,
         })
     }
@@ -267,20 +269,11 @@ impl KvCache {
             let base = (layer * self.n_ctx + pos0 + t) * self.n_kv_heads;
             let (kr, vr) = (self.k_row, self.v_row);
             let kdst = &mut self.k[base * kr..(base + self.n_kv_heads) * kr];
-            let k = if ty.offsets_k() {
-                let off = &self.k_offsets[layer * kw..(layer + 1) * kw];
-                self.rotated.clear();
-                self.rotated.extend(k.iter().zip(off).map(|(k, o)| k - o));
-                if ty.rotates() {
-                    rotate_groups(&mut self.rotated);
-                }
-                &self.rotated[..]
-            } else {
-                rotated(ty, k, &mut self.rotated)
-            };
+            let offset = self.k_offsets.get(layer * kw..(layer + 1) * kw).unwrap_or(&[]);
+            let k = stored_form(ty, k, offset, &mut self.staged);
             encode(ty, k, kdst, &mut self.tmp8, &mut self.tmp4);
             let vdst = &mut self.v[base * vr..(base + self.n_kv_heads) * vr];
-            let v = rotated(ty, v, &mut self.rotated);
+            let v = stored_form(ty, v, &[], &mut self.staged);
             encode(ty, v, vdst, &mut self.tmp8, &mut self.tmp4);
         }
         self.n_pos = self.n_pos.max(pos0 + n);
@@ -367,13 +360,9 @@ impl KvCache {
     /// [`read_k`](Self::read_k) adds back to a stored K row. Empty for a type that does not
     /// [offset K](KvType::offsets_k) (panics when out of range).
     pub fn k_offset(&self, layer: usize, head: usize) -> &[f32] {
-        const NONE: [f32; 0] = [];
-        if !self.ty.offsets_k() {
-            assert!(layer < self.n_layers && head < self.n_kv_heads, "k_offset out of range");
-            return &NONE;
-        }
+        assert!(layer < self.n_layers && head < self.n_kv_heads, "k_offset out of range");
         let i = layer * self.n_kv_heads + head;
-        &self.k_offsets[i * self.head_dim_k..(i + 1) * self.head_dim_k]
+        self.k_offsets.get(i * self.head_dim_k..(i + 1) * self.head_dim_k).unwrap_or(&[])
     }
 
     /// Decodes the stored K row of (`layer`, `pos`, `head`) into `out` (`head_dim_k` values),
@@ -463,15 +452,22 @@ pub fn k_offset(k: &[f32], width: usize, out: &mut [f32]) {
     }
 }
 
-/// `src` as a cache of type `ty` stores it (and as the attention must meet it): rotated into
-/// `buf` when `ty` rotates, else `src` itself.
-pub(crate) fn rotated<'a>(ty: KvType, src: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
-    if !ty.rotates() {
+/// `src` (whole rows) in the form a cache of type `ty` stores it, and attention must meet it:
+/// less `offset` (the [K offset](k_offset) for K rows; empty for none) and rotated when `ty`
+/// rotates, into `buf`; `src` itself when neither applies.
+pub(crate) fn stored_form<'a>(ty: KvType, src: &'a [f32], offset: &[f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if !ty.rotates() && offset.is_empty() {
         return src;
     }
     buf.clear();
-    buf.extend_from_slice(src);
-    rotate_groups(buf);
+    if offset.is_empty() {
+        buf.extend_from_slice(src);
+    } else {
+        buf.extend(src.iter().zip(offset).map(|(x, m)| x - m));
+    }
+    if ty.rotates() {
+        rotate_groups(buf);
+    }
     buf
 }
 

@@ -27,7 +27,7 @@
 
 use super::act_quant::{ActForm, QuantizedActs};
 use super::{dot_fn, Kernels};
-use crate::kv_cache::{rotate_groups, rotated, KvCache, KvType};
+use crate::kv_cache::{rotate_groups, stored_form, KvCache, KvType};
 use crate::quant::{ggml_fp16_to_fp32, GgmlType};
 use half::f16;
 
@@ -129,7 +129,8 @@ pub fn attention(
         q[h * dk..(h + 1) * dk].iter().zip(m).map(|(q, m)| q * m).sum()
     };
     let shifts: Vec<f32> = if softcap.is_some() && cache.ty().offsets_k() { (0..n_heads).map(q_dot_offset).collect() } else { Vec::new() };
-    let q = rotated(cache.ty(), q, &mut scratch.q_rot);
+    // rotated as the rows (K's offset needs nothing here: see the module docs)
+    let q = stored_form(cache.ty(), q, &[], &mut scratch.q_rot);
     if scratch.q.quantize(qty, kernels, ActForm::of(qty, kernels), q, dk, n_heads).is_err() {
         unreachable!("head_dim_k is a whole number of groups (checked by KvCache::new)")
     }
