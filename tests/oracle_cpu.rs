@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 use webgguf::engine::{Session, SessionOptions};
+use webgguf::cpu::Kernels;
 use webgguf::kv_cache::KvType;
 use webgguf::model::CpuBackend;
 use webgguf_tests::{argmax, fixtures_dir, ids, model_path, top2, use_all_cores, workspace_root};
@@ -18,9 +19,13 @@ fn oracle(name: &str) -> Value {
 }
 
 fn session(name: &str, kv: KvType) -> Session<CpuBackend> {
+    session_on(name, kv, Kernels::best())
+}
+
+fn session_on(name: &str, kv: KvType, kernels: Kernels) -> Session<CpuBackend> {
     use_all_cores();
     let path = model_path(&format!("{name}.gguf"));
-    let mut backend = CpuBackend::new();
+    let mut backend = CpuBackend::with_kernels(kernels).expect("kernel family available");
     let (_, model) = webgguf::loader::load_files(&[path], &mut backend).expect("load model");
     Session::new(backend, model, SessionOptions { kv, n_ctx: 1024 }).expect("session")
 }
@@ -153,7 +158,7 @@ fn check_model(name: &str) {
     // default kernels on such a CPU (`Kernels::Avx2`) reproduce bit for bit: 100 % here. The
     // 128-bit kernels the browser runs reach 98.0–98.3 % (as llama.cpp's own AVX-512 build
     // does: docs/oracle-agreement-llama-cpp.md), so on a CPU without AVX2 this fails.
-    println!("{name}: CPU kernels {}", webgguf::cpu::Kernels::best().name());
+    println!("{name}: CPU kernels {}", Kernels::best().name());
     assert!(conf >= 0.99, "{name}: top-1 agreement {conf:.4} < 0.99 where the oracle margin >= 0.1");
     assert!(all >= 0.95, "{name}: top-1 agreement {all:.4} < 0.95 over all positions");
     assert!(failures.is_empty(), "{name}: greedy tokens differ before a low-margin step: {failures:#?}");
@@ -211,7 +216,7 @@ fn full_logits(name: &str, min_cos: f64, max_nmse: f64) {
     }
     let nmse = sum_nmse / shape[0] as f64;
     let same = got.iter().zip(&want).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
-    let kernels = webgguf::cpu::Kernels::best();
+    let kernels = Kernels::best();
     println!(
         "{name}: full logits over {} positions: worst cosine {worst_cos:.6}, mean NMSE {nmse:.2e}, {same} of {} values bit for bit ({} kernels)",
         shape[0],
@@ -220,7 +225,7 @@ fn full_logits(name: &str, min_cos: f64, max_nmse: f64) {
     );
     assert!(worst_cos >= min_cos, "{name}: cosine {worst_cos} < {min_cos}");
     assert!(nmse <= max_nmse, "{name}: NMSE {nmse} > {max_nmse}");
-    if kernels == webgguf::cpu::Kernels::Avx2 {
+    if kernels == Kernels::Avx2 {
         // the oracle's own build: every logit equal (the file stores them as float32)
         assert_eq!(same, got.len(), "{name}: logits differ from llama.cpp's x86 AVX2 build");
     }
@@ -236,13 +241,15 @@ fn gemma3_full_logits_close_to_llama_cpp() {
     full_logits(GEMMA, 0.995, 5e-3);
 }
 
-/// Quantized KV caches against the f32 cache: teacher-forced top-1 agreement over the oracle
-/// sequences, over all positions and over those where the f32 run's top-2 margin is ≥ 0.1.
-/// The targets (q8 ≥ 98 %, q4 ≥ 95 % over all positions) are printed beside the
-/// measured figures; the gates hold what we measured (README, "Results"). llama.cpp measured
-/// the same way (pkg-scripts/kv-agreement-llama-cpp.py) reaches neither target either:
-/// docs/kv-cache-llama-cpp.md.
-fn kv_agreement(name: &str, gates: [(KvType, f64, f64); 3]) {
+/// Quantized KV caches against the f32 cache on kernel family `kernels`: teacher-forced top-1
+/// agreement over the oracle sequences, over all positions and over those where the f32 run's
+/// top-2 margin is ≥ 0.1. The gates hold what we measured (README, "Results"). With llama.cpp's
+/// arithmetic (the default kernels) any perturbation of K or V flips ~4 % of positions — two
+/// f32 runs differing only in rounding order do too — so the targets (q8 ≥ 98 %,
+/// q4 ≥ 95 %) are out of reach there, for llama.cpp as well (pkg-scripts/kv-agreement-llama-cpp.py);
+/// `Kernels::Float`, without the 8-bit activation rounding behind that floor, measures the
+/// cache alone (docs/kv-cache-llama-cpp.md).
+fn kv_agreement(name: &str, kernels: Kernels, gates: [(KvType, f64, f64); 3]) {
     let o = oracle(name);
     let n_vocab = o["n_vocab"].as_u64().expect("n_vocab") as usize;
     let seqs: Vec<Vec<u32>> = o["cases"]
@@ -257,7 +264,7 @@ fn kv_agreement(name: &str, gates: [(KvType, f64, f64); 3]) {
         .collect();
     // (top-1 id, top-2 margin) per position.
     let tops = |kv| {
-        let mut s = session(name, kv);
+        let mut s = session_on(name, kv, kernels);
         seqs.iter()
             .flat_map(|seq| {
                 s.logits_all(seq)
@@ -276,7 +283,8 @@ fn kv_agreement(name: &str, gates: [(KvType, f64, f64); 3]) {
         let conf: Vec<_> = base.iter().zip(&t).filter(|(a, _)| a.1 >= 0.1).collect();
         let confident = conf.iter().filter(|(a, b)| a.0 == b.0).count() as f64 / conf.len().max(1) as f64;
         println!(
-            "{name}: {kv:?} KV top-1 agreement with f32 KV: {all:.4} over {} positions, {confident:.4} over {} with f32 margin >= 0.1",
+            "{name}: {kv:?} KV top-1 agreement with f32 KV ({} kernels): {all:.4} over {} positions, {confident:.4} over {} with f32 margin >= 0.1",
+            kernels.name(),
             base.len(),
             conf.len()
         );
@@ -289,10 +297,22 @@ fn kv_agreement(name: &str, gates: [(KvType, f64, f64); 3]) {
 
 #[test]
 fn smollm2_quantized_kv_agrees_with_f32() {
-    kv_agreement(SMOL, [(KvType::F16, 0.94, 0.96), (KvType::Q8, 0.94, 0.96), (KvType::Q4, 0.86, 0.89)]);
+    kv_agreement(SMOL, Kernels::best(), [(KvType::F16, 0.94, 0.96), (KvType::Q8, 0.94, 0.96), (KvType::Q4, 0.86, 0.89)]);
 }
 
 #[test]
 fn gemma3_quantized_kv_agrees_with_f32() {
-    kv_agreement(GEMMA, [(KvType::F16, 0.94, 0.96), (KvType::Q8, 0.94, 0.96), (KvType::Q4, 0.91, 0.93)]);
+    kv_agreement(GEMMA, Kernels::best(), [(KvType::F16, 0.94, 0.96), (KvType::Q8, 0.94, 0.96), (KvType::Q4, 0.91, 0.93)]);
+}
+
+/// The q8 target (≥ 98 % over all positions) on the arithmetic without activation
+/// rounding, where the f16 cache agrees on every position.
+#[test]
+fn smollm2_quantized_kv_agrees_with_f32_float_kernels() {
+    kv_agreement(SMOL, Kernels::Float, [(KvType::F16, 0.99, 0.99), (KvType::Q8, 0.98, 0.98), (KvType::Q4, 0.86, 0.88)]);
+}
+
+#[test]
+fn gemma3_quantized_kv_agrees_with_f32_float_kernels() {
+    kv_agreement(GEMMA, Kernels::Float, [(KvType::F16, 0.99, 0.99), (KvType::Q8, 0.98, 0.98), (KvType::Q4, 0.90, 0.93)]);
 }

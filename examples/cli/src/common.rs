@@ -33,8 +33,9 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
     /// CPU kernel family: `auto` (x86-64 with AVX2+FMA: `avx2`, else `simd`), `avx2` (the
     /// arithmetic of llama.cpp's x86 AVX2 build, bit for bit), `simd` (the 128-bit kernels the
-    /// browser runs as SIMD128) or `scalar`.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "avx2", "simd", "scalar"])]
+    /// browser runs as SIMD128), `scalar`, or `float` (weights dequantized to f32, activations
+    /// not rounded to 8 bits: slow, a reference for measuring e.g. a quantized KV cache).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "avx2", "simd", "scalar", "float"])]
     pub kernels: String,
 }
 
@@ -45,6 +46,7 @@ pub fn cpu_backend(name: &str) -> Result<CpuBackend, ExitCode> {
         "avx2" => Kernels::Avx2,
         "simd" => Kernels::Simd,
         "scalar" => Kernels::Scalar,
+        "float" => Kernels::Float,
         _ => return Ok(CpuBackend::new()),
     };
     CpuBackend::with_kernels(k).ok_or_else(|| fail(format!("--kernels {name}: not available on this CPU or build"), false))

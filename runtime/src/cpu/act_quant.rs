@@ -342,6 +342,7 @@ fn layout_for(wty: GgmlType, kernels: Kernels) -> Layout {
         #[cfg(target_arch = "x86_64")]
         Kernels::Avx2 if super::avx2::dot_fn(wty).is_some() => Layout::None,
         Kernels::Avx2 => layout_for(wty, Kernels::Simd),
+        Kernels::Float => layout_for(wty, kernels.quantized()),
     }
 }
 

@@ -92,6 +92,8 @@ pub fn attention(
     assert_eq!(q.len(), n_heads * dk, "attention: q length");
     assert_eq!(out.len(), n_heads * dv, "attention: out length");
     out.fill(0.0);
+    // a quantized cache's format includes its Q8 query: Kernels::Float keeps it
+    let kernels = kernels.quantized();
     #[cfg(target_arch = "x86_64")]
     if kernels.runs_avx2() && softcap.is_none() && !cache.ty().is_quantized() {
         if start < end {

@@ -19,11 +19,15 @@
 //! Activations entering a quantized dot product are first quantized to the weight type's
 //! `vec_dot_type` with the `quant::` reference quantizers (as ggml's CPU backend does; `Avx2`
 //! with ggml's x86 ones), see `act_quant.rs`.
+//!
+//! A fourth family, [`Kernels::Float`] (`float.rs`), is a reference for measurements, not a
+//! fast path: weight rows dequantized to f32 and multiplied with unrounded f32 activations.
 
 mod act_quant;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod float;
 pub mod ops;
 mod scalar;
 #[cfg(any(
@@ -117,6 +121,14 @@ pub enum Kernels {
     /// x86-64 with AVX2 + FMA + F16C (detected at run time): the arithmetic of ggml's x86
     /// AVX2 build (`avx2.rs`) for the types it has kernels for, [`Kernels::Simd`] for the rest.
     Avx2,
+    /// Weight rows dequantized to f32 times the f32 activations, unrounded (`float.rs`): slow,
+    /// and not llama.cpp's arithmetic, but without the 8-bit rounding of activations that
+    /// turns any tiny perturbation into whole rounding steps — the baseline against which
+    /// a quantized KV cache is measured on its own. Everything but the weight products
+    /// (attention over a quantized cache included) runs [`Kernels::quantized`]'s family.
+    /// Never picked by [`Kernels::best`] and not in [`Kernels::available`] (whose families
+    /// reproduce ggml's quantized products).
+    Float,
 }
 
 const HAS_SIMD: bool = cfg!(any(
@@ -164,16 +176,28 @@ impl Kernels {
         all(target_arch = "wasm32", target_feature = "simd128")
     ))]
     fn simd_like(self) -> bool {
-        matches!(self, Kernels::Simd | Kernels::Avx2)
+        matches!(self, Kernels::Simd | Kernels::Avx2 | Kernels::Float)
     }
 
-    /// "scalar", "simd128" (wasm), "sse2" or "avx2" (x86_64).
+    /// The family whose quantized products this one uses where it needs any:
+    /// [`Kernels::Float`]'s attention over a quantized cache, whose format includes the Q8
+    /// rounding of the query, runs the 128-bit kernels (scalar without them).
+    pub fn quantized(self) -> Kernels {
+        match self {
+            Kernels::Float if HAS_SIMD => Kernels::Simd,
+            Kernels::Float => Kernels::Scalar,
+            k => k,
+        }
+    }
+
+    /// "scalar", "simd128" (wasm), "sse2" or "avx2" (x86_64), "float".
     pub fn name(self) -> &'static str {
         match self {
             Kernels::Scalar => "scalar",
             Kernels::Simd if cfg!(target_arch = "wasm32") => "simd128",
             Kernels::Simd => "sse2",
             Kernels::Avx2 => "avx2",
+            Kernels::Float => "float",
         }
     }
 }
@@ -342,26 +366,60 @@ pub fn matmul_with(
             got: w.data.len(),
         });
     }
+    let y = &mut y[..want_y];
+    if kernels == Kernels::Float {
+        if !ty.is_supported() || ty == GgmlType::Q8_K || ty == GgmlType::Q8_1 {
+            return Err(QuantError::Unsupported { ty, op: "matmul" });
+        }
+        return split_rows(w, n_tokens, y, |r0, r1, out| {
+            float::rows(w, x, n_tokens, r0, r1, |t, r, v| out.put(t, r, v))
+        });
+    }
     let dot = dots(ty, kernels, w.rows, n_tokens)?;
     scratch.acts.quantize(ty, kernels, dot.acts, x, w.cols, n_tokens)?;
     let acts = &scratch.acts;
-    let y = &mut y[..want_y];
+    split_rows(w, n_tokens, y, |r0, r1, out| {
+        matmul_rows(w, acts, n_tokens, r0, r1, dot, |t, r, v| out.put(t, r, v));
+        Ok(())
+    })
+}
+
+/// Where the results of rows `r0..` go: value `(t, r)` at
+/// `out[(r - r0) * row_stride + t * token_stride]`.
+struct RowsOut<'a> {
+    out: &'a mut [f32],
+    r0: usize,
+    row_stride: usize,
+    token_stride: usize,
+}
+
+impl RowsOut<'_> {
+    #[inline]
+    fn put(&mut self, t: usize, r: usize, v: f32) {
+        self.out[(r - self.r0) * self.row_stride + t * self.token_stride] = v;
+    }
+}
+
+/// Runs `work(r0, r1, out)` over all rows of a product of `w` by `n_tokens` tokens with
+/// results in `y` (`[n_tokens][w.rows]`): in this thread, or natively split into row ranges
+/// over [`num_threads`] threads when the product is large enough to repay the spawning.
+fn split_rows<F>(w: &QMatrix, n_tokens: usize, y: &mut [f32], work: F) -> Result<(), QuantError>
+where
+    F: Fn(usize, usize, &mut RowsOut<'_>) -> Result<(), QuantError> + Sync,
+{
     if n_tokens == 0 || w.rows == 0 {
         return Ok(());
     }
-
     #[cfg(not(target_arch = "wasm32"))]
     {
         let threads = num_threads().min(w.rows);
         // Spawning costs tens of microseconds: only split products large enough to repay it.
         if threads > 1 && w.data.len().saturating_mul(n_tokens) >= PARALLEL_MIN_BYTES {
-            return matmul_parallel(w, acts, n_tokens, y, dot, threads);
+            return split_rows_parallel(w, n_tokens, y, work, threads);
         }
     }
-    matmul_rows(w, acts, n_tokens, 0, w.rows, dot, |t, r, v| {
-        y[t * w.rows + r] = v
-    });
-    Ok(())
+    let mut out = RowsOut { out: y, r0: 0, row_stride: 1, token_stride: w.rows };
+    work(0, w.rows, &mut out)
 }
 
 /// Tokens per pass over the rows of a matmul: their quantized activations (2 bytes per
@@ -460,59 +518,60 @@ pub fn set_num_threads(n: usize) {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-fn matmul_parallel(
+fn split_rows_parallel<F>(
     w: &QMatrix,
-    acts: &QuantizedActs,
     n_tokens: usize,
     y: &mut [f32],
-    dot: Dots,
+    work: F,
     threads: usize,
-) -> Result<(), QuantError> {
+) -> Result<(), QuantError>
+where
+    F: Fn(usize, usize, &mut RowsOut<'_>) -> Result<(), QuantError> + Sync,
+{
     let rows = w.rows;
     let per = rows.div_ceil(threads);
+    // A worker that panicked (it cannot, short of a bug) is reported, not left as garbage.
+    let failed = || QuantError::Unsupported { ty: w.ty, op: "matmul (worker thread failed)" };
+    let work = &work;
     if n_tokens == 1 {
         // Output rows are contiguous: each thread owns a slice of y.
-        std::thread::scope(|s| {
-            for (i, chunk) in y.chunks_mut(per).enumerate() {
-                let r0 = i * per;
-                s.spawn(move || {
-                    matmul_rows(w, acts, 1, r0, r0 + chunk.len(), dot, |_, r, v| {
-                        chunk[r - r0] = v
-                    });
-                });
-            }
+        return std::thread::scope(|s| {
+            let handles: Vec<_> = y
+                .chunks_mut(per)
+                .enumerate()
+                .map(|(i, chunk)| {
+                    let r0 = i * per;
+                    s.spawn(move || {
+                        let r1 = r0 + chunk.len();
+                        work(r0, r1, &mut RowsOut { out: chunk, r0, row_stride: 1, token_stride: 0 })
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(failed())))
         });
-        return Ok(());
     }
     // Several tokens: each thread fills a row-major [rows_i × n_tokens] block, copied after.
-    let mut parts: Vec<Vec<f32>> = Vec::with_capacity(threads);
-    std::thread::scope(|s| {
+    let parts: Vec<Result<Vec<f32>, QuantError>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|i| {
                 let r0 = (i * per).min(rows);
                 let r1 = ((i + 1) * per).min(rows);
                 s.spawn(move || {
+                    // this thread's results: [r1 - r0][n_tokens]
                     let mut out = vec![0.0f32; (r1 - r0) * n_tokens];
-                    matmul_rows(w, acts, n_tokens, r0, r1, dot, |t, r, v| {
-                        out[(r - r0) * n_tokens + t] = v
-                    });
-                    out
+                    work(r0, r1, &mut RowsOut { out: &mut out, r0, row_stride: n_tokens, token_stride: 1 })?;
+                    Ok(out)
                 })
             })
             .collect();
-        for h in handles {
-            parts.push(h.join().unwrap_or_default());
-        }
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(failed()))).collect()
     });
-    for (i, part) in parts.iter().enumerate() {
+    for (i, part) in parts.into_iter().enumerate() {
+        let part = part?;
         let r0 = (i * per).min(rows);
         let r1 = ((i + 1) * per).min(rows);
         if part.len() != (r1 - r0) * n_tokens {
-            // A worker panicked (it cannot, short of a bug): report rather than return garbage.
-            return Err(QuantError::Unsupported {
-                ty: w.ty,
-                op: "matmul (worker thread failed)",
-            });
+            return Err(failed());
         }
         for r in r0..r1 {
             for t in 0..n_tokens {

@@ -170,7 +170,7 @@ fn matmul_case(
                         "{what}: row {r} token {t}: {got} vs oracle {want}"
                     )
                 }
-                Kernels::Simd | Kernels::Avx2 => {
+                Kernels::Simd | Kernels::Avx2 | Kernels::Float => {
                     let nb = (cols / ty.block_size()) as f64;
                     let tol = 4.0
                         * (nb.min(64.0) + 16.0)
@@ -267,6 +267,68 @@ fn matmul_tokens_together_equal_one_by_one() {
                 }
             }
         }
+    }
+}
+
+/// `Kernels::Float`: every weight type on awkward shapes against the dequantized row times the
+/// unrounded activations in f64; each value bit for bit `float::dot` of the dequantized row
+/// (so the same for any token grouping and thread split), sentinels untouched, no NaN.
+#[test]
+fn float_matmul_matches_f64_every_type_and_shape() {
+    for (i, &ty) in ALL_TYPES.iter().enumerate() {
+        for &cols in col_sizes(ty) {
+            for (j, &(rows, n_tokens)) in [(1usize, 1usize), (17, 1), (5, 3), (3, 37)].iter().enumerate() {
+                for raw in [false, true] {
+                    let mut rng = Rng::new((1000 + i * 100 + j * 10 + cols) as u64);
+                    let data = make_weights(ty, rows, cols, &mut rng, raw);
+                    let w = QMatrix::new(ty, rows, cols, &data).expect("matrix");
+                    let x = rng.vec(cols * n_tokens);
+                    let mut y = padded(rows * n_tokens);
+                    matmul_with(Kernels::Float, &w, &x, n_tokens, &mut y, &mut Scratch::default()).expect("matmul");
+                    let what = format!("float {ty} {rows}x{cols} t={n_tokens} raw={raw}");
+                    check_pad(&y, rows * n_tokens, &what);
+                    check_finite(&y[..rows * n_tokens], &what);
+                    for r in 0..rows {
+                        let mut wf = vec![0f32; cols];
+                        quant::dequantize_row(ty, w.row(r), &mut wf).expect("dequantize");
+                        for t in 0..n_tokens {
+                            let xt = &x[t * cols..(t + 1) * cols];
+                            let got = y[t * rows + r];
+                            assert_eq!(got.to_bits(), super::float::dot(&wf, xt).to_bits(), "{what}: row {r} token {t}");
+                            let exact: f64 = wf.iter().zip(xt).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                            let mag: f64 = wf.iter().zip(xt).map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs()).sum();
+                            let tol = (cols / 16 + 20) as f64 * f64::from(f32::EPSILON) * mag;
+                            assert!((f64::from(got) - exact).abs() <= tol + 1e-30, "{what}: row {r} token {t}: {got} vs {exact} (tolerance {tol:e})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Kernels::Float` split over threads (a product large enough to be split: one token and
+/// several) gives the bits of one thread.
+#[test]
+fn float_matmul_threads_change_nothing() {
+    let (ty, rows, cols) = (GgmlType::Q8_0, 301, 4096);
+    let mut rng = Rng::new(77);
+    let data = make_weights(ty, rows, cols, &mut rng, false);
+    let w = QMatrix::new(ty, rows, cols, &data).expect("matrix");
+    assert!(data.len() >= super::PARALLEL_MIN_BYTES, "the product must be large enough to split");
+    for n_tokens in [1, 3] {
+        let x = rng.vec(cols * n_tokens);
+        let mut one = padded(rows * n_tokens);
+        let mut split = padded(rows * n_tokens);
+        super::float::rows(&w, &x, n_tokens, 0, rows, |t, r, v| one[t * rows + r] = v).expect("one thread");
+        // the parallel split itself, whatever num_threads() other tests set meanwhile
+        super::split_rows_parallel(&w, n_tokens, &mut split[..rows * n_tokens], |r0, r1, out| {
+            super::float::rows(&w, &x, n_tokens, r0, r1, |t, r, v| out.put(t, r, v))
+        }, 3)
+        .expect("three threads");
+        check_pad(&split, rows * n_tokens, "float, three threads");
+        let same = one.iter().zip(&split).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "float matmul, {n_tokens} tokens: three threads differ from one");
     }
 }
 

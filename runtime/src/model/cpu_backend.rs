@@ -88,9 +88,10 @@ impl CpuBackend {
 
     /// A backend on kernel family `kernels`, if this build and CPU have it. E.g.
     /// `Kernels::Simd` on x86 runs natively the arithmetic of the browser's SIMD128 kernels,
-    /// where the default follows llama.cpp's x86 build.
+    /// where the default follows llama.cpp's x86 build; `Kernels::Float` (every build) runs
+    /// the weight products without activation rounding.
     pub fn with_kernels(kernels: Kernels) -> Option<Self> {
-        Kernels::available().contains(&kernels).then(|| CpuBackend { kernels, ..Self::new() })
+        (kernels == Kernels::Float || Kernels::available().contains(&kernels)).then(|| CpuBackend { kernels, ..Self::new() })
     }
 
     /// The kernel family this backend runs.
