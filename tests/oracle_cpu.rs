@@ -306,13 +306,14 @@ fn gemma3_quantized_kv_agrees_with_f32() {
 }
 
 /// The q8 target (≥ 98 % over all positions) on the arithmetic without activation
-/// rounding, where the f16 cache agrees on every position.
+/// rounding, where the f16 cache agrees on every position (q8 measured 2026-12-03: 99.1 %
+/// of all positions and 100 % of those with margin ≥ 0.1, both models; q4 87.7 / 91.2 %).
 #[test]
 fn smollm2_quantized_kv_agrees_with_f32_float_kernels() {
-    kv_agreement(SMOL, Kernels::Float, [(KvType::F16, 0.99, 0.99), (KvType::Q8, 0.98, 0.98), (KvType::Q4, 0.86, 0.88)]);
+    kv_agreement(SMOL, Kernels::Float, [(KvType::F16, 0.99, 0.99), (KvType::Q8, 0.98, 0.995), (KvType::Q4, 0.86, 0.88)]);
 }
 
 #[test]
 fn gemma3_quantized_kv_agrees_with_f32_float_kernels() {
-    kv_agreement(GEMMA, Kernels::Float, [(KvType::F16, 0.99, 0.99), (KvType::Q8, 0.98, 0.98), (KvType::Q4, 0.90, 0.93)]);
+    kv_agreement(GEMMA, Kernels::Float, [(KvType::F16, 0.99, 0.99), (KvType::Q8, 0.98, 0.995), (KvType::Q4, 0.90, 0.93)]);
 }

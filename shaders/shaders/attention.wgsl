@@ -1,29 +1,34 @@
 // Attention over the KV cache, reading it in its stored (possibly quantized) form; mirrors
 // cpu/attention.rs. One layer's cache is one buffer KV: K rows [n_ctx][n_kv_heads][k_row_words]
-// from word 0, V rows [n_ctx][n_kv_heads][v_row_words] from word v_base, and for a Q4_0 cache
-// the layer's K offset [n_kv_heads * hdk] f32 from word offset_base. Row formats by KVTYPE
+// from word 0, V rows [n_ctx][n_kv_heads][v_row_words] from word v_base, and for a quantized
+// cache the layer's K offset [n_kv_heads * hdk] f32 from word offset_base. Row formats by KVTYPE
 // (ggml ids): 0 F32 (1 word per value), 1 F16 (2 values per word), 8 Q8_0 (per 32 values: 8 words
 // of i8 quants, then the f16 scale), 2 Q4_0 (per 32 values: 4 words of nibbles, value j in the
 // low nibble of byte j and j+16 in its high nibble, then the f16 scale).
 // Entry points:
-// - kv_offset (Q4_0 cache, a pass from position 0): the layer's K offset, the mean K of the
+// - kv_offset (quantized cache, a pass from position 0): the layer's K offset, the mean K of the
 //   pass's tokens after the first (kv_cache.rs's k_offset, the same operations), one
 //   invocation per K channel;
 // - kv_store: quantizes new K/V rows into the cache, one invocation per (token, head, 32 values)
-//   (quantize_row_q8_0_ref / quantize_row_q4_0_ref, f16 with round-to-nearest-even; a Q4_0
+//   (quantize_row_q8_0_ref / quantize_row_q4_0_ref, f16 with round-to-nearest-even; a quantized
 //   cache stores K less the offset);
 // - attn_scores: S[t, h, p] = scale · q·k for positions p in [start(pos), pos], -inf elsewhere,
 //   one invocation per (token, head, position): every position in parallel (split over K);
 // - attn_softmax_v: one workgroup per (token, head): max, exp, sum, then Σ_p e_p·V[p] / sum.
-//   For a Q4_0 cache the output is rotated back per group of 32 before it leaves.
+//   For a quantized cache the output is rotated back per group of 32 before it leaves.
 // - attn_prepare_q (quantized caches): O ← the queries Kin as the CPU's integer dot products
-//   see them: rotated per group of 32 for a Q4_0 cache, then rounded as Q8_0 (act_quant.wgsl's
+//   see them: rotated per group of 32, then rounded as Q8_0 (act_quant.wgsl's
 //   mode 3, the same operations), one invocation per group of 32 (P.n groups).
-// A Q4_0 cache stores K and V rows rotated by the orthonormal Walsh–Hadamard transform of each
-// group of 32 (kv_store rotates before quantizing); queries are rotated to match and the output
-// rotated back (kv_cache.rs, rotate_groups, says why).
+// A quantized cache stores K and V rows rotated by the orthonormal Walsh–Hadamard transform of
+// each group of 32 (kv_store rotates before quantizing); queries are rotated to match and the
+// output rotated back (kv_cache.rs, rotate_groups, says why).
 
 override KVTYPE: u32 = 0u;
+
+// Q8_0 or Q4_0: rows rotated, K less the offset (KvType::rotates / offsets_k on the CPU).
+fn quantized() -> bool {
+    return KVTYPE == 2u || KVTYPE == 8u;
+}
 
 struct AttnParams {
     n: u32,            // query rows in this dispatch
@@ -39,7 +44,7 @@ struct AttnParams {
     v_row_words: u32,
     v_base: u32,
     scale: f32,
-    offset_base: u32,  // word of the K offset (Q4_0 cache)
+    offset_base: u32,  // word of the K offset (quantized cache)
     inv_count: f32,    // kv_offset: 1 / (tokens - 1), 0 for one token
 }
 
@@ -117,19 +122,19 @@ fn group_max(x: ptr<function, array<f32, 32>>) -> vec2<f32> {
 }
 
 // Stores 32 values x[0..32) (from `src`, K or V input) as one group starting at word `dst`
-// (for a Q4_0 cache K less its offset from channel `chan` on, then rotated).
+// (for a quantized cache K less its offset from channel `chan` on, then rotated).
 fn store_group(dst: u32, from_v: bool, src: u32, chan: u32) {
     var x: array<f32, 32>;
     for (var i = 0u; i < 32u; i++) {
         if from_v {
             x[i] = Vin[src + i];
-        } else if KVTYPE == 2u {
+        } else if quantized() {
             x[i] = Kin[src + i] - bitcast<f32>(KV[P.offset_base + chan + i]);
         } else {
             x[i] = Kin[src + i];
         }
     }
-    if KVTYPE == 2u {
+    if quantized() {
         rotate32(&x);
     }
     let m = group_max(&x);
@@ -306,7 +311,7 @@ fn attn_softmax_v(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         O[ob + d + 2u] = o.z;
         O[ob + d + 3u] = o.w;
     }
-    if KVTYPE == 2u {
+    if quantized() {
         // the head's output, rotated back in place: one invocation per group of 32
         storageBarrier();
         if 32u * tid < P.hdv {
@@ -334,7 +339,7 @@ fn attn_prepare_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     for (var i = 0u; i < 32u; i++) {
         x[i] = Kin[32u * g + i];
     }
-    if KVTYPE == 2u {
+    if quantized() {
         rotate32(&x);
     }
     // quantize_row_q8_0_ref's rounding (act_quant.wgsl, mode 3)
