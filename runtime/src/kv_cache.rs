@@ -26,9 +26,9 @@
 //! Both quantized types rotate and offset alike. Measured without the 8-bit activation
 //! rounding of the matmuls (`Kernels::Float`, where an f16 cache agrees with f32 on every
 //! oracle position; docs/kv-cache-llama-cpp.md), Q8 stored plainly agreed with the f32 cache
-//! on 97.8 / 97.9 % of 4096 GPL-3 positions (SmolLM2 / Gemma-3) and rotated and offset on
-//! 99.2 % / …, its KL divergence a fifth; with llama.cpp's arithmetic the same change is lost
-//! in that rounding's noise (see `Kernels::Float`).
+//! on 97.8 / 97.9 % of 4096 GPL-3 positions (SmolLM2 / Gemma-3), rotated and offset on
+//! 99.2 / 99.3 %, its KL divergence a fifth; with llama.cpp's arithmetic the same change is
+//! lost in that rounding's noise (see `Kernels::Float`).
 
 use crate::error::KvError;
 use crate::quant::{
