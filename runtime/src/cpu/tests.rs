@@ -127,6 +127,30 @@ fn abs_dot(ty: GgmlType, w: &[u8], a: &[u8], cols: usize) -> f64 {
         .sum()
 }
 
+/// One product for a test: a random `rows × cols` matrix of type `ty` (see [`make_weights`])
+/// and `n_tokens` random activation rows from `seed`, multiplied on `kernels` into an output
+/// with sentinels after it, which are checked. Returns the weights, the activations, the
+/// output (`[n_tokens][rows]`, sentinels after) and a label for messages.
+fn run_matmul(
+    kernels: Kernels,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    n_tokens: usize,
+    raw: bool,
+    seed: u64,
+) -> (Vec<u8>, Vec<f32>, Vec<f32>, String) {
+    let mut rng = Rng::new(seed);
+    let data = make_weights(ty, rows, cols, &mut rng, raw);
+    let w = QMatrix::new(ty, rows, cols, &data).expect("matrix");
+    let x = rng.vec(cols * n_tokens);
+    let mut y = padded(rows * n_tokens);
+    matmul_with(kernels, &w, &x, n_tokens, &mut y, &mut Scratch::default()).expect("matmul");
+    let what = format!("{} {ty} {rows}x{cols} t={n_tokens} raw={raw}", kernels.name());
+    check_pad(&y, rows * n_tokens, &what);
+    (data, x, y, what)
+}
+
 fn matmul_case(
     kernels: Kernels,
     ty: GgmlType,
@@ -136,18 +160,8 @@ fn matmul_case(
     raw: bool,
     seed: u64,
 ) {
-    let mut rng = Rng::new(seed);
-    let data = make_weights(ty, rows, cols, &mut rng, raw);
+    let (data, x, y, what) = run_matmul(kernels, ty, rows, cols, n_tokens, raw, seed);
     let w = QMatrix::new(ty, rows, cols, &data).expect("matrix");
-    let x = rng.vec(cols * n_tokens);
-    let mut y = padded(rows * n_tokens);
-    let mut scratch = Scratch::default();
-    matmul_with(kernels, &w, &x, n_tokens, &mut y, &mut scratch).expect("matmul");
-    let what = format!(
-        "{} {ty} {rows}x{cols} t={n_tokens} raw={raw}",
-        kernels.name()
-    );
-    check_pad(&y, rows * n_tokens, &what);
     check_finite(&y[..rows * n_tokens], &what);
 
     let vt = ty.vec_dot_type();
@@ -279,14 +293,9 @@ fn float_matmul_matches_f64_every_type_and_shape() {
         for &cols in col_sizes(ty) {
             for (j, &(rows, n_tokens)) in [(1usize, 1usize), (17, 1), (5, 3), (3, 37)].iter().enumerate() {
                 for raw in [false, true] {
-                    let mut rng = Rng::new((1000 + i * 100 + j * 10 + cols) as u64);
-                    let data = make_weights(ty, rows, cols, &mut rng, raw);
+                    let seed = (1000 + i * 100 + j * 10 + cols) as u64;
+                    let (data, x, y, what) = run_matmul(Kernels::Float, ty, rows, cols, n_tokens, raw, seed);
                     let w = QMatrix::new(ty, rows, cols, &data).expect("matrix");
-                    let x = rng.vec(cols * n_tokens);
-                    let mut y = padded(rows * n_tokens);
-                    matmul_with(Kernels::Float, &w, &x, n_tokens, &mut y, &mut Scratch::default()).expect("matmul");
-                    let what = format!("float {ty} {rows}x{cols} t={n_tokens} raw={raw}");
-                    check_pad(&y, rows * n_tokens, &what);
                     check_finite(&y[..rows * n_tokens], &what);
                     for r in 0..rows {
                         let mut wf = vec![0f32; cols];
@@ -1176,14 +1185,9 @@ mod x86_models {
                 for rows in [8usize, 5] {
                     for n_tokens in [1usize, 3, 4, 6, 9, 37] {
                         for raw in [false, true] {
-                            let mut rng = Rng::new((cols * 131 + rows * 7 + n_tokens) as u64);
-                            let data = make_weights(ty, rows, cols, &mut rng, raw);
+                            let seed = (cols * 131 + rows * 7 + n_tokens) as u64;
+                            let (data, x, y, what) = run_matmul(Kernels::Avx2, ty, rows, cols, n_tokens, raw, seed);
                             let w = QMatrix::new(ty, rows, cols, &data).expect("matrix");
-                            let x = rng.vec(cols * n_tokens);
-                            let mut y = padded(rows * n_tokens);
-                            matmul_with(Kernels::Avx2, &w, &x, n_tokens, &mut y, &mut Scratch::default()).expect("matmul");
-                            let what = format!("avx2 {ty} {rows}x{cols} t={n_tokens} raw={raw}");
-                            check_pad(&y, rows * n_tokens, &what);
                             if ty == GgmlType::Q4_K && rows % 8 != 0 {
                                 continue;
                             }
