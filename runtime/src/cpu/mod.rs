@@ -64,7 +64,7 @@ impl<'a> QMatrix<'a> {
     /// Checks that `ty` is computable here, that `cols` is a whole number of blocks and that
     /// `data` holds exactly `rows` rows.
     pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, QuantError> {
-        if !ty.is_supported() || ty == GgmlType::Q8_K || ty == GgmlType::Q8_1 {
+        if !multipliable(ty) {
             return Err(QuantError::Unsupported { ty, op: "matmul" });
         }
         let bs = ty.block_size();
@@ -108,6 +108,12 @@ impl<'a> QMatrix<'a> {
         let rb = self.row_bytes();
         &self.data[r * rb..(r + 1) * rb]
     }
+}
+
+/// Whether weights of type `ty` can be multiplied here: every supported type but the
+/// activation-only Q8_K and Q8_1.
+fn multipliable(ty: GgmlType) -> bool {
+    ty.is_supported() && ty != GgmlType::Q8_K && ty != GgmlType::Q8_1
 }
 
 /// Which kernel family computes the dot products.
@@ -368,7 +374,8 @@ pub fn matmul_with(
     }
     let y = &mut y[..want_y];
     if kernels == Kernels::Float {
-        if !ty.is_supported() || ty == GgmlType::Q8_K || ty == GgmlType::Q8_1 {
+        // (the quantized kernels refuse other types when they look for a dot product)
+        if !multipliable(ty) {
             return Err(QuantError::Unsupported { ty, op: "matmul" });
         }
         return split_rows(w, n_tokens, y, |r0, r1, out| {
