@@ -27,7 +27,7 @@ const GREEDY_STEPS: usize = 8;
 fn session<B: Backend>(mut backend: B, name: &str, kv: KvType) -> Session<B> {
     let path = model_path(&format!("{name}.gguf"));
     let (_, model) = webgguf::loader::load_files(&[path], &mut backend).expect("load model");
-    Session::new(backend, model, SessionOptions { kv, n_ctx: 256 }).expect("session")
+    Session::new(backend, model, SessionOptions { kv, n_ctx: 256, ..Default::default() }).expect("session")
 }
 
 /// `sequences` oracle cases teacher-forced on both backends (each prompt + llama.cpp's greedy

@@ -36,7 +36,7 @@ fn stream<B: Backend>(backend: &mut B, shards: &[&[u8]], pieces: &[usize]) -> Re
 }
 
 fn logits<B: Backend>(backend: B, model: Model<B>) -> Vec<f32> {
-    let mut s = Session::new(backend, model, SessionOptions { kv: KvType::F32, n_ctx: 16 }).expect("session");
+    let mut s = Session::new(backend, model, SessionOptions { kv: KvType::F32, n_ctx: 16, ..Default::default() }).expect("session");
     s.eval(&PROMPT, Logits::Last).expect("eval")
 }
 

@@ -21,7 +21,7 @@ fn check(name: &str) {
     let tokens = tok.tokenize(&text, false, false).expect("tokenize");
     assert_eq!(tokens.len() as u64, want["tokens"].as_u64().expect("tokens"), "{name}: token count differs from llama.cpp");
 
-    let mut s = Session::new(backend, model, SessionOptions { kv: KvType::F32, n_ctx: ctx }).expect("session");
+    let mut s = Session::new(backend, model, SessionOptions { kv: KvType::F32, n_ctx: ctx, ..Default::default() }).expect("session");
     let bos = if tok.add_bos() { tok.bos() } else { None };
     let p = s.perplexity(&tokens, ctx, bos).expect("perplexity");
     let ref_ppl = want["ppl"].as_f64().expect("ppl");

@@ -160,7 +160,7 @@ fn check_gguf_py(path: &Path, ftype: FileType, py: &serde_json::Value) {
 fn runs(path: &Path) {
     let mut backend = CpuBackend::new();
     let (_, model) = webgguf::loader::load_files(&[path.to_path_buf()], &mut backend).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut s = Session::new(backend, model, SessionOptions { kv: KvType::F32, n_ctx: 32 }).unwrap();
+    let mut s = Session::new(backend, model, SessionOptions { kv: KvType::F32, n_ctx: 32, ..Default::default() }).unwrap();
     let logits = s.logits_all(&[1, 2, 3, 4]).unwrap();
     assert_eq!(logits.len(), 4 * 300);
     assert!(logits.iter().all(|x| x.is_finite()), "{}: non-finite logits", path.display());

@@ -16,11 +16,15 @@ pub struct SessionOptions {
     pub kv: KvType,
     /// Positions the KV cache holds (capped at the model's trained context).
     pub n_ctx: usize,
+    /// For a quantized cache: positions before and including each query's own read from f16
+    /// copies, with the sequence's first [`KV_SINK`](crate::kv_cache::KV_SINK) (0: none;
+    /// [`KvCache::with_recent`](crate::kv_cache::KvCache::with_recent) says why).
+    pub kv_recent: usize,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { kv: KvType::F16, n_ctx: 4096 }
+        SessionOptions { kv: KvType::F16, n_ctx: 4096, kv_recent: crate::kv_cache::KV_RECENT }
     }
 }
 
@@ -72,7 +76,7 @@ impl<B: Backend> Session<B> {
     pub fn new(mut backend: B, model: Model<B>, options: SessionOptions) -> Result<Self, ModelError> {
         let n_ctx = options.n_ctx.min(model.config.n_ctx_train.max(1)).max(1);
         let options = SessionOptions { n_ctx, ..options };
-        let cache = backend.new_cache(&model.config, options.kv, n_ctx)?;
+        let cache = backend.new_cache(&model.config, options.kv, n_ctx, options.kv_recent)?;
         Ok(Session { backend, model, cache, options, n_past: 0, peak_past: 0, prefill_ms: 0.0, prefill_tokens: 0, step_ms: Vec::new(), ttft_ms: 0.0, generated: 0 })
     }
 
@@ -208,6 +212,8 @@ impl<B: Backend> Session<B> {
         let per_pos = self.options.kv.bytes_for((c.n_kv_heads * c.head_dim_k) as u64)
             + self.options.kv.bytes_for((c.n_kv_heads * c.head_dim_v) as u64);
         let per_pos = per_pos * c.n_layers as u64;
+        let o = &self.options;
+        let copies = crate::kv_cache::RecentRows::bytes(o.kv, c.n_layers as u64, o.n_ctx as u64, o.kv_recent as u64, (c.n_kv_heads * c.head_dim_k) as u64, (c.n_kv_heads * c.head_dim_v) as u64);
         Stats {
             prompt_tokens: self.prefill_tokens,
             generated_tokens: self.generated,
@@ -218,8 +224,8 @@ impl<B: Backend> Session<B> {
             decode_tok_s: rate(self.step_ms.len(), decode_ms),
             itl_p50_ms: pct(0.5),
             itl_p95_ms: pct(0.95),
-            peak_kv_bytes: per_pos * self.peak_past as u64,
-            kv_capacity_bytes: per_pos * self.options.n_ctx as u64,
+            peak_kv_bytes: per_pos * self.peak_past as u64 + copies,
+            kv_capacity_bytes: per_pos * self.options.n_ctx as u64 + copies,
             device: self.backend.describe(),
         }
     }

@@ -144,7 +144,8 @@ async fn matmul_every_type_matches_cpu() {
 }
 
 
-/// Prefill of 6 tokens then one single-token step, every cache type (q4 with its K offset),
+/// Prefill of 6 tokens then one single-token step, every cache type (q4 with its K offset; the
+/// quantized ones also with f16 copies of 4 sink positions and a query's last 3),
 /// grouped-query heads, the second layer with a sliding window of 3: outputs equal the CPU's
 /// attention over its own cache
 /// (every cache type to summation order: f16 rounding is exact, see the matmul test).
@@ -155,18 +156,18 @@ async fn attention_every_cache_type_matches_cpu() {
     let mut rng = Rng::new(6);
     let (nh, nkv, hd) = (4usize, 2usize, 64usize);
     let cfg = ModelConfig::attention_test(nh, nkv, hd, Some(3));
-    for kv in [KvType::F32, KvType::F16, KvType::Q8, KvType::Q4] {
-        let mut gc = g.new_cache(&cfg, kv, 16).expect("gpu cache");
-        let mut cc = c.new_cache(&cfg, kv, 16).expect("cpu cache");
+    for (kv, recent) in [(KvType::F32, 0), (KvType::F16, 0), (KvType::Q8, 0), (KvType::Q8, 3), (KvType::Q4, 0), (KvType::Q4, 3)] {
+        let mut gc = g.new_cache(&cfg, kv, 16, recent).expect("gpu cache");
+        let mut cc = c.new_cache(&cfg, kv, 16, recent).expect("cpu cache");
         let mut pos = 0;
-        for n in [6usize, 1] {
+        for n in [6usize, 1, 1] {
             let q = rng.acts(n, nh * hd);
             // K with a part shared by all tokens: a q4 cache stores it less the prefill's
             // offset (the GPU's kv_offset pass)
             let k: Vec<f32> = rng.acts(n, nkv * hd).iter().enumerate().map(|(i, x)| x + 3.0 * ((i % (nkv * hd)) as f32 * 0.37).sin()).collect();
             let v = rng.acts(n, nkv * hd);
             for layer in 0..2 {
-                let what = format!("attention {kv:?} layer {layer} pos {pos} n {n}");
+                let what = format!("attention {kv:?} recent {recent} layer {layer} pos {pos} n {n}");
                 let gq = g.upload(&q, n, nh * hd).expect("upload");
                 let gk = g.upload(&k, n, nkv * hd).expect("upload");
                 let gv = g.upload(&v, n, nkv * hd).expect("upload");

@@ -75,7 +75,7 @@ async fn gpu() -> GpuBackend {
 
 /// The first `n` greedy tokens on the GPU (SwiftShader takes ~25 s per forward pass on 2 cores).
 async fn greedy_gpu(g: &mut GpuBackend, model: &Model<GpuBackend>, n: usize) -> Vec<u32> {
-    let mut cache = g.new_cache(&model.config, KvType::F16, 32).expect("KV cache");
+    let mut cache = g.new_cache(&model.config, KvType::F16, 32, 0).expect("KV cache");
     let (mut input, mut pos, mut ids) = (PROMPT_IDS.to_vec(), 0, Vec::new());
     while ids.len() < n {
         let logits = model.forward(g, &mut cache, &input, pos, Logits::Last).expect("forward");
@@ -88,7 +88,7 @@ async fn greedy_gpu(g: &mut GpuBackend, model: &Model<GpuBackend>, n: usize) -> 
 }
 
 fn greedy_cpu(b: &mut CpuBackend, model: &Model<CpuBackend>) -> Vec<u32> {
-    let mut cache = b.new_cache(&model.config, KvType::F16, 32).expect("KV cache");
+    let mut cache = b.new_cache(&model.config, KvType::F16, 32, 0).expect("KV cache");
     let (mut input, mut pos, mut ids) = (PROMPT_IDS.to_vec(), 0, Vec::new());
     while ids.len() < ORACLE_GREEDY.len() {
         let logits = model.forward(b, &mut cache, &input, pos, Logits::Last).expect("forward");

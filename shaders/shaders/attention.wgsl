@@ -1,7 +1,12 @@
 // Attention over the KV cache, reading it in its stored (possibly quantized) form; mirrors
 // cpu/attention.rs. One layer's cache is one buffer KV: K rows [n_ctx][n_kv_heads][k_row_words]
 // from word 0, V rows [n_ctx][n_kv_heads][v_row_words] from word v_base, and for a quantized
-// cache the layer's K offset [n_kv_heads * hdk] f32 from word offset_base. Row formats by KVTYPE
+// cache the layer's K offset [n_kv_heads * hdk] f32 from word offset_base, and for a quantized
+// cache with f16 copies (kv_cache.rs's KvCache::with_recent; P.recent > 0) the copies' K rows
+// [sink + recent][n_kv_heads][hdk / 2] from word copies_k and V rows from copies_v, in the
+// slots of RecentRows (position p < sink in slot p, others in sink + p % recent), f16 pairs.
+// X holds the pass's rows in the same form ([n][n_kv_heads][hdk / 2] K, then V from stash_v)
+// for its own queries, until kv_keep moves the kept ones to their slots. Row formats by KVTYPE
 // (ggml ids): 0 F32 (1 word per value), 1 F16 (2 values per word), 8 Q8_0 (per 32 values: 8 words
 // of i8 quants, then the f16 scale), 2 Q4_0 (per 32 values: 4 words of nibbles, value j in the
 // low nibble of byte j and j+16 in its high nibble, then the f16 scale).
@@ -16,6 +21,8 @@
 //   one invocation per (token, head, position): every position in parallel (split over K);
 // - attn_softmax_v: one workgroup per (token, head): max, exp, sum, then Σ_p e_p·V[p] / sum.
 //   For a quantized cache the output is rotated back per group of 32 before it leaves.
+// - kv_keep (cache with copies, after the pass's attention): X's rows of positions
+//   pos0 + t0 .. + n to their slots, one invocation per word;
 // - attn_prepare_q (quantized caches): O ← the queries Kin as the CPU's integer dot products
 //   see them: rotated per group of 32, then rounded as Q8_0 (act_quant.wgsl's
 //   mode 3, the same operations), one invocation per group of 32 (P.n groups).
@@ -46,6 +53,14 @@ struct AttnParams {
     scale: f32,
     offset_base: u32,  // word of the K offset (quantized cache)
     inv_count: f32,    // kv_offset: 1 / (tokens - 1), 0 for one token
+    sink: u32,         // f16 copies (0 recent: none): RecentRows's sink and recent
+    recent: u32,
+    sink_n: u32,       // sink positions 0..sink_n held before this pass
+    ring_lo: u32,      // recent positions ring_lo..ring_hi held before this pass
+    ring_hi: u32,
+    copies_k: u32,     // word of the copies' K rows in KV
+    copies_v: u32,     // word of their V rows
+    stash_v: u32,      // word of the pass's V rows in X
 }
 
 @group(0) @binding(0) var<storage, read_write> KV: array<u32>;
@@ -54,6 +69,44 @@ struct AttnParams {
 @group(0) @binding(3) var<storage, read_write> S: array<f32>; // scores [n, n_heads, n_kv]; attn_softmax_v: output [n_all, n_heads * hdv]
 @group(0) @binding(4) var<storage, read_write> O: array<f32>;
 @group(0) @binding(5) var<uniform> P: AttnParams;
+@group(0) @binding(6) var<storage, read_write> X: array<u32>; // the pass's rows as f16 copies (a placeholder word without copies)
+
+const NO_COPY: u32 = 0xFFFFFFFFu;
+
+// The slot of position p among a layer's copies (RecentRows::slot).
+fn copy_slot(p: u32) -> u32 {
+    if p < P.sink {
+        return p;
+    }
+    return P.sink + p % P.recent;
+}
+
+// Where the query at `pos` reads KV head kvh's K (or V) row of position p as an f16 copy: the
+// row's word in KV, or in X with bit 31 set; NO_COPY for the quantized row (RecentRows's
+// reads_copy and kept, and the pass's own rows first as KvCache's pending batch).
+fn copy_row(p: u32, pos: u32, kvh: u32, is_k: bool) -> u32 {
+    if !quantized() || P.recent == 0u || (p >= P.sink && p + P.recent <= pos) {
+        return NO_COPY;
+    }
+    let words = select(P.hdv, P.hdk, is_k) / 2u;
+    if p >= P.pos0 {
+        return 0x80000000u | (select(P.stash_v, 0u, is_k) + ((p - P.pos0) * P.n_kv_heads + kvh) * words);
+    }
+    let held = select(p >= P.ring_lo && p < P.ring_hi, p < P.sink_n, p < P.sink);
+    if !held {
+        return NO_COPY;
+    }
+    return select(P.copies_v, P.copies_k, is_k) + (copy_slot(p) * P.n_kv_heads + kvh) * words;
+}
+
+// Values k … k+3 of the f16 copy at `row` (copy_row's answer).
+fn copy_deq4(row: u32, k: u32) -> vec4<f32> {
+    let r = (row & 0x7FFFFFFFu) + k / 2u;
+    if (row & 0x80000000u) != 0u {
+        return vec4<f32>(unpack2x16float(X[r]), unpack2x16float(X[r + 1u]));
+    }
+    return vec4<f32>(unpack2x16float(KV[r]), unpack2x16float(KV[r + 1u]));
+}
 
 fn row_words(hd: u32) -> u32 {
     switch KVTYPE {
@@ -122,8 +175,9 @@ fn group_max(x: ptr<function, array<f32, 32>>) -> vec2<f32> {
 }
 
 // Stores 32 values x[0..32) (from `src`, K or V input) as one group starting at word `dst`
-// (for a quantized cache K less its offset from channel `chan` on, then rotated).
-fn store_group(dst: u32, from_v: bool, src: u32, chan: u32) {
+// (for a quantized cache K less its offset from channel `chan` on, then rotated; with copies
+// also as 16 f16 pairs at X's word `copy`).
+fn store_group(dst: u32, from_v: bool, src: u32, chan: u32, copy: u32) {
     var x: array<f32, 32>;
     for (var i = 0u; i < 32u; i++) {
         if from_v {
@@ -136,6 +190,11 @@ fn store_group(dst: u32, from_v: bool, src: u32, chan: u32) {
     }
     if quantized() {
         rotate32(&x);
+        if P.recent > 0u {
+            for (var i = 0u; i < 16u; i++) {
+                X[copy + i] = pack2x16float(vec2<f32>(round_f16(x[2u * i]), round_f16(x[2u * i + 1u])));
+            }
+        }
     }
     let m = group_max(&x);
     let amax = m.x;
@@ -222,13 +281,32 @@ fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         let h = r / gk;
         let j = r % gk;
         let dst = (pos * P.n_kv_heads + h) * P.k_row_words + j * group_words();
-        store_group(dst, false, t * P.n_kv_heads * P.hdk + h * P.hdk + 32u * j, h * P.hdk + 32u * j);
+        store_group(dst, false, t * P.n_kv_heads * P.hdk + h * P.hdk + 32u * j, h * P.hdk + 32u * j, (t * P.n_kv_heads + h) * P.hdk / 2u + 16u * j);
     } else {
         let r2 = r - P.n_kv_heads * gk;
         let h = r2 / gv;
         let j = r2 % gv;
         let dst = P.v_base + (pos * P.n_kv_heads + h) * P.v_row_words + j * group_words();
-        store_group(dst, true, t * P.n_kv_heads * P.hdv + h * P.hdv + 32u * j, 0u);
+        store_group(dst, true, t * P.n_kv_heads * P.hdv + h * P.hdv + 32u * j, 0u, P.stash_v + (t * P.n_kv_heads + h) * P.hdv / 2u + 16u * j);
+    }
+}
+
+@compute @workgroup_size(64)
+fn kv_keep(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let g = (wid.x + wid.y * nwg.x) * 64u + lid;
+    let wk = P.n_kv_heads * P.hdk / 2u;
+    let wv = P.n_kv_heads * P.hdv / 2u;
+    if g >= P.n * (wk + wv) {
+        return;
+    }
+    let t = P.t0 + g / (wk + wv);
+    let w = g % (wk + wv);
+    let slot = copy_slot(P.pos0 + t);
+    if w < wk {
+        KV[P.copies_k + slot * wk + w] = X[t * wk + w];
+    } else {
+        KV[P.copies_v + slot * wv + w - wk] = X[P.stash_v + t * wv + w - wk];
     }
 }
 
@@ -257,9 +335,15 @@ fn attn_scores(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let kvh = h / (P.n_heads / P.n_kv_heads);
     let krow = (p * P.n_kv_heads + kvh) * P.k_row_words;
     let qb = (P.t0 + t) * P.n_heads * P.hdk + h * P.hdk;
+    let copy = copy_row(p, pos, kvh, true);
     var s = 0.0;
     for (var k = 0u; k < P.hdk; k += 4u) {
-        s += dot(vec4<f32>(Kin[qb + k], Kin[qb + k + 1u], Kin[qb + k + 2u], Kin[qb + k + 3u]), kv_deq4(krow, k));
+        let q = vec4<f32>(Kin[qb + k], Kin[qb + k + 1u], Kin[qb + k + 2u], Kin[qb + k + 3u]);
+        if copy != NO_COPY {
+            s += dot(q, copy_deq4(copy, k));
+        } else {
+            s += dot(q, kv_deq4(krow, k));
+        }
     }
     S[g] = P.scale * s;
 }
@@ -303,7 +387,12 @@ fn attn_softmax_v(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     for (var d = 4u * tid; d < P.hdv; d += 256u) {
         var acc = vec4<f32>(0.0);
         for (var p = start; p <= pos; p++) {
-            acc += S[sb + p] * kv_deq4(P.v_base + (p * P.n_kv_heads + kvh) * P.v_row_words, d);
+            let copy = copy_row(p, pos, kvh, false);
+            if copy != NO_COPY {
+                acc += S[sb + p] * copy_deq4(copy, d);
+            } else {
+                acc += S[sb + p] * kv_deq4(P.v_base + (p * P.n_kv_heads + kvh) * P.v_row_words, d);
+            }
         }
         let o = acc / total;
         O[ob + d] = o.x;

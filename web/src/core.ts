@@ -79,6 +79,7 @@ function loadOptions(o: EngineOptions): Record<string, unknown> {
   return {
     device: o.device ?? "auto",
     kv: o.kvCache ?? "f16",
+    kvRecent: o.kvRecent,
     contextLength: o.contextLength ?? 4096,
     cache: o.cache ?? true,
     requireCache: o.requireCache ?? false,

@@ -45,6 +45,10 @@ export interface EngineOptions {
   device?: DeviceKind;
   /** KV-cache storage (default "f16"). */
   kvCache?: KvCacheType;
+  /** For "q8" / "q4": positions before and including each query's own whose K and V rows are
+   * read from f16 copies kept beside the quantized ones, with the sequence's first 4 (default
+   * 64; 0 for none). */
+  kvRecent?: number;
   /** Positions the KV cache holds (default 4096; capped at the model's trained context). */
   contextLength?: number;
   /** Cache the shards in browser storage (default true). */

@@ -20,6 +20,11 @@ pub struct ModelArgs {
     /// KV-cache storage.
     #[arg(long, default_value = "f16", value_parser = parse_kv)]
     pub kv: KvType,
+    /// q8 / q4 caches: positions before and including each query's own (with the sequence's
+    /// first 4) whose K and V rows are read from f16 copies instead of the quantized rows;
+    /// 0 for none.
+    #[arg(long, default_value_t = webgguf::kv_cache::KV_RECENT)]
+    pub kv_recent: usize,
     /// Context length (positions the KV cache holds).
     #[arg(long, default_value_t = 4096)]
     pub ctx: usize,
@@ -91,7 +96,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded, ExitCode> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     webgguf::cpu::set_num_threads(args.threads.unwrap_or(cores));
     let cpu = cpu_backend(&args.kernels)?;
-    let options = SessionOptions { kv: args.kv, n_ctx: args.ctx };
+    let options = SessionOptions { kv: args.kv, n_ctx: args.ctx, kv_recent: args.kv_recent };
     if args.device != "cpu" {
         match GpuBackend::open() {
             Ok(gpu) if args.device == "gpu" || gpu.device().info.device_type != "Cpu" => {

@@ -247,7 +247,9 @@ pub fn run(mut args: Args) -> ExitCode {
 
     let (elements, tensor_bytes) = loaded.gguf.tensors().fold((0u64, 0u64), |(e, b), (_, t)| (e + t.n_elements, b + t.n_bytes));
     let per_pos = |kv: KvType| (cfg.n_layers * cfg.n_kv_heads) as u64 * (kv.bytes_for(cfg.head_dim_k as u64) + kv.bytes_for(cfg.head_dim_v as u64));
-    let kv_bytes_4k = [("f16", KvType::F16), ("q8", KvType::Q8), ("q4", KvType::Q4)].into_iter().map(|(n, k)| (n, per_pos(k) * 4096)).collect();
+    // with the quantized caches' f16 copies (--kv-recent)
+    let copies = |kv: KvType| webgguf::kv_cache::RecentRows::bytes(kv, cfg.n_layers as u64, 4096, args.model.kv_recent as u64, (cfg.n_kv_heads * cfg.head_dim_k) as u64, (cfg.n_kv_heads * cfg.head_dim_v) as u64);
+    let kv_bytes_4k = [("f16", KvType::F16), ("q8", KvType::Q8), ("q4", KvType::Q4)].into_iter().map(|(n, k)| (n, per_pos(k) * 4096 + copies(k))).collect();
     let report = Report {
         model: path,
         file_bytes,

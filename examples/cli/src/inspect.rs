@@ -62,7 +62,8 @@ struct Estimate {
 }
 
 /// Weights plus a full-context KV cache for every layer (an upper bound for sliding-window
-/// models, whose local layers need only the window).
+/// models, whose local layers need only the window), with a quantized cache's default f16
+/// copies ([`KV_RECENT`](webgguf::kv_cache::KV_RECENT)).
 fn estimate(h: &GgufHeader, ctx: Option<u64>, kv: KvType) -> Option<Estimate> {
     let hp = h.metadata.hyperparameters().ok()?;
     let ctx = ctx.unwrap_or_else(|| u64::from(hp.context_length).min(4096));
@@ -72,7 +73,8 @@ fn estimate(h: &GgufHeader, ctx: Option<u64>, kv: KvType) -> Option<Estimate> {
     let head_dim_k = hp.key_length.map(u64::from).unwrap_or(default_dim);
     let head_dim_v = hp.value_length.map(u64::from).unwrap_or(default_dim);
     let per_token = kv.bytes_for(n_kv_heads * head_dim_k).checked_add(kv.bytes_for(n_kv_heads * head_dim_v))?;
-    let kv_cache_bytes = per_token.checked_mul(ctx)?.checked_mul(n_layers)?;
+    let copies = webgguf::kv_cache::RecentRows::bytes(kv, n_layers, ctx, webgguf::kv_cache::KV_RECENT as u64, n_kv_heads * head_dim_k, n_kv_heads * head_dim_v);
+    let kv_cache_bytes = per_token.checked_mul(ctx)?.checked_mul(n_layers)?.checked_add(copies)?;
     let weights_bytes = h.tensors.iter().map(|t| t.n_bytes).sum::<u64>();
     Some(Estimate {
         ctx,

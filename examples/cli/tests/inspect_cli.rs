@@ -36,8 +36,9 @@ fn gemma3_tensors_counts_and_estimate() {
     assert_eq!(j["weight_bytes"].as_u64(), Some(total));
     assert_eq!(j["metadata"]["general.architecture"], "gemma3");
     assert_eq!(j["metadata"]["tokenizer.ggml.tokens"]["len"], 262144);
-    // 18 layers × 2048 positions × (K + V) of 1 head × 256 dims, q8 = 34 bytes per 32 values.
-    assert_eq!(j["estimate"]["kv_cache_bytes"], 18 * 2048 * 2 * (256 / 32 * 34));
+    // 18 layers × 2048 positions × (K + V) of 1 head × 256 dims, q8 = 34 bytes per 32 values,
+    // plus the f16 copies of 4 sink and 64 recent positions (K + V, 2 bytes per value).
+    assert_eq!(j["estimate"]["kv_cache_bytes"], 18 * 2048 * 2 * (256 / 32 * 34) + 18 * (4 + 64) * 2 * 256 * 2);
     assert_eq!(j["estimate"]["kv_type"], "q8");
 }
 

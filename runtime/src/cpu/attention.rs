@@ -16,7 +16,11 @@
 //! - a q4 cache stores rotated rows (`kv_cache::rotate_groups`): the query is rotated before
 //!   it is quantized and the output rotated back (not in ggml); it stores K less an offset
 //!   (`kv_cache::k_offset`), which moves all of a query's scores by the same `q·m`: the
-//!   softmax ignores that, a softcap does not, so with a softcap `q·m` is added back.
+//!   softmax ignores that, a softcap does not, so with a softcap `q·m` is added back;
+//! - a quantized cache with f16 copies ([`KvCache::with_recent`]: the first positions and the
+//!   query's last ones) gives those positions' scores as f32 dot products of the copy (same
+//!   stored form) with the Q8_0 query's values, and accumulates their V copies with the rest,
+//!   before the rotation back (not in ggml).
 //!
 //! Grouped-query attention: query head `h` reads KV head `h / (n_heads / n_kv_heads)`; positions
 //! outer, heads inner, so each K and V row is read once per position for its whole group of
@@ -42,6 +46,11 @@ pub struct AttnScratch {
     row: Vec<f32>,
     /// [heads per KV head]: each head's softmax denominator.
     sums: Vec<f64>,
+    /// The query as a quantized cache's dot products see it, dequantized, for the rows kept
+    /// as f16 copies ([`KvCache::with_recent`]).
+    q_recent: QuantizedActs,
+    /// [n_heads · head_dim_k]: its values.
+    q_deq: Vec<f32>,
     /// The path of [`Kernels::Avx2`] (`avx2::attention`).
     #[cfg(target_arch = "x86_64")]
     x86: super::avx2::AttnAcc,
@@ -136,8 +145,25 @@ pub fn attention(
     if scratch.q.quantize(qty, kernels, ActForm::of(qty, kernels), q, dk, n_heads).is_err() {
         unreachable!("head_dim_k is a whole number of groups (checked by KvCache::new)")
     }
+    // positions whose rows a quantized cache keeps as f16 copies are read from them
+    let copies = cache.copies();
+    let copied = |p: usize| copies.reads_copy(p, end - 1);
+    let (dot_recent, axpy_recent) = (dot_fn(GgmlType::F16, kernels).ok(), axpy_fn(KvType::F16, kernels));
+    if copies.recent > 0 {
+        // the quantized query's values (Q8_0 d·q), as f32
+        let (qs, q_deq) = (&scratch.q, &mut scratch.q_deq);
+        q_deq.clear();
+        for h in 0..n_heads {
+            let r = qs.row(h);
+            q_deq.extend(r.qs.chunks_exact(32).zip(r.d).flat_map(|(g, &d)| g.iter().map(move |&q| d * f32::from(q))));
+        }
+        if scratch.q_recent.quantize(GgmlType::F32, kernels, ActForm::of(GgmlType::F32, kernels), q_deq, dk, n_heads).is_err() {
+            unreachable!("f32 activations take any length")
+        }
+    }
     let AttnScratch {
         q: qa,
+        q_recent,
         scores,
         row: wide,
         sums,
@@ -151,6 +177,16 @@ pub fn attention(
     sums.resize(group, 0.0);
     for g in 0..n_kv {
         for (i, p) in (start..end).enumerate() {
+            if let (true, Some(k), Some(dot)) = (copied(p), cache.recent_k_row(layer, p, g), dot_recent) {
+                for j in 0..group {
+                    let s = dot(k, &q_recent.row(g * group + j));
+                    scores[j * n + i] = match shifts.get(g * group + j) {
+                        Some(shift) => (s + shift) * scale,
+                        None => s * scale,
+                    };
+                }
+                continue;
+            }
             let mut k = cache.k_row(layer, p, g);
             if widen {
                 widen_row(k, &mut wide[..dk]);
@@ -186,6 +222,12 @@ pub fn attention(
         // weighted sum of V rows
         let outs = &mut out[g * group * dv..(g + 1) * group * dv];
         for (i, p) in (start..end).enumerate() {
+            if let (true, Some(v)) = (copied(p), cache.recent_v_row(layer, p, g)) {
+                for (j, o) in outs.chunks_exact_mut(dv).enumerate() {
+                    axpy_recent(scores[j * n + i], v, o);
+                }
+                continue;
+            }
             let mut v = cache.v_row(layer, p, g);
             if widen {
                 widen_row(v, &mut wide[..dv]);

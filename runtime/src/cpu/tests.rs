@@ -844,6 +844,124 @@ fn attention_matches_reference() {
     }
 }
 
+/// A quantized cache with f16 copies (4 sink positions, a query's last 5): every query reads
+/// the copies of the positions RecentRows names and the quantized rows of the others — within
+/// 2e-5 of the f64 reference on exactly those rows (the copies rotated back, the query as the
+/// quantized rows meet it), with and without a softcap and a sliding window; and, summed over
+/// the cases, clearly closer to the original f32 rows than the same cache without copies.
+#[test]
+fn attention_reads_sink_and_recent_copies() {
+    for &kernels in Kernels::available() {
+        for ty in [KvType::Q8, KvType::Q4] {
+            // summed over the cases: [with copies, without]
+            let mut sq_err = [0f64; 2];
+            for (n_heads, nkv, dk, dv) in [(9usize, 3usize, 64usize, 64usize), (4, 1, 256, 256), (4, 2, 64, 32)] {
+                let mut rng = Rng::new((n_heads * 7 + dk) as u64);
+                let nctx = 40;
+                let q: Vec<f32> = rng.vec(n_heads * dk);
+                let orig: Vec<(Vec<f32>, Vec<f32>)> = (0..nctx)
+                    .map(|_| (rng.vec(nkv * dk).iter().enumerate().map(|(i, x)| x + 0.5 * (i as f32 * 0.7).sin()).collect(), rng.vec(nkv * dv)))
+                    .collect();
+                let ks: Vec<f32> = orig.iter().flat_map(|(k, _)| k.clone()).collect();
+                let vs: Vec<f32> = orig.iter().flat_map(|(_, v)| v.clone()).collect();
+                let mut plain = KvCache::new(ty, 1, nctx, nkv, dk, dv).expect("cache");
+                let mut c = KvCache::new(ty, 1, nctx, nkv, dk, dv).expect("cache").with_recent(5).expect("copies");
+                assert_eq!((c.copies().sink, c.copies().recent), (4, 5));
+                // positions 0..24 in one batch (the K offset), then 24..40 a further batch, so
+                // that queries read copies both kept from the first and pending from the second
+                for cache in [&mut plain, &mut c] {
+                    cache.write_batch(0, 0, &ks[..24 * nkv * dk], &vs[..24 * nkv * dv]).expect("write");
+                    cache.write_batch(0, 24, &ks[24 * nkv * dk..], &vs[24 * nkv * dv..]).expect("write");
+                }
+                let half_row = |row: &[u8]| -> Vec<f32> {
+                    let mut x: Vec<f32> = row.chunks_exact(2).map(|b| quant::ggml_fp16_to_fp32(half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])))).collect();
+                    rotate_groups(&mut x);
+                    x
+                };
+                let original = |p: usize, g: usize| (orig[p].0[g * dk..(g + 1) * dk].to_vec(), orig[p].1[g * dv..(g + 1) * dv].to_vec());
+                let shifts: Vec<f64> = (0..n_heads).map(|h| q_dot(&q[h * dk..(h + 1) * dk], c.k_offset(0, h / (n_heads / nkv)))).collect();
+                let scale = 1.0 / (dk as f32).sqrt();
+                for (start, end, cap) in [(0usize, 40usize, None), (0, 30, None), (0, 3, None), (13, 36, Some(5.0f32)), (0, 22, Some(5.0))] {
+                    let what = format!("{} {ty:?} {n_heads}/{nkv} dk{dk} dv{dv} {start}..{end} cap {cap:?}", kernels.name());
+                    // the rows this query reads, less the K offset
+                    let read = |p: usize, g: usize| {
+                        // (a query at 21 finds no copies of 17 and 18: of the first batch only
+                        // its last 5 positions are kept, and the sinks)
+                        if let (true, Some(k), Some(v)) = (c.copies().reads_copy(p, end - 1), c.recent_k_row(0, p, g), c.recent_v_row(0, p, g)) {
+                            return (half_row(k), half_row(v));
+                        }
+                        let (mut k, mut v) = (vec![0f32; dk], vec![0f32; dv]);
+                        c.read_k(0, p, g, &mut k);
+                        c.read_v(0, p, g, &mut v);
+                        for (k, m) in k.iter_mut().zip(c.k_offset(0, g)) {
+                            *k -= m;
+                        }
+                        (k, v)
+                    };
+                    let mut outs = Vec::new();
+                    for cache in [&c, &plain] {
+                        let mut out = padded(n_heads * dv);
+                        attention(kernels, cache, 0, &q, n_heads, start, end, scale, cap, BATCH, &mut out[..n_heads * dv], &mut AttnScratch::default());
+                        check_pad(&out, n_heads * dv, &what);
+                        check_finite(&out[..n_heads * dv], &what);
+                        out.truncate(n_heads * dv);
+                        outs.push(out);
+                    }
+                    let shift: &[f64] = if cap.is_some() { &shifts } else { &[] };
+                    let tight = attention_reference(&read, dk, dv, nkv, &effective_q(ty, &q), n_heads, start, end, scale, cap, shift);
+                    let e = max_rel_err(&outs[0], &tight);
+                    assert!(e <= 2e-5, "{what}: {e:e} off the f64 reference on the rows read");
+                    let loose = attention_reference(&original, dk, dv, nkv, &q, n_heads, start, end, scale, cap, &[]);
+                    for (sq, out) in sq_err.iter_mut().zip(&outs) {
+                        *sq += out.iter().zip(&loose).map(|(a, b)| (f64::from(*a) - b).powi(2)).sum::<f64>();
+                    }
+                }
+            }
+            let [with, without] = sq_err;
+            assert!(with < 0.8 * without, "{} {ty:?}: squared error from the f32 rows with copies {with:e}, without {without:e}", kernels.name());
+        }
+    }
+}
+
+/// Queries read the same rows, and give the same bits, whether their positions were written in
+/// one batch, in batches of other sizes, or one at a time with each query right after its
+/// write (as a forward pass does): the copies of a query's last positions come from the
+/// pending batch or the kept slots alike, across the slots' wrap-around.
+#[test]
+fn attention_with_copies_is_the_same_batched_or_not() {
+    for &kernels in Kernels::available() {
+        for ty in [KvType::Q8, KvType::Q4] {
+            let (n_heads, nkv, dk, dv, nctx) = (6usize, 2usize, 64usize, 32usize, 40usize);
+            let mut rng = Rng::new(11);
+            let q: Vec<f32> = rng.vec(nctx * n_heads * dk);
+            let ks: Vec<f32> = rng.vec(nctx * nkv * dk);
+            let vs: Vec<f32> = rng.vec(nctx * nkv * dv);
+            let scale = 0.2;
+            let mut runs: Vec<Vec<f32>> = Vec::new();
+            // every split starts with the same batch 0..8 (which sets the K offset)
+            for splits in [vec![0usize, 8, 40], vec![0, 8, 9, 25, 40], (0..=40).filter(|&p| p == 0 || p >= 8).collect()] {
+                let mut c = KvCache::new(ty, 2, nctx, nkv, dk, dv).expect("cache").with_recent(6).expect("copies");
+                let mut out = vec![0f32; nctx * n_heads * dv];
+                for w in splits.windows(2) {
+                    let (a, b) = (w[0], w[1]);
+                    for layer in 0..2 {
+                        c.write_batch(layer, a, &ks[a * nkv * dk..b * nkv * dk], &vs[a * nkv * dv..b * nkv * dv]).expect("write");
+                        for pos in a..b {
+                            let o = &mut out[pos * n_heads * dv..(pos + 1) * n_heads * dv];
+                            attention(kernels, &c, layer, &q[pos * n_heads * dk..(pos + 1) * n_heads * dk], n_heads, 0, pos + 1, scale, None, b - a, o, &mut AttnScratch::default());
+                        }
+                    }
+                }
+                runs.push(out);
+            }
+            for (i, r) in runs.iter().enumerate().skip(1) {
+                let same = r.iter().zip(&runs[0]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{} {ty:?}: split {i} differs from one batch", kernels.name());
+            }
+        }
+    }
+}
+
 /// An f16 cache gives bit for bit what an f32 cache holding the same (f16-representable) values
 /// gives: with several heads per KV head its rows are widened once and the f32 kernels run;
 /// with one, the f16 kernels read them in place.

@@ -12,7 +12,7 @@ use super::device::GpuDevice;
 use super::layout;
 use super::readback::MapFuture;
 use crate::error::{GpuError, ModelError};
-use crate::kv_cache::KvType;
+use crate::kv_cache::{KvType, RecentRows};
 use crate::model::{Activation, Backend, ModelConfig, RopeKind, RopeParams};
 use crate::quant::GgmlType;
 use std::cell::RefCell;
@@ -24,8 +24,8 @@ use wgpu::util::DeviceExt;
 /// Slots of 256 bytes in the uniform buffer per submission; more ops than this flush early.
 const PARAM_SLOTS: usize = 2048;
 const PARAM_SLOT: u64 = 256;
-/// Uniform structs are at most this big (AttnParams: 13 words, padded).
-const PARAM_BIND: u64 = 64;
+/// Uniform structs are at most this big (AttnParams: 23 words, padded).
+const PARAM_BIND: u64 = 128;
 /// At most this many bytes of attention scores per dispatch group (prefill is chunked).
 const SCORES_BUDGET: u64 = 64 << 20;
 /// Matmuls with at most this many tokens use the matvec kernel.
@@ -133,8 +133,13 @@ pub struct GpuCache {
     k_row_words: usize,
     v_row_words: usize,
     /// per layer: `[n_ctx, n_kv_heads, k_row_words]` then `[n_ctx, n_kv_heads, v_row_words]` u32,
-    /// then for a type that offsets K the layer's K offset `[n_kv_heads · head_dim_k]` f32
+    /// then for a type that offsets K the layer's K offset `[n_kv_heads · head_dim_k]` f32,
+    /// then with f16 copies `[copies.slots(), n_kv_heads, head_dim_k / 2]` and
+    /// `[copies.slots(), n_kv_heads, head_dim_v / 2]` u32 (f16 pairs)
     layers: Vec<wgpu::Buffer>,
+    /// Which positions' rows the f16 copies hold (kv_cache.rs's bookkeeping; none unless
+    /// quantized).
+    copies: RecentRows,
 }
 
 impl GpuCache {
@@ -146,6 +151,16 @@ impl GpuCache {
     /// Word offset of the K offset in a layer's buffer (after the V rows).
     fn offset_base_words(&self) -> usize {
         self.v_base_words() + self.n_ctx * self.n_kv_heads * self.v_row_words
+    }
+
+    /// Word offset of the copies' K rows (after the K offset).
+    fn copies_k_words(&self) -> usize {
+        self.offset_base_words() + if self.ty.offsets_k() { self.n_kv_heads * self.head_dim_k } else { 0 }
+    }
+
+    /// Word offset of the copies' V rows.
+    fn copies_v_words(&self) -> usize {
+        self.copies_k_words() + self.copies.slots() * self.n_kv_heads * self.head_dim_k / 2
     }
 }
 
@@ -554,12 +569,31 @@ impl GpuBackend {
             .collect()
     }
 
+    /// The f16 copies of `layer` the cache holds, by (position, KV head): K and V row bytes
+    /// as `KvCache::recent_k_row` holds them (tests).
+    #[cfg(all(test, not(target_arch = "wasm32")))]
+    pub(crate) fn cache_copies(&mut self, cache: &GpuCache, layer: usize) -> std::collections::HashMap<(usize, usize), (Vec<u8>, Vec<u8>)> {
+        let buf = cache.layers[layer].clone();
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&pollster::block_on(self.read_async(&buf, buf.size())).expect("readback"));
+        let (wk, wv) = (cache.head_dim_k / 2, cache.head_dim_v / 2);
+        let mut out = std::collections::HashMap::new();
+        for p in 0..cache.n_ctx {
+            let Some(slot) = cache.copies.kept(layer, p) else { continue };
+            for h in 0..cache.n_kv_heads {
+                let k = cache.copies_k_words() + (slot * cache.n_kv_heads + h) * wk;
+                let v = cache.copies_v_words() + (slot * cache.n_kv_heads + h) * wv;
+                out.insert((p, h), (bytemuck::cast_slice(&words[k..k + wk]).to_vec(), bytemuck::cast_slice(&words[v..v + wv]).to_vec()));
+            }
+        }
+        out
+    }
+
     /// The K offset of `layer` as stored (tests; empty for a type that does not offset K).
     #[cfg(all(test, not(target_arch = "wasm32")))]
     pub(crate) fn cache_k_offset(&mut self, cache: &GpuCache, layer: usize) -> Vec<f32> {
         let buf = cache.layers[layer].clone();
         let words: Vec<u32> = bytemuck::pod_collect_to_vec(&pollster::block_on(self.read_async(&buf, buf.size())).expect("readback"));
-        words[cache.offset_base_words()..].iter().map(|w| f32::from_bits(*w)).collect()
+        words[cache.offset_base_words()..cache.copies_k_words()].iter().map(|w| f32::from_bits(*w)).collect()
     }
 
     /// Every word of the buffer behind `x`, including the tail past its values (tests).
@@ -654,6 +688,14 @@ struct AttnParams {
     scale: f32,
     offset_base: u32,
     inv_count: f32,
+    sink: u32,
+    recent: u32,
+    sink_n: u32,
+    ring_lo: u32,
+    ring_hi: u32,
+    copies_k: u32,
+    copies_v: u32,
+    stash_v: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<AttnParams>() as u64 <= PARAM_BIND);
@@ -837,7 +879,7 @@ impl Backend for GpuBackend {
         Ok(GpuWeight::Matrix { ty: w.ty, rows: w.rows, cols: w.cols, row_words: w.row_words, chunks: w.chunks })
     }
 
-    fn new_cache(&mut self, cfg: &ModelConfig, kv: KvType, n_ctx: usize) -> Result<GpuCache, ModelError> {
+    fn new_cache(&mut self, cfg: &ModelConfig, kv: KvType, n_ctx: usize, recent: usize) -> Result<GpuCache, ModelError> {
         let (hdk, hdv) = (cfg.head_dim_k, cfg.head_dim_v);
         if hdk % 32 != 0 || hdv % 32 != 0 || n_ctx == 0 {
             return Err(GpuError::Shape(format!("KV cache with head dims {hdk}/{hdv} (need multiples of 32) and {n_ctx} positions")).into());
@@ -845,7 +887,9 @@ impl Backend for GpuBackend {
         let k_row_words = cache_row_words(kv, hdk);
         let v_row_words = cache_row_words(kv, hdv);
         let offset_words = if kv.offsets_k() { cfg.n_kv_heads * hdk } else { 0 };
-        let bytes = ((n_ctx * cfg.n_kv_heads * (k_row_words + v_row_words) + offset_words) * 4) as u64;
+        let copies = if kv.is_quantized() { RecentRows::new(cfg.n_layers, n_ctx, recent) } else { RecentRows::default() };
+        let copy_words = copies.slots() * cfg.n_kv_heads * (hdk + hdv) / 2;
+        let bytes = ((n_ctx * cfg.n_kv_heads * (k_row_words + v_row_words) + offset_words + copy_words) * 4) as u64;
         if bytes > self.dev.max_binding() || bytes / 4 > u64::from(u32::MAX) {
             return Err(GpuError::TooLarge { what: "the KV cache of one layer".into(), bytes, limit: self.dev.max_binding() }.into());
         }
@@ -861,7 +905,7 @@ impl Backend for GpuBackend {
             })
             .collect();
         self.dev.check()?;
-        Ok(GpuCache { ty: kv, n_ctx, n_kv_heads: cfg.n_kv_heads, head_dim_k: hdk, head_dim_v: hdv, k_row_words, v_row_words, layers })
+        Ok(GpuCache { ty: kv, n_ctx, n_kv_heads: cfg.n_kv_heads, head_dim_k: hdk, head_dim_v: hdv, k_row_words, v_row_words, layers, copies })
     }
 
     fn embed(&mut self, table: &GpuWeight, ids: &[u32], scale: Option<f32>) -> Result<GpuAct, ModelError> {
@@ -1066,7 +1110,15 @@ impl Backend for GpuBackend {
             scale: cfg.attn_scale,
             offset_base: cache.offset_base_words() as u32,
             inv_count: if n > 1 { 1.0 / (n - 1) as f32 } else { 0.0 },
+            ..AttnParams::default()
         };
+        // f16 copies: what the layer holds before this pass, and the pass's own rows in `stash`
+        // ([n][nkv][hdk / 2] then [n][nkv][hdv / 2] words; one placeholder word without copies)
+        let copies = cache.copies.recent > 0;
+        let (sink_n, (ring_lo, ring_hi)) = cache.copies.held(layer);
+        (p.sink, p.recent, p.sink_n, p.ring_lo, p.ring_hi) = (cache.copies.sink as u32, cache.copies.recent as u32, sink_n as u32, ring_lo as u32, ring_hi as u32);
+        (p.copies_k, p.copies_v, p.stash_v) = (cache.copies_k_words() as u32, cache.copies_v_words() as u32, (n * nkv * hdk / 2) as u32);
+        let stash = self.alloc(if copies { (n * nkv * (hdk + hdv) / 2 * 4) as u64 } else { 4 })?;
         if cache.ty.offsets_k() && pos0 == 0 {
             // a pass from position 0 starts a sequence: its K offset first (kv_cache::k_offset)
             self.dispatch(Family::Attention, "kv_offset", ("KVTYPE", ty), &[(0, &kv), (1, k.buf.get())], 5, bytemuck::bytes_of(&p), (nkv * hdk).div_ceil(64))?;
@@ -1076,7 +1128,7 @@ impl Backend for GpuBackend {
             Family::Attention,
             "kv_store",
             ("KVTYPE", ty),
-            &[(0, &kv), (1, k.buf.get()), (2, v.buf.get())],
+            &[(0, &kv), (1, k.buf.get()), (2, v.buf.get()), (6, stash.get())],
             5,
             bytemuck::bytes_of(&p),
             (n * groups_per_tok).div_ceil(64),
@@ -1116,7 +1168,7 @@ impl Backend for GpuBackend {
                 Family::Attention,
                 "attn_scores",
                 ("KVTYPE", ty),
-                &[(0, &kv), (1, q.buf.get()), (3, scores.get())],
+                &[(0, &kv), (1, q.buf.get()), (3, scores.get()), (6, stash.get())],
                 5,
                 bytemuck::bytes_of(&p),
                 (m * cfg.n_heads * n_kv).div_ceil(64),
@@ -1125,12 +1177,20 @@ impl Backend for GpuBackend {
                 Family::Attention,
                 "attn_softmax_v",
                 ("KVTYPE", ty),
-                &[(0, &kv), (3, scores.get()), (4, out.buf.get())],
+                &[(0, &kv), (3, scores.get()), (4, out.buf.get()), (6, stash.get())],
                 5,
                 bytemuck::bytes_of(&p),
                 m * cfg.n_heads,
             )?;
             t0 += m;
+        }
+        // the rows the copies keep move to their slots (after the pass's queries read them)
+        for range in cache.copies.keep(layer, pos0, n) {
+            if !range.is_empty() {
+                (p.t0, p.n) = ((range.start - pos0) as u32, range.len() as u32);
+                let words = range.len() * nkv * (hdk + hdv) / 2;
+                self.dispatch(Family::Attention, "kv_keep", ("KVTYPE", ty), &[(0, &kv), (6, stash.get())], 5, bytemuck::bytes_of(&p), words.div_ceil(64))?;
+            }
         }
         // (a rotating cache's output left attn_softmax_v rotated back)
         Ok(out)

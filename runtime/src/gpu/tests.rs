@@ -312,9 +312,10 @@ fn argmax_matches_cpu() {
 }
 
 
-/// Prefill of 6 tokens then 2 single-token steps, every cache type, grouped-query heads, a
+/// Prefill of 6 tokens then 2 single-token steps, every cache type (the quantized ones without
+/// and with f16 copies of 4 sink positions and a query's last 3), grouped-query heads, a
 /// sliding-window layer, head dims 64 and 256 (one KV head, large peaked scores as real models
-/// have): outputs equal the CPU's attention over its own cache.
+/// have): outputs equal the CPU's attention over its own cache, stored rows and copies its bytes.
 #[test]
 fn attention_every_cache_type_matches_cpu() {
     let mut g = gpu();
@@ -322,9 +323,9 @@ fn attention_every_cache_type_matches_cpu() {
     let mut rng = Rng::new(6);
     for (nh, nkv, hd, big) in [(4usize, 2usize, 64usize, 1.0f32), (4, 1, 256, 8.0)] {
         let cfg = ModelConfig::attention_test(nh, nkv, hd, Some(3));
-        for kv in [KvType::F32, KvType::F16, KvType::Q8, KvType::Q4] {
-            let mut gc = g.new_cache(&cfg, kv, 16).unwrap();
-            let mut cc = c.new_cache(&cfg, kv, 16).unwrap();
+        for (kv, recent) in [(KvType::F32, 0), (KvType::F16, 0), (KvType::Q8, 0), (KvType::Q8, 3), (KvType::Q4, 0), (KvType::Q4, 3)] {
+            let mut gc = g.new_cache(&cfg, kv, 16, recent).unwrap();
+            let mut cc = c.new_cache(&cfg, kv, 16, recent).unwrap();
             let mut pos = 0;
             for n in [6usize, 1, 1] {
                 // big: large attention logits (peaked softmax), as real models have
@@ -357,7 +358,7 @@ fn attention_every_cache_type_matches_cpu() {
                         &got,
                         &want,
                         1e-9,
-                        &format!("attention {kv:?} hd {hd} layer {layer} pos {pos} n {n}"),
+                        &format!("attention {kv:?} recent {recent} hd {hd} layer {layer} pos {pos} n {n}"),
                     );
                 }
                 pos += n;
@@ -370,14 +371,23 @@ fn attention_every_cache_type_matches_cpu() {
                 assert_eq!(offset.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{kv:?} hd {hd} layer {layer}: K offset");
                 assert_eq!(want.iter().any(|v| v.abs() > 0.5), kv.offsets_k(), "{kv:?}: an offset only where the type takes one");
                 let rows = g.cache_rows_as_ggml(&gc, layer);
+                let copies = g.cache_copies(&gc, layer);
+                let mut compared = 0;
                 for p in 0..pos {
                     for h in 0..nkv {
                         let (gk, gv) = &rows[p * nkv + h];
-                        let what = format!("{kv:?} hd {hd} layer {layer} pos {p} head {h}");
+                        let what = format!("{kv:?} recent {recent} hd {hd} layer {layer} pos {p} head {h}");
                         assert_eq!(gk, cc.k_row(layer, p, h), "K row bytes, {what}");
                         assert_eq!(gv, cc.v_row(layer, p, h), "V row bytes, {what}");
+                        // the f16 copies both hold (the CPU's last layer's are still its pending batch)
+                        if let (Some((ck, cv)), Some(k), Some(v)) = (copies.get(&(p, h)), cc.recent_k_row(layer, p, h), cc.recent_v_row(layer, p, h)) {
+                            assert_eq!((&ck[..], &cv[..]), (k, v), "copies' bytes, {what}");
+                            compared += 1;
+                        }
                     }
                 }
+                // sinks 0..4 and the last 3 of 8 positions
+                assert_eq!(compared, if recent > 0 { 7 * nkv } else { 0 }, "{kv:?} recent {recent} layer {layer}: copies compared");
             }
             let q = acts(&mut rng, 1, nh * hd);
             let gq = g.upload(&q, 1, nh * hd).unwrap();
@@ -395,7 +405,7 @@ fn unsupported_shapes_are_typed_errors() {
     let mut g = gpu();
     let cfg = ModelConfig::attention_test(2, 1, 48, None);
     assert!(matches!(
-        g.new_cache(&cfg, KvType::F16, 8),
+        g.new_cache(&cfg, KvType::F16, 8, 0),
         Err(crate::ModelError::Gpu(crate::GpuError::Shape(_)))
     ));
     // 6 columns: not a whole number of 4-value GPU blocks

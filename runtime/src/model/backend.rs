@@ -36,7 +36,9 @@ pub trait Backend {
         self.finish_weight(w)
     }
 
-    fn new_cache(&mut self, cfg: &ModelConfig, kv: KvType, n_ctx: usize) -> Result<Self::Cache, ModelError>;
+    /// A KV cache of `n_ctx` positions; a quantized one keeps `recent` positions' rows as f16
+    /// copies too ([`KvCache::with_recent`](crate::kv_cache::KvCache::with_recent)).
+    fn new_cache(&mut self, cfg: &ModelConfig, kv: KvType, n_ctx: usize, recent: usize) -> Result<Self::Cache, ModelError>;
 
     /// Rows `ids` of an embedding table `[n_vocab, width]`, times `scale` when given.
     fn embed(&mut self, table: &Self::Weight, ids: &[u32], scale: Option<f32>) -> Result<Self::Act, ModelError>;

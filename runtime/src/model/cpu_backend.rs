@@ -150,8 +150,8 @@ impl Backend for CpuBackend {
         Ok(CpuWeight::Matrix { ty, rows, cols, data })
     }
 
-    fn new_cache(&mut self, cfg: &ModelConfig, kv: KvType, n_ctx: usize) -> Result<KvCache, ModelError> {
-        Ok(KvCache::new(kv, cfg.n_layers, n_ctx, cfg.n_kv_heads, cfg.head_dim_k, cfg.head_dim_v)?)
+    fn new_cache(&mut self, cfg: &ModelConfig, kv: KvType, n_ctx: usize, recent: usize) -> Result<KvCache, ModelError> {
+        Ok(KvCache::new(kv, cfg.n_layers, n_ctx, cfg.n_kv_heads, cfg.head_dim_k, cfg.head_dim_v)?.with_recent(recent)?)
     }
 
     fn embed(&mut self, table: &CpuWeight, ids: &[u32], scale: Option<f32>) -> Result<CpuAct, ModelError> {

@@ -183,7 +183,7 @@ impl WasmEngine {
         let kv = KvType::from_name(kv).ok_or_else(|| JsError::new(&format!("unknown KV type {kv:?} (f32, f16, q8, q4)")))?;
         let mut backend = CpuBackend::new();
         let (gguf, model) = crate::loader::load_bytes(&[model_bytes], &mut backend).map_err(|e| JsError::new(&e.to_string()))?;
-        let session = Session::new(backend, model, SessionOptions { kv, n_ctx: n_ctx as usize }).map_err(|e| JsError::new(&e.to_string()))?;
+        let session = Session::new(backend, model, SessionOptions { kv, n_ctx: n_ctx as usize, ..Default::default() }).map_err(|e| JsError::new(&e.to_string()))?;
         WasmEngine::assemble(Device::Cpu(session), &gguf, DeviceReport { device: "cpu", adapter: None, kernels: Kernels::best().name().into(), fallback: None }, None)
             .map_err(|e| JsError::new(&e.as_string().unwrap_or_default()))
     }
@@ -191,7 +191,8 @@ impl WasmEngine {
     /// Streams a model onto WebGPU or the CPU. `source`: a URL string (a split's first shard's
     /// name loads every shard), an array of shard URLs, or `{ manifest: url }`. `options`:
     /// `{ device ("auto" (default) | "webgpu" | "cpu"), kv ("f32" | "f16" (default) | "q8" | "q4"),
-    /// contextLength, cache (default true), requireCache, store ("cache-storage" (default) or
+    /// kvRecent (q8 / q4: positions before and including each query's own read from f16
+    /// copies, with the first 4; default 64, 0 for none), contextLength, cache (default true), requireCache, store ("cache-storage" (default) or
     /// "opfs"), maxCacheBytes, signal (AbortSignal), maxAttempts, retryDelayMs, stallTimeoutMs }`.
     /// `"auto"` uses WebGPU when the browser has it and the model fits the adapter, else the
     /// CPU (`deviceInfo().fallback` says why). `on_progress` (optional) receives progress
@@ -214,7 +215,12 @@ impl WasmEngine {
                 let _ = f.call1(&JsValue::NULL, &to_js(p));
             }
         };
-        let session_options = SessionOptions { kv, n_ctx };
+        let kv_recent = match get(&options, "kvRecent").map(|v| v.as_f64()) {
+            None => crate::kv_cache::KV_RECENT,
+            Some(Some(r)) if r >= 0.0 && r.fract() == 0.0 && r <= 1e9 => r as usize,
+            Some(_) => return Err(options_error("kvRecent must be a whole number >= 0")),
+        };
+        let session_options = SessionOptions { kv, n_ctx, kv_recent };
         let kernels: String = Kernels::best().name().into();
         let mut fallback = None;
         if device != "cpu" {
