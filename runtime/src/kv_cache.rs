@@ -138,10 +138,10 @@ pub struct RecentRows {
 }
 
 impl RecentRows {
-    /// For `recent > 0`: the first [`KV_SINK`] positions and a query's last `recent`, both
-    /// capped at `n_ctx`; else none.
-    pub fn new(n_layers: usize, n_ctx: usize, recent: usize) -> RecentRows {
-        if recent == 0 {
+    /// For a quantized `ty` and `recent > 0`: the first [`KV_SINK`] positions and a query's
+    /// last `recent`, both capped at `n_ctx`; else none (f32 / f16 rows are exact already).
+    pub fn new(ty: KvType, n_layers: usize, n_ctx: usize, recent: usize) -> RecentRows {
+        if !ty.is_quantized() || recent == 0 {
             return RecentRows::default();
         }
         RecentRows { sink: KV_SINK.min(n_ctx), recent: recent.min(n_ctx), span: vec![(0, 0); n_layers], sink_n: vec![0; n_layers] }
@@ -155,10 +155,8 @@ impl RecentRows {
     /// Bytes of the f16 copies a cache of type `ty` keeps with `recent` (0 unless quantized),
     /// for `n_layers` layers of `width_k + width_v` values per position (all KV heads).
     pub fn bytes(ty: KvType, n_layers: u64, n_ctx: u64, recent: u64, width_k: u64, width_v: u64) -> u64 {
-        if !ty.is_quantized() || recent == 0 {
-            return 0;
-        }
-        let slots = (KV_SINK as u64).min(n_ctx) + recent.min(n_ctx);
+        let size = |x: u64| usize::try_from(x).unwrap_or(usize::MAX);
+        let slots = RecentRows::new(ty, 0, size(n_ctx), size(recent)).slots() as u64;
         n_layers.saturating_mul(slots).saturating_mul(width_k.saturating_add(width_v)).saturating_mul(2)
     }
 
@@ -399,10 +397,10 @@ impl KvCache {
     /// their scores and outputs mix with the quantized rows' unchanged; the query is the one
     /// the quantized rows' dot products see (rotated, rounded as Q8_0).
     pub fn with_recent(mut self, recent: usize) -> Result<Self, KvError> {
-        if !self.ty.is_quantized() || recent == 0 {
+        let copies = RecentRows::new(self.ty, self.n_layers, self.n_ctx, recent);
+        if copies.recent == 0 {
             return Ok(self);
         }
-        let copies = RecentRows::new(self.n_layers, self.n_ctx, recent);
         // (no overflow: at most n_ctx + 4 rows per layer, at 2 bytes per value)
         let per_layer = |hd: usize| copies.slots() * self.n_kv_heads * hd * 2;
         self.recent_k = alloc_zeroed(self.n_layers * per_layer(self.head_dim_k))?;
@@ -785,8 +783,9 @@ mod tests {
     /// held after batches, a rewrite from an earlier position, a gap, and a truncation.
     #[test]
     fn recent_rows_track_sinks_and_last_positions() {
-        assert_eq!(RecentRows::new(2, 100, 0).keep(0, 0, 10), [0..0, 0..0]);
-        let mut r = RecentRows::new(2, 100, 5);
+        assert_eq!(RecentRows::new(KvType::Q4, 2, 100, 0).keep(0, 0, 10), [0..0, 0..0]);
+        assert_eq!(RecentRows::new(KvType::F16, 2, 100, 5).slots(), 0);
+        let mut r = RecentRows::new(KvType::Q4, 2, 100, 5);
         assert_eq!((r.sink, r.recent, r.slots()), (4, 5, 9));
         let held = |r: &RecentRows, layer| (0..100).filter(|&p| r.kept(layer, p).is_some()).collect::<Vec<_>>();
         // a prompt of 12: sinks 0..4 and its last 5

@@ -148,7 +148,10 @@ pub fn attention(
     // positions whose rows a quantized cache keeps as f16 copies are read from them
     let copies = cache.copies();
     let copied = |p: usize| copies.reads_copy(p, end - 1);
-    let (dot_recent, axpy_recent) = (dot_fn(GgmlType::F16, kernels).ok(), axpy_fn(KvType::F16, kernels));
+    let Ok(dot_recent) = dot_fn(GgmlType::F16, kernels) else {
+        unreachable!("f16 rows have a dot kernel")
+    };
+    let axpy_recent = axpy_fn(KvType::F16, kernels);
     if copies.recent > 0 {
         // the quantized query's values (Q8_0 d·q), as f32
         let (qs, q_deq) = (&scratch.q, &mut scratch.q_deq);
@@ -177,9 +180,9 @@ pub fn attention(
     sums.resize(group, 0.0);
     for g in 0..n_kv {
         for (i, p) in (start..end).enumerate() {
-            if let (true, Some(k), Some(dot)) = (copied(p), cache.recent_k_row(layer, p, g), dot_recent) {
+            if let (true, Some(k)) = (copied(p), cache.recent_k_row(layer, p, g)) {
                 for j in 0..group {
-                    let s = dot(k, &q_recent.row(g * group + j));
+                    let s = dot_recent(k, &q_recent.row(g * group + j));
                     scores[j * n + i] = match shifts.get(g * group + j) {
                         Some(shift) => (s + shift) * scale,
                         None => s * scale,

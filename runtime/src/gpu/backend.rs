@@ -887,7 +887,7 @@ impl Backend for GpuBackend {
         let k_row_words = cache_row_words(kv, hdk);
         let v_row_words = cache_row_words(kv, hdv);
         let offset_words = if kv.offsets_k() { cfg.n_kv_heads * hdk } else { 0 };
-        let copies = if kv.is_quantized() { RecentRows::new(cfg.n_layers, n_ctx, recent) } else { RecentRows::default() };
+        let copies = RecentRows::new(kv, cfg.n_layers, n_ctx, recent);
         let copy_words = copies.slots() * cfg.n_kv_heads * (hdk + hdv) / 2;
         let bytes = ((n_ctx * cfg.n_kv_heads * (k_row_words + v_row_words) + offset_words + copy_words) * 4) as u64;
         if bytes > self.dev.max_binding() || bytes / 4 > u64::from(u32::MAX) {
