@@ -19,6 +19,7 @@ pub mod model;
 pub mod quant;
 pub mod quantize;
 pub mod sampler;
+pub mod synth;
 pub mod tokenizer;
 
 pub use error::{GgufError, GpuError, ModelError, QuantError};

@@ -11,6 +11,7 @@ mod logits;
 mod perplexity;
 mod quantize;
 mod shard;
+mod synth;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,8 @@ enum Command {
     Shard(shard::Args),
     /// Convert a model to another file type (Q8_0 … Q2_K, F16), with llama.cpp's per-tensor mixing.
     Quantize(quantize::Args),
+    /// Write a model with random weights and a real model's shapes (--preset llama-3.1-8b …).
+    Synth(synth::Args),
     /// One row of the quantization table: perplexity, KL divergence and top-1 against a reference, speed, sizes.
     Eval(eval::Args),
 }
@@ -57,5 +60,6 @@ fn main() -> ExitCode {
         Command::Shard(args) => shard::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Synth(args) => synth::run(args),
     }
 }

@@ -1,0 +1,111 @@
+//! Synthetic models (`webgguf synth`) run end to end: every preset's real widths (one layer,
+//! a small vocabulary: the full vocabularies and depths are checked at header level in the
+//! runtime's unit tests) on the CPU and on the GPU (lavapipe in CI), and every preset's real
+//! depth at small widths, where the weights' scale must keep activations finite through all
+//! layers. No adapter is a failure.
+
+use webgguf::engine::{Session, SessionOptions};
+use webgguf::gpu::GpuBackend;
+use webgguf::kv_cache::KvType;
+use webgguf::model::{Backend, CpuBackend};
+use webgguf::quantize::FileType;
+use webgguf::synth::{presets, synth_file, SynthOptions, SynthSpec};
+use webgguf_tests::{top2, use_all_cores};
+
+const TOKENS: [u32; 8] = [1, 72, 101, 108, 108, 111, 44, 32];
+
+fn write(spec: &SynthSpec, ftype: FileType, file: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("webgguf-synth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(file);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let opts = SynthOptions { ftype, mix: Default::default(), seed: 7, threads, name: file.into() };
+    synth_file(spec, None, &opts, &path, None, &mut |_| {}).unwrap_or_else(|e| panic!("{file}: {e}"));
+    path
+}
+
+fn session<B: Backend>(mut backend: B, path: &std::path::Path) -> Session<B> {
+    let (_, model) = webgguf::loader::load_files(&[path.to_owned()], &mut backend).expect("load");
+    Session::new(backend, model, SessionOptions { kv: KvType::Q8, n_ctx: 64, ..Default::default() }).expect("session")
+}
+
+/// Teacher-forced logits over `TOKENS`: finite, spread (std between 0.3 and 20: neither
+/// collapsed nor blown up), and not the same row twice.
+fn check_logits(name: &str, logits: &[f32], n_vocab: usize) {
+    assert!(logits.iter().all(|x| x.is_finite()), "{name}: non-finite logits");
+    for row in logits.chunks_exact(n_vocab) {
+        let mean = row.iter().map(|&x| x as f64).sum::<f64>() / n_vocab as f64;
+        let std = (row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n_vocab as f64).sqrt();
+        assert!((0.3..20.0).contains(&std), "{name}: logit std {std}");
+    }
+    let rows: Vec<&[f32]> = logits.chunks_exact(n_vocab).collect();
+    assert!(rows.windows(2).all(|w| w[0] != w[1]), "{name}: two positions gave the same logits");
+}
+
+/// A preset at its real widths with one layer and a 512-token vocabulary.
+fn wide(name: &str) -> SynthSpec {
+    let mut s = SynthSpec::from_preset(name).expect("preset");
+    (s.n_layers, s.n_vocab) = (1, 512);
+    s
+}
+
+#[test]
+fn every_preset_at_real_width_runs_on_the_cpu() {
+    use_all_cores();
+    for p in presets() {
+        let spec = wide(p.name);
+        let path = write(&spec, FileType::Q4_K_M, &format!("{}-wide.gguf", p.name));
+        let mut s = session(CpuBackend::new(), &path);
+        let logits = s.logits_all(&TOKENS).expect("forward");
+        check_logits(p.name, &logits, spec.n_vocab);
+        s.reset();
+        let mut id = s.eval_argmax(&TOKENS).expect("prefill");
+        for _ in 0..3 {
+            id = s.eval_argmax(&[id]).expect("step");
+            assert!((id as usize) < spec.n_vocab);
+        }
+        println!("{}: real widths, 1 layer: logits finite, greedy ran", p.name);
+        std::fs::remove_file(&path).ok();
+    }
+}
+
+#[test]
+fn every_preset_at_real_depth_keeps_activations_finite() {
+    use_all_cores();
+    for p in presets() {
+        let mut spec = SynthSpec::from_preset(p.name).expect("preset");
+        // Small widths keeping the head grouping and (Gemma) the window pattern of the preset.
+        let group = spec.n_heads / spec.n_kv_heads;
+        (spec.d_model, spec.n_kv_heads, spec.head_dim, spec.ffn_dim, spec.n_vocab) = (256, 1, 64, 512, 300);
+        spec.n_heads = group;
+        let path = write(&spec, FileType::Q8_0, &format!("{}-deep.gguf", p.name));
+        let mut s = session(CpuBackend::new(), &path);
+        let logits = s.logits_all(&TOKENS).expect("forward");
+        check_logits(p.name, &logits, spec.n_vocab);
+        println!("{}: {} layers at small widths: logits finite", p.name, spec.n_layers);
+        std::fs::remove_file(&path).ok();
+    }
+}
+
+/// The smaller presets' real widths on the GPU against the CPU's 128-bit kernels (the
+/// numerics the GPU follows): finite logits and the same top-1 where the CPU's margin is
+/// clear (the tolerance of tests/gpu_vs_cpu.rs).
+#[test]
+fn small_presets_at_real_width_run_on_the_gpu() {
+    use_all_cores();
+    for name in ["qwen2.5-0.5b", "qwen3-0.6b", "gemma-3-1b", "llama-3.2-1b"] {
+        let spec = wide(name);
+        let path = write(&spec, FileType::Q4_K_M, &format!("{name}-gpu.gguf"));
+        let simd = CpuBackend::with_kernels(webgguf::cpu::Kernels::Simd).expect("the 128-bit CPU kernels");
+        let lc = session(simd, &path).logits_all(&TOKENS).expect("cpu");
+        let gpu = GpuBackend::open().expect("a GPU adapter (CI installs Mesa lavapipe)");
+        let lg = session(gpu, &path).logits_all(&TOKENS).expect("gpu");
+        check_logits(name, &lg, spec.n_vocab);
+        for (pos, (rc, rg)) in lc.chunks_exact(spec.n_vocab).zip(lg.chunks_exact(spec.n_vocab)).enumerate() {
+            let ((ic, margin), (ig, _)) = (top2(rc), top2(rg));
+            assert!(ic == ig || margin < 0.25, "{name}: position {pos}: GPU top-1 {ig}, CPU {ic} at margin {margin}");
+        }
+        println!("{name}: real widths, 1 layer: GPU logits finite, top-1 as the CPU's");
+        std::fs::remove_file(&path).ok();
+    }
+}
