@@ -213,7 +213,8 @@ impl<B: Backend> Session<B> {
             + self.options.kv.bytes_for((c.n_kv_heads * c.head_dim_v) as u64);
         let per_pos = per_pos * c.n_layers as u64;
         let o = &self.options;
-        let copies = crate::kv_cache::RecentRows::bytes(o.kv, c.n_layers as u64, o.n_ctx as u64, o.kv_recent as u64, (c.n_kv_heads * c.head_dim_k) as u64, (c.n_kv_heads * c.head_dim_v) as u64);
+        let (width_k, width_v) = ((c.n_kv_heads * c.head_dim_k) as u64, (c.n_kv_heads * c.head_dim_v) as u64);
+        let copies = crate::kv_cache::RecentRows::bytes(o.kv, c.n_layers as u64, o.n_ctx as u64, o.kv_recent as u64, width_k, width_v);
         Stats {
             prompt_tokens: self.prefill_tokens,
             generated_tokens: self.generated,
@@ -225,7 +226,7 @@ impl<B: Backend> Session<B> {
             itl_p50_ms: pct(0.5),
             itl_p95_ms: pct(0.95),
             peak_kv_bytes: per_pos * self.peak_past as u64 + copies,
-            kv_capacity_bytes: per_pos * self.options.n_ctx as u64 + copies,
+            kv_capacity_bytes: crate::kv_cache::capacity_bytes(o.kv, c.n_layers as u64, o.n_ctx as u64, o.kv_recent as u64, width_k, width_v),
             device: self.backend.describe(),
         }
     }

@@ -62,6 +62,16 @@ impl KvType {
         })
     }
 
+    /// The name [`from_name`](Self::from_name) reads (f32, f16, q8, q4).
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Q8 => "q8",
+            KvType::Q4 => "q4",
+        }
+    }
+
     /// Bytes for `n` values (n a multiple of 32 for the quantized types; rounded up otherwise).
     pub fn bytes_for(self, n: u64) -> u64 {
         let groups = n.div_ceil(32);
@@ -110,6 +120,27 @@ impl KvType {
             KvType::Q4 => n / 32 * 18,
         }
     }
+}
+
+/// Quantized types store groups of 32 values: both head dimensions must be multiples of 32
+/// (checked by [`KvCache::new`] and by the planner before anything is loaded).
+pub fn check_head_dims(ty: KvType, head_dim_k: usize, head_dim_v: usize) -> Result<(), KvError> {
+    if ty.is_quantized() {
+        for (what, hd) in [("K head dimension", head_dim_k), ("V head dimension", head_dim_v)] {
+            if hd % 32 != 0 {
+                return Err(KvError::HeadDimNotGroupMultiple { ty, what, head_dim: hd });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes a cache of `n_ctx` positions holds over `n_layers` layers: K and V rows of `width_k` /
+/// `width_v` values per position (all KV heads), plus the f16 copies of [`RecentRows::bytes`].
+/// Saturating: a size past u64 reads as u64::MAX, which nothing fits.
+pub fn capacity_bytes(ty: KvType, n_layers: u64, n_ctx: u64, recent: u64, width_k: u64, width_v: u64) -> u64 {
+    let per_pos = ty.bytes_for(width_k).saturating_add(ty.bytes_for(width_v));
+    per_pos.saturating_mul(n_ctx).saturating_mul(n_layers).saturating_add(RecentRows::bytes(ty, n_layers, n_ctx, recent, width_k, width_v))
 }
 
 /// Positions at a sequence's start that a cache [with recent copies](KvCache::with_recent)
@@ -307,20 +338,7 @@ impl KvCache {
                 return Err(KvError::ZeroSize { what });
             }
         }
-        if ty.is_quantized() {
-            for (what, hd) in [
-                ("K head dimension", head_dim_k),
-                ("V head dimension", head_dim_v),
-            ] {
-                if hd % 32 != 0 {
-                    return Err(KvError::HeadDimNotGroupMultiple {
-                        ty,
-                        what,
-                        head_dim: hd,
-                    });
-                }
-            }
-        }
+        check_head_dims(ty, head_dim_k, head_dim_v)?;
         let overflow = KvError::SizeOverflow {
             n_layers,
             n_ctx,

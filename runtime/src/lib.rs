@@ -16,6 +16,7 @@ pub mod gpu;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
+pub mod plan;
 pub mod quant;
 pub mod quantize;
 pub mod sampler;

@@ -9,6 +9,7 @@ mod generate;
 mod inspect;
 mod logits;
 mod perplexity;
+mod plan;
 mod quantize;
 mod shard;
 mod synth;
@@ -46,6 +47,8 @@ enum Command {
     Synth(synth::Args),
     /// One row of the quantization table: perplexity, KL divergence and top-1 against a reference, speed, sizes.
     Eval(eval::Args),
+    /// Plan a model from its header: device, KV type and context (and why), or the typed error a load would end in.
+    Plan(plan::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Shard(args) => shard::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Plan(args) => plan::run(args),
         Command::Synth(args) => synth::run(args),
     }
 }

@@ -45,7 +45,8 @@ pub enum ReadHeaderError {
 }
 
 /// Reads just enough of `reader` (a file of `file_size` bytes, if known) to parse its header,
-/// growing the buffer geometrically from 1 MiB. Memory stays within the header size limit.
+/// growing the buffer from 1 MiB (doubling, by at most 1 MiB a step), so at most the header + 1
+/// MiB is read. Memory stays within the header size limit.
 pub fn read_header<R: std::io::Read>(mut reader: R, file_size: Option<u64>, limits: &Limits) -> Result<GgufHeader, ReadHeaderError> {
     let mut buf = Vec::new();
     let mut want: u64 = 1 << 20;
@@ -60,7 +61,11 @@ pub fn read_header<R: std::io::Read>(mut reader: R, file_size: Option<u64>, limi
         match parse_header(&buf, size, limits)? {
             Parsed::Header(h) => return Ok(*h),
             Parsed::NeedMore { total } => {
-                want = total.max(buf.len() as u64 * 2);
+                // Doubling, but by at most 1 MiB: `total` never passes the header's end, so
+                // the bytes read stay within the header + 1 MiB (the planner's promise before
+                // an early error), at the cost of more re-parses of headers over 2 MiB.
+                let have = buf.len() as u64;
+                want = total.max(have + have.min(1 << 20));
             }
         }
     }

@@ -27,13 +27,13 @@ const PARAM_SLOT: u64 = 256;
 /// Uniform structs are at most this big (AttnParams: 23 words, padded).
 const PARAM_BIND: u64 = 128;
 /// At most this many bytes of attention scores per dispatch group (prefill is chunked).
-const SCORES_BUDGET: u64 = 64 << 20;
+pub(crate) const SCORES_BUDGET: u64 = 64 << 20;
 /// Matmuls with at most this many tokens use the matvec kernel.
 const MATVEC_MAX_TOKENS: usize = 4;
 /// Output values per `matvec` workgroup (MV_ROWS in matmul.wgsl).
 const MATVEC_ROWS: usize = 8;
 /// Host staging when uploading a weight: repacked in pieces of about this many bytes.
-const UPLOAD_PIECE: usize = 8 << 20;
+pub(crate) const UPLOAD_PIECE: usize = 8 << 20;
 
 /// A row-aligned piece of a weight matrix in one buffer (`[rows, row_words]` u32).
 pub struct WeightChunk {
@@ -164,14 +164,6 @@ impl GpuCache {
     }
 }
 
-fn cache_row_words(ty: KvType, hd: usize) -> usize {
-    match ty {
-        KvType::F32 => hd,
-        KvType::F16 => hd / 2,
-        KvType::Q8 => hd / 32 * 9,
-        KvType::Q4 => hd / 32 * 5,
-    }
-}
 
 fn kv_type_id(ty: KvType) -> u32 {
     ty.ggml_type().id()
@@ -815,10 +807,7 @@ impl Backend for GpuBackend {
         }
         let row_words = layout::row_words(ty, cols).map_err(|_| unsupported())?;
         let limit = self.max_chunk_bytes.unwrap_or(self.dev.max_binding()).min(self.dev.max_binding());
-        let rows_per_chunk = (limit / (row_words as u64 * 4)).min(rows as u64) as usize;
-        if rows_per_chunk == 0 {
-            return Err(GpuError::TooLarge { what: format!("one row of {name}"), bytes: row_words as u64 * 4, limit }.into());
-        }
+        let rows_per_chunk = layout::rows_per_chunk(name, row_words, rows, limit)?;
         let mut chunks = Vec::new();
         let mut row0 = 0;
         while row0 < rows {
@@ -881,18 +870,10 @@ impl Backend for GpuBackend {
 
     fn new_cache(&mut self, cfg: &ModelConfig, kv: KvType, n_ctx: usize, recent: usize) -> Result<GpuCache, ModelError> {
         let (hdk, hdv) = (cfg.head_dim_k, cfg.head_dim_v);
-        if hdk % 32 != 0 || hdv % 32 != 0 || n_ctx == 0 {
-            return Err(GpuError::Shape(format!("KV cache with head dims {hdk}/{hdv} (need multiples of 32) and {n_ctx} positions")).into());
-        }
-        let k_row_words = cache_row_words(kv, hdk);
-        let v_row_words = cache_row_words(kv, hdv);
-        let offset_words = if kv.offsets_k() { cfg.n_kv_heads * hdk } else { 0 };
+        let bytes = layout::kv_layer_bytes(kv, cfg.n_kv_heads, hdk, hdv, n_ctx, recent, self.dev.max_binding())?;
+        let k_row_words = layout::kv_row_words(kv, hdk);
+        let v_row_words = layout::kv_row_words(kv, hdv);
         let copies = RecentRows::new(kv, cfg.n_layers, n_ctx, recent);
-        let copy_words = copies.slots() * cfg.n_kv_heads * (hdk + hdv) / 2;
-        let bytes = ((n_ctx * cfg.n_kv_heads * (k_row_words + v_row_words) + offset_words + copy_words) * 4) as u64;
-        if bytes > self.dev.max_binding() || bytes / 4 > u64::from(u32::MAX) {
-            return Err(GpuError::TooLarge { what: "the KV cache of one layer".into(), bytes, limit: self.dev.max_binding() }.into());
-        }
         let layers = (0..cfg.n_layers)
             .map(|_| {
                 self.dev.device.create_buffer(&wgpu::BufferDescriptor {

@@ -40,19 +40,74 @@ pub struct GpuDevice {
     pub(crate) faults: Arc<Mutex<Faults>>,
 }
 
+/// An adapter's name, kind and buffer limits, read without opening a device (what the
+/// planner needs before anything is loaded).
+#[derive(Clone, Debug, Serialize)]
+pub struct AdapterLimits {
+    pub adapter: String,
+    pub device_type: String,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+}
+
+impl AdapterLimits {
+    /// Software rasterizers (lavapipe, SwiftShader) report device type Cpu.
+    pub fn is_software(&self) -> bool {
+        self.device_type == "Cpu"
+    }
+}
+
+/// The high-performance adapter [`GpuDevice::new_async`] would open.
+async fn request_adapter() -> Result<wgpu::Adapter, GpuError> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            apply_limit_buckets: false,
+        })
+        .await
+        .map_err(|e| GpuError::NoAdapter(e.to_string()))
+}
+
+/// The limits of the adapter a device would be opened on.
+pub async fn adapter_limits_async() -> Result<AdapterLimits, GpuError> {
+    let adapter = request_adapter().await?;
+    let (info, limits) = (adapter.get_info(), adapter.limits());
+    Ok(AdapterLimits {
+        adapter: info.name,
+        device_type: format!("{:?}", info.device_type),
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+        max_buffer_size: limits.max_buffer_size,
+    })
+}
+
+/// [`adapter_limits_async`], blocking (native only).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn adapter_limits() -> Result<AdapterLimits, GpuError> {
+    pollster::block_on(adapter_limits_async())
+}
+
+/// Which limits a device is opened with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceLimits {
+    /// Everything the adapter offers: the Gemma-3 embedding alone is 178 MB.
+    Adapter,
+    /// The WebGPU spec's defaults (128 MiB per binding, 256 MiB per buffer), what an adapter
+    /// that offers no more gives (many Android phones): tests the paths that split tensors.
+    SpecDefaults,
+}
+
 impl GpuDevice {
-    /// Opens the first high-performance adapter wgpu finds.
+    /// Opens the first high-performance adapter wgpu finds, with every limit it offers.
     pub async fn new_async() -> Result<GpuDevice, GpuError> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = instance
-            .request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::HighPerformance,
-                force_fallback_adapter: false,
-                compatible_surface: None,
-                apply_limit_buckets: false,
-            })
-            .await
-            .map_err(|e| GpuError::NoAdapter(e.to_string()))?;
+        Self::with_limits_async(DeviceLimits::Adapter).await
+    }
+
+    /// Opens the first high-performance adapter wgpu finds, with `which` limits.
+    pub async fn with_limits_async(which: DeviceLimits) -> Result<GpuDevice, GpuError> {
+        let adapter = request_adapter().await?;
         let ai = adapter.get_info();
         let available = adapter.features();
         let mut features = wgpu::Features::empty();
@@ -61,8 +116,10 @@ impl GpuDevice {
                 features |= f;
             }
         }
-        // Everything the adapter offers: the Gemma-3 embedding alone is 178 MB.
-        let limits = adapter.limits();
+        let limits = match which {
+            DeviceLimits::Adapter => adapter.limits(),
+            DeviceLimits::SpecDefaults => wgpu::Limits::default(),
+        };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("webgguf"),
@@ -106,6 +163,12 @@ impl GpuDevice {
         pollster::block_on(Self::new_async())
     }
 
+    /// [`GpuDevice::with_limits_async`], blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_limits(which: DeviceLimits) -> Result<GpuDevice, GpuError> {
+        pollster::block_on(Self::with_limits_async(which))
+    }
+
     /// The first recorded fault, if any: device loss first, then uncaptured errors.
     pub(crate) fn check(&self) -> Result<(), GpuError> {
         let mut g = self.faults.lock().map_err(|_| GpuError::Device("fault log poisoned".into()))?;
@@ -131,6 +194,6 @@ impl GpuDevice {
 
     /// The largest buffer one binding may cover.
     pub fn max_binding(&self) -> u64 {
-        self.info.max_storage_buffer_binding_size.min(self.info.max_buffer_size)
+        super::layout::max_binding(self.info.max_storage_buffer_binding_size, self.info.max_buffer_size)
     }
 }

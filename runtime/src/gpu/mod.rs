@@ -2,13 +2,15 @@
 //! negotiation, the GPU weight layout, and the [`Backend`](crate::model::Backend) implementation
 //! whose kernels live in the `webgguf-shaders` crate.
 
-mod backend;
+pub(crate) mod backend;
 mod device;
 pub mod layout;
 mod readback;
 
 pub use backend::{GpuAct, GpuBackend, GpuCache, GpuWeight};
-pub use device::{GpuDevice, GpuInfo};
+pub use device::{adapter_limits_async, AdapterLimits, DeviceLimits, GpuDevice, GpuInfo};
+#[cfg(not(target_arch = "wasm32"))]
+pub use device::adapter_limits;
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests;

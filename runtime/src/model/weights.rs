@@ -9,6 +9,13 @@ pub trait WeightProvider<W> {
     /// The tensor `name` if the model has it; `expected` is the shape the configuration implies
     /// (ggml order), which the provider has checked with [`same_shape`].
     fn take(&mut self, name: &str, expected: &[u64]) -> Result<Option<W>, ModelError>;
+
+    /// A tensor the configuration requires: [`take`](Self::take), its absence an error. A
+    /// provider that only knows part of the model (the planner, from shard 0 of a split model)
+    /// tells required tensors from optional ones here.
+    fn take_required(&mut self, name: &str, expected: &[u64]) -> Result<W, ModelError> {
+        self.take(name, expected)?.ok_or_else(|| ModelError::MissingTensor(name.to_owned()))
+    }
 }
 
 /// Shapes equal up to trailing 1-sized dimensions (ggml drops them).
@@ -66,7 +73,7 @@ pub struct Weights<W> {
 }
 
 fn req<W>(l: &mut impl WeightProvider<W>, name: &str, expected: &[u64]) -> Result<W, ModelError> {
-    l.take(name, expected)?.ok_or_else(|| ModelError::MissingTensor(name.to_owned()))
+    l.take_required(name, expected)
 }
 
 impl<W> Weights<W> {

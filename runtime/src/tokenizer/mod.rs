@@ -37,6 +37,13 @@ pub fn pre_tokenize<'t>(pre: Option<&str>, text: &'t str) -> Result<Vec<&'t str>
     Ok(pretokenize::split(text, settings.rules))
 }
 
+/// Checks what a tokenizer needs that the vocabulary does not: a known algorithm
+/// (`tokenizer.ggml.model`) and, for byte-level BPE, a known pre-tokenizer — the same checks
+/// [`Tokenizer::from_metadata`] makes first. For the planner, on a header alone.
+pub fn check_supported(md: &Metadata) -> Result<TokenizerKind, TokenizerError> {
+    vocab::algorithm(md).map(|(kind, _)| kind)
+}
+
 /// A tokenizer for one model: encodes text to ids and ids back to text.
 #[derive(Clone)]
 pub struct Tokenizer {

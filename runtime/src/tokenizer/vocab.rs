@@ -127,6 +127,22 @@ pub(crate) struct Vocab {
     pub byte_fallback: [Option<u32>; 256],
 }
 
+/// The algorithm `tokenizer.ggml.model` names and, for byte-level BPE, the settings of the
+/// pre-tokenizer `tokenizer.ggml.pre` names (`None` for SentencePiece): the checks that need
+/// no vocabulary, so the planner can run them on a header before anything is built.
+pub(crate) fn algorithm(md: &Metadata) -> Result<(TokenizerKind, Option<PreSettings>), TokenizerError> {
+    let model = md.require_str("tokenizer.ggml.model")?;
+    match model {
+        "llama" => Ok((TokenizerKind::Spm, None)),
+        "gpt2" => {
+            let pre = md.get_str("tokenizer.ggml.pre")?;
+            let ps = pre_settings(pre).ok_or_else(|| TokenizerError::UnknownPreTokenizer { pre: pre.unwrap_or("").to_owned() })?;
+            Ok((TokenizerKind::Bpe, Some(ps)))
+        }
+        _ => Err(TokenizerError::UnknownModel { model: model.to_owned() }),
+    }
+}
+
 /// Settings of a BPE pre-tokenizer name (the `tokenizer_pre` branch of `load`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PreSettings {
@@ -231,19 +247,14 @@ impl Vocab {
 
     /// Reads and validates the vocabulary (llama.cpp `llama_vocab::impl::load`).
     pub fn from_metadata(md: &Metadata) -> Result<Vocab, TokenizerError> {
-        let model = md.require_str("tokenizer.ggml.model")?;
+        let (kind, pre_set) = algorithm(md)?;
         let pre = md.get_str("tokenizer.ggml.pre")?;
-        let kind = match model {
-            "llama" => TokenizerKind::Spm,
-            "gpt2" => TokenizerKind::Bpe,
-            _ => return Err(TokenizerError::UnknownModel { model: model.to_owned() }),
-        };
 
         // Defaults per model type, then per pre-tokenizer.
         let mut special = SpecialTokens::default();
         let (mut add_bos, mut add_space_prefix, clean_spaces, ignore_merges);
-        match kind {
-            TokenizerKind::Spm => {
+        match pre_set {
+            None => {
                 special.bos = Some(1);
                 special.eos = Some(2);
                 special.unk = Some(0);
@@ -252,8 +263,7 @@ impl Vocab {
                 clean_spaces = false;
                 ignore_merges = false;
             }
-            TokenizerKind::Bpe => {
-                let ps = pre_settings(pre).ok_or_else(|| TokenizerError::UnknownPreTokenizer { pre: pre.unwrap_or("").to_owned() })?;
+            Some(ps) => {
                 special.bos = if ps.no_bos { None } else { Some(11) };
                 special.eos = Some(11);
                 add_bos = ps.add_bos;
