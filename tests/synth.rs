@@ -109,3 +109,41 @@ fn small_presets_at_real_width_run_on_the_gpu() {
         std::fs::remove_file(&path).ok();
     }
 }
+
+/// An adapter held to the WebGPU spec's default limits (128 MiB per binding, 256 MiB per
+/// buffer: what many Android phones offer): Llama-3.2-1B's tied embedding (128,256 × 2,048 as
+/// Q6_K, 215 MB) is over a binding and is split into row-aligned chunks; every logit (rows in
+/// every chunk) stays close to the CPU's: the backends differ by summation order, which can
+/// flip an 8-bit activation rounding (measured max 0.07, against a logit spread of ~2).
+#[test]
+fn spec_default_limits_split_the_embedding() {
+    use webgguf::gpu::{DeviceLimits, GpuDevice};
+    use_all_cores();
+    let mut spec = SynthSpec::from_preset("llama-3.2-1b").expect("preset");
+    spec.n_layers = 1;
+    let path = write(&spec, FileType::Q4_K_M, "llama-3.2-1b-spec-limits.gguf");
+    let mut small = GpuBackend::new(GpuDevice::with_limits(DeviceLimits::SpecDefaults).expect("a GPU adapter (CI installs Mesa lavapipe)"));
+    assert_eq!(small.device().max_binding(), 128 << 20);
+    let (_, model) = webgguf::loader::load_files(&[path.clone()], &mut small).expect("load under spec-default limits");
+    let chunks = GpuBackend::chunk_count(&model.weights.token_embd);
+    assert!(chunks >= 2, "the 215 MB embedding was not split ({chunks} chunk)");
+    let mut s_small = Session::new(small, model, SessionOptions { kv: KvType::Q8, n_ctx: 64, ..Default::default() }).expect("session");
+    let tokens = &TOKENS[..4];
+    let lg = s_small.logits_all(tokens).expect("spec-default limits");
+    check_logits("llama-3.2-1b (spec limits)", &lg, spec.n_vocab);
+    let simd = CpuBackend::with_kernels(webgguf::cpu::Kernels::Simd).expect("the 128-bit CPU kernels");
+    let lc = session(simd, &path).logits_all(tokens).expect("cpu");
+    for (pos, (rc, rg)) in lc.chunks_exact(spec.n_vocab).zip(lg.chunks_exact(spec.n_vocab)).enumerate() {
+        let ((ic, margin), (ig, _)) = (top2(rc), top2(rg));
+        assert!(ic == ig || margin < 0.25, "position {pos}: GPU top-1 {ig}, CPU {ic} at margin {margin}");
+        // Every row of the vocabulary, in whichever chunk it sits, scored as on the CPU: a
+        // row read from the wrong chunk or offset would be off by the logits' own spread (~2).
+        let worst = rc.iter().zip(rg).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let err: f64 = rc.iter().zip(rg).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+        let nmse = err / rc.iter().map(|&a| (a as f64).powi(2)).sum::<f64>();
+        println!("position {pos}: max |GPU - CPU| {worst:.4}, NMSE {nmse:.2e}");
+        assert!(worst < 0.5 && nmse < 1e-3, "position {pos}: GPU logits off the CPU's (max {worst}, NMSE {nmse})");
+    }
+    println!("llama-3.2-1b: embedding in {chunks} chunks under 128 MiB bindings; logits as the CPU's");
+    std::fs::remove_file(&path).ok();
+}
