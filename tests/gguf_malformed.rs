@@ -348,6 +348,13 @@ mod case {
     pub fn split_no_out_of_range() -> Vec<u8> {
         shard(3, 3, 1, &["a"])
     }
+    /// split.no is the i32 -1: below zero is not below split.count either.
+    pub fn split_no_negative() -> Vec<u8> {
+        split_file(
+            vec![(KEY_SPLIT_NO, Value::I32(-1)), (KEY_SPLIT_COUNT, Value::U16(2)), (KEY_SPLIT_TENSORS_COUNT, Value::I32(2))],
+            &["a"],
+        )
+    }
     pub fn split_count_zero() -> Vec<u8> {
         shard(0, 0, 1, &["a"])
     }
@@ -477,6 +484,7 @@ const CORPUS: &[Class] = &[
     Class { name: "total_bytes_too_large", variant: "TotalBytesTooLarge", build: || vec![case::total_bytes_too_large()], limits: tight_data },
     Class { name: "header_too_large", variant: "HeaderTooLarge", build: || vec![case::header_too_large()], limits: tight_header },
     Class { name: "split_no_out_of_range", variant: "SplitIndexOutOfRange", build: || vec![case::split_no_out_of_range()], limits: Limits::default },
+    Class { name: "split_no_negative", variant: "SplitIndexOutOfRange", build: || vec![case::split_no_negative()], limits: Limits::default },
     Class { name: "split_count_zero", variant: "SplitCountZero", build: || vec![case::split_count_zero()], limits: Limits::default },
     Class { name: "split_key_missing", variant: "SplitKeyMissing", build: || vec![case::split_key_missing()], limits: Limits::default },
     Class { name: "split_wrong_type", variant: "SplitWrongType", build: || vec![case::split_wrong_type()], limits: Limits::default },
@@ -752,27 +760,27 @@ fn permissive_limits_do_not_overflow() {
 
 #[test]
 fn split_single_file() {
-    // Each shard is a valid GGUF file by itself; the split metadata fails when assembled.
-    assert_err!(model_err(&[case::split_no_out_of_range()]), GgufError::SplitIndexOutOfRange { no: 3, count: 3 });
-    assert_err!(model_err(&[case::split_count_zero()]), GgufError::SplitCountZero);
-    assert_err!(model_err(&[case::split_key_missing()]), GgufError::SplitKeyMissing { key: "split.tensors.count" });
+    // The split keys describe one file, so their rules fail in the header itself (every path
+    // parses one: inspect, quantize, the loaders, the planner), size known or not.
+    assert_err!(err(&case::split_no_out_of_range()), GgufError::SplitIndexOutOfRange { no: 3, count: 3 });
+    assert_err!(err(&case::split_count_zero()), GgufError::SplitCountZero);
+    assert_err!(err(&case::split_key_missing()), GgufError::SplitKeyMissing { key: "split.tensors.count" });
     assert_err!(
-        model_err(&[case::split_wrong_type()]),
+        err(&case::split_wrong_type()),
         GgufError::SplitWrongType { key: "split.count", expected: "u16", found: "string" }
     );
     assert_err!(
-        model_err(&[case::split_shard_too_many_tensors()]),
+        err(&case::split_shard_too_many_tensors()),
         GgufError::SplitShardTooManyTensors { shard: 0, count: 2, total: 1 }
     );
-    // The same errors from the header's own accessor.
-    let h = header(&case::split_count_zero(), None);
-    assert_eq!(h.split(), Err(GgufError::SplitCountZero));
+    // split.no past split.count by more than one, and split.count 1 with split.no 1.
+    assert_err!(err(&shard(5, 2, 1, &["a"])), GgufError::SplitIndexOutOfRange { no: 5, count: 2 });
+    assert_err!(err(&shard(1, 1, 1, &["a"])), GgufError::SplitIndexOutOfRange { no: 1, count: 1 });
     // Negative numbers (i32 split.no) are out of range too.
-    let neg = split_file(
-        vec![(KEY_SPLIT_NO, Value::I32(-1)), (KEY_SPLIT_COUNT, Value::U16(2)), (KEY_SPLIT_TENSORS_COUNT, Value::I32(2))],
-        &["a"],
-    );
-    assert_err!(model_err(&[neg]), GgufError::SplitIndexOutOfRange { count: 2, .. });
+    assert_err!(err(&case::split_no_negative()), GgufError::SplitIndexOutOfRange { count: 2, .. });
+    // The last shard number parses; the header's accessor gives its place.
+    let last = shard(2, 3, 3, &["a"]);
+    assert_eq!(header(&last, None).split(), Ok(Some(webgguf::gguf::SplitInfo { no: 2, count: 3, tensors_total: 3 })));
     // A shard alone is missing its siblings.
     assert_err!(model_err(&[shard(0, 2, 2, &["a"])]), GgufError::MissingShard { no: 1, count: 2 });
     assert_err!(model_err(&[shard(1, 2, 2, &["b"])]), GgufError::MissingShard { no: 0, count: 2 });

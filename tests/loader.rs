@@ -8,7 +8,7 @@ use webgguf::kv_cache::KvType;
 use webgguf::loader::{load_bytes, LoadError, ModelStream};
 use webgguf::model::{Backend, CpuBackend, Logits, Model};
 use webgguf::GgufError;
-use webgguf_tests::model_path;
+use webgguf_tests::{fixtures_dir, model_path};
 
 const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const PROMPT: [u32; 4] = [1, 504, 3458, 28];
@@ -133,6 +133,29 @@ fn malformed_streams_are_typed_errors() {
     let mut s = ModelStream::<CpuBackend>::default();
     assert!(matches!(s.feed(&mut b, &bytes[..10]), Err(LoadError::Sequence(_))));
     assert!(matches!(ModelStream::<CpuBackend>::default().finish(), Err(LoadError::Sequence(_))));
+}
+
+/// A file whose split.no is not below its split.count (3 of 3, and -1 of 2) is refused by both
+/// loaders from its header: the stream when the header parses (the feed, not the shard's end),
+/// the files before any is streamed.
+#[test]
+fn split_no_out_of_range_is_refused_from_the_header() {
+    for (class, no) in [("split_no_out_of_range", 3), ("split_no_negative", u64::MAX)] {
+        let path = fixtures_dir().join("malformed").join(format!("{class}.gguf.bin"));
+        let bytes = std::fs::read(&path).expect("corpus fixture");
+        let count = if no == 3 { 3 } else { 2 };
+        let want = |e: &LoadError| matches!(e, LoadError::Gguf { source: GgufError::SplitIndexOutOfRange { no: n, count: c }, .. } if *n == no && *c == count);
+        // (A file this small is parsed once it has all arrived: its size is the first prefix.)
+        let mut b = CpuBackend::new();
+        let mut s = ModelStream::<CpuBackend>::default();
+        s.begin_shard(class, Some(bytes.len() as u64)).expect("begin");
+        let e = s.feed(&mut b, &bytes).expect_err(class);
+        assert!(want(&e), "{class}: {e:?}");
+        let e = webgguf::loader::load_files(&[path.clone()], &mut b).err().expect(class);
+        assert!(want(&e), "{class}: {e:?}");
+        let e = webgguf::loader::read_headers(&[path]).err().expect(class);
+        assert!(want(&e), "{class}: {e:?}");
+    }
 }
 
 #[test]

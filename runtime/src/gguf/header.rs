@@ -167,6 +167,10 @@ fn parse(buf: &[u8], file_size: Option<u64>, limits: &Limits) -> Result<GgufHead
     let data_offset = c.pos().div_ceil(alignment) * alignment;
     let header = GgufHeader { version, metadata, tensors, alignment, data_offset };
     header.check_extents(file_size, limits)?;
+    // The split keys (split.no < split.count, …) describe this file alone, so they are checked
+    // here: every path (inspect, quantize, the streaming loader, the planner) rejects a bad one
+    // from the header, before a tensor byte, not only when shards are assembled.
+    header.split()?;
     Ok(header)
 }
 

@@ -32,7 +32,8 @@ fn int_key(h: &GgufHeader, key: &'static str, expected: &'static str) -> Result<
 }
 
 impl GgufHeader {
-    /// The split metadata of this file: None for an ordinary single file.
+    /// The split metadata of this file: None for an ordinary single file. `parse_header`
+    /// already applied these rules, so on a parsed header this only reads the numbers.
     pub fn split(&self) -> Result<Option<SplitInfo>, GgufError> {
         let no = int_key(self, KEY_SPLIT_NO, "u16")?;
         let count = int_key(self, KEY_SPLIT_COUNT, "u16")?;
@@ -144,5 +145,45 @@ impl GgufModel {
             (KEY_SPLIT_COUNT, Value::U16(count)),
             (KEY_SPLIT_TENSORS_COUNT, Value::I32(tensors_total)),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::writer::GgufBuilder;
+    use crate::gguf::{parse_header, Limits, Parsed};
+    use crate::quant::GgmlType;
+
+    /// A one-tensor file carrying `split.no = no`, `split.count = count`.
+    fn file(no: u16, count: u16) -> Vec<u8> {
+        let mut b = GgufBuilder::new();
+        b.kv("general.architecture", Value::String("llama".into()));
+        for (k, v) in GgufModel::split_values(no, count, 1) {
+            b.kv(k, v);
+        }
+        b.tensor("a", &[4], GgmlType::F32);
+        b.to_bytes(&[&[0u8; 16]])
+    }
+
+    fn parsed(bytes: &[u8], size: Option<u64>) -> Result<Parsed, GgufError> {
+        parse_header(bytes, size, &Limits::default())
+    }
+
+    #[test]
+    fn split_no_not_below_count_fails_in_the_header() {
+        for (no, count) in [(1, 1), (3, 3), (7, 2), (u16::MAX, 1)] {
+            let f = file(no, count);
+            let want = GgufError::SplitIndexOutOfRange { no: u64::from(no), count: u64::from(count) };
+            // With the size known or not: the rule needs the header only.
+            assert_eq!(parsed(&f, Some(f.len() as u64)).err(), Some(want.clone()), "{no} of {count}");
+            assert_eq!(parsed(&f, None).err(), Some(want), "{no} of {count}, size unknown");
+        }
+        // The last valid number parses, and says where it sits.
+        let f = file(2, 3);
+        match parsed(&f, Some(f.len() as u64)) {
+            Ok(Parsed::Header(h)) => assert_eq!(h.split(), Ok(Some(SplitInfo { no: 2, count: 3, tensors_total: 1 }))),
+            other => panic!("2 of 3: {other:?}"),
+        }
     }
 }
