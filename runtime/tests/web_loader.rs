@@ -100,6 +100,28 @@ fn greedy_cpu(b: &mut CpuBackend, model: &Model<CpuBackend>) -> Vec<u32> {
     ids
 }
 
+/// The phases of a load's events, each once, in order of first appearance.
+fn phases(events: &[Progress]) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for p in events {
+        if !out.contains(&p.phase) {
+            out.push(p.phase);
+        }
+    }
+    out
+}
+
+/// Each shard's events start with "shard", then come only from `source` ("download" or
+/// "cache"), at least one per shard; the load ends with "ready".
+fn check_phases(events: &[Progress], shards: usize, source: &str) {
+    for i in 0..shards {
+        let of: Vec<_> = events.iter().filter(|p| p.shard == i && p.phase != "ready").map(|p| p.phase).collect();
+        assert_eq!(of.first(), Some(&"shard"), "shard {i}: {of:?}");
+        assert!(of.len() >= 2 && of[1..].iter().all(|&p| p == source), "shard {i}: {of:?}, expected {source} after shard");
+    }
+    assert_eq!(phases(events), ["shard", source, "ready"], "{source} load");
+}
+
 fn check_progress(events: &[Progress], total: u64) {
     assert!(events.len() >= 3, "{} progress events", events.len());
     let last = events.last().expect("events");
@@ -126,6 +148,7 @@ async fn file_and_shards_on_gpu_and_cpu_then_from_cache() {
     check_progress(&events, report.bytes);
     let shards_seen: std::collections::BTreeSet<usize> = events.iter().map(|p| p.shard).collect();
     assert_eq!(shards_seen.len(), specs.len(), "progress for every shard");
+    check_phases(&events, specs.len(), "download");
     assert!(events.iter().all(|p| p.total == Some(report.bytes)), "the manifest gives the total up front");
     assert_eq!(greedy_gpu(&mut g, &model, ORACLE_GREEDY.len()).await, ORACLE_GREEDY, "GPU greedy (shards) vs llama.cpp");
     drop(model);
@@ -138,6 +161,7 @@ async fn file_and_shards_on_gpu_and_cpu_then_from_cache() {
     console_log!("network load: {report:?}");
     check_progress(&events, report.bytes);
     assert_eq!((report.from_network, report.from_cache, report.cached_now), (report.bytes, 0, 1), "{report:?}");
+    check_phases(&events, 1, "download");
     // The same path as the shards: one token keeps SwiftShader's time down.
     assert_eq!(greedy_gpu(&mut g, &model, 1).await, ORACLE_GREEDY[..1], "GPU greedy (file) vs llama.cpp");
     drop(model);
@@ -150,6 +174,8 @@ async fn file_and_shards_on_gpu_and_cpu_then_from_cache() {
     console_log!("cache load: {report:?}");
     check_progress(&events, report.bytes);
     assert_eq!((report.from_network, report.from_cache), (0, report.bytes), "{report:?}");
+    // The second load of a cached model: its bytes are reported as "cache", none as "download".
+    check_phases(&events, 1, "cache");
     assert_eq!(served(&stats().await, MODEL), before, "the server saw no request");
     assert_eq!(greedy_cpu(&mut b, &model), ORACLE_GREEDY, "CPU greedy (cached file) vs llama.cpp");
     drop(model);
@@ -289,7 +315,7 @@ async fn slow_trickle_completes_with_progress() {
     let (r, events) = load(&source, &mut b, &opts(false)).await;
     let (model, report) = r.expect("trickled load");
     check_progress(&events, report.bytes);
-    let during: Vec<_> = events.iter().filter(|p| p.shard == 0 && p.phase == "shard").collect();
+    let during: Vec<_> = events.iter().filter(|p| p.shard == 0 && p.phase == "download").collect();
     assert!(during.len() >= 10, "{} progress events during the slow shard", during.len());
     assert!(during.iter().any(|p| p.rate_bytes_per_s > 0.0 && p.eta_s.is_some()), "rate and ETA reported");
     assert_eq!(greedy_cpu(&mut b, &model), ORACLE_GREEDY);
@@ -372,9 +398,10 @@ async fn opfs_store_caches_and_serves() {
     drop(model);
     assert_cache_verified(&source, 3).await;
     let mut b = CpuBackend::new();
-    let (r, _) = load(&source, &mut b, &o).await;
+    let (r, events) = load(&source, &mut b, &o).await;
     let (model, report) = r.expect("load from OPFS");
     assert_eq!((report.from_network, report.from_cache), (0, report.bytes), "{report:?}");
+    check_phases(&events, 3, "cache");
     assert_eq!(greedy_cpu(&mut b, &model), ORACLE_GREEDY);
 }
 

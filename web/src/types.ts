@@ -9,8 +9,10 @@ export type KvCacheType = "f32" | "f16" | "q8" | "q4";
 
 /** Loading progress (from the streaming loader). */
 export interface LoadProgress {
-  /** "shard" (a shard begins), "download", "cache" (reading the cache), "ready" (done). */
-  phase: string;
+  /** "shard" when a shard begins; while its bytes arrive (at most every 100 ms, and once at the
+   * shard's end) "download" (from the network) or "cache" (from the cache store); "ready" once,
+   * at the end (with `report`). */
+  phase: "shard" | "download" | "cache" | "ready";
   shard: number;
   shards: number;
   url?: string;

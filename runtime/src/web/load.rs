@@ -70,7 +70,9 @@ impl Default for LoadOptions {
     }
 }
 
-/// A progress event. `phase`: "shard" while bytes arrive, "ready" once at the end.
+/// A progress event. `phase`: "shard" when a shard begins; then, while its bytes arrive,
+/// "download" (from the network) or "cache" (from the cache store), at most every 100 ms and
+/// once at the shard's end; "ready" once at the end of the load.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Progress {
     pub phase: &'static str,
@@ -168,7 +170,7 @@ pub fn split_names(url: &str) -> Option<Vec<String>> {
     Some((1..=n).map(|i| format!("{base}-{i:05}-of-{count}.gguf")).collect())
 }
 
-fn net_err(url: &str, attempts: u32, at: u64, e: &JsValue) -> LoadError {
+pub(super) fn net_err(url: &str, attempts: u32, at: u64, e: &JsValue) -> LoadError {
     LoadError::Network { url: url.to_owned(), attempts, at, message: js_message(e) }
 }
 
@@ -186,11 +188,11 @@ fn request(url: &str, range_from: Option<u64>, opts: &LoadOptions) -> Result<web
     web_sys::Request::new_with_str_and_init(url, &init).map_err(|e| net_err(url, 0, range_from.unwrap_or(0), &e))
 }
 
-fn aborted(opts: &LoadOptions) -> bool {
+pub(super) fn aborted(opts: &LoadOptions) -> bool {
     opts.signal.as_ref().is_some_and(|s| s.aborted())
 }
 
-async fn fetch(sc: &Scope, req: &web_sys::Request, url: &str, opts: &LoadOptions) -> Result<web_sys::Response, LoadError> {
+pub(super) async fn fetch(sc: &Scope, req: &web_sys::Request, url: &str, opts: &LoadOptions) -> Result<web_sys::Response, LoadError> {
     match sc.within(&sc.fetch(req), opts.stall_timeout_ms).await {
         Ok(Some(r)) => Ok(r.unchecked_into()),
         Ok(None) => Err(LoadError::Network { url: url.to_owned(), attempts: 1, at: 0, message: format!("no response within {} ms", opts.stall_timeout_ms) }),
@@ -200,7 +202,7 @@ async fn fetch(sc: &Scope, req: &web_sys::Request, url: &str, opts: &LoadOptions
 }
 
 /// Parses `Content-Range: bytes a-b/total` → (a, total).
-fn content_range(v: &str) -> Option<(u64, Option<u64>)> {
+pub(super) fn content_range(v: &str) -> Option<(u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let (a, _) = range.split_once('-')?;
@@ -369,7 +371,8 @@ impl<B: Backend> Run<'_, B> {
         }
     }
 
-    fn emit(&mut self, i: usize, url: &str, progress: &mut dyn FnMut(&Progress), force: bool) {
+    /// Reports progress in `phase` (see [`Progress`]); unless `force`, at most every 100 ms.
+    fn emit(&mut self, phase: &'static str, i: usize, url: &str, progress: &mut dyn FnMut(&Progress), force: bool) {
         let now = ms(self.t0);
         if !force && now - self.last_progress < 100.0 {
             return;
@@ -379,7 +382,7 @@ impl<B: Backend> Run<'_, B> {
         let loaded = self.stream.bytes_fed();
         let eta_s = self.total.filter(|_| rate > 0.0).map(|t| t.saturating_sub(loaded) as f64 / rate);
         progress(&Progress {
-            phase: "shard",
+            phase,
             shard: i,
             shards: self.shards,
             url: url.to_owned(),
@@ -416,7 +419,7 @@ impl<B: Backend> Run<'_, B> {
     async fn shard(&mut self, i: usize, spec: &ShardSpec, backend: &mut B, progress: &mut dyn FnMut(&Progress)) -> Result<(), ShardFailure> {
         let url = spec.url.as_str();
         self.stream.begin_shard(url, spec.bytes)?;
-        self.emit(i, url, progress, true);
+        self.emit("shard", i, url, progress, true);
         let mut hash = spec.sha256.as_ref().map(|_| Sha256::new());
         if self.read_cached(i, spec, backend, &mut hash, progress).await? {
             return Ok(());
@@ -451,7 +454,7 @@ impl<B: Backend> Run<'_, B> {
                 return Err(e.into());
             }
         }
-        self.emit(i, url, progress, true);
+        self.emit("download", i, url, progress, true);
         Ok(())
     }
 
@@ -533,7 +536,7 @@ impl<B: Backend> Run<'_, B> {
                         self.drop_entry(url).await;
                         return Err(corrupt(format!("is not a valid shard ({e})")));
                     }
-                    self.emit(i, url, progress, false);
+                    self.emit("cache", i, url, progress, false);
                 }
                 Ok(Read::End | Read::Stalled) => break,
                 Err(e) => {
@@ -559,7 +562,7 @@ impl<B: Backend> Run<'_, B> {
             return Err(corrupt(format!("is not a valid shard ({e})")));
         }
         self.report.ms_upload += ms(t);
-        self.emit(i, url, progress, true);
+        self.emit("cache", i, url, progress, true);
         Ok(true)
     }
 
@@ -739,7 +742,7 @@ impl<B: Backend> Run<'_, B> {
                 }
                 skip = skip.saturating_sub(n);
                 progressed |= used > 0;
-                self.emit(i, url, progress, false);
+                self.emit("download", i, url, progress, false);
             };
             if progressed {
                 failures = 0;
