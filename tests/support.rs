@@ -8,6 +8,14 @@ pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
+/// The GPL-3 text the oracle's perplexity, tokenizer and KV checks ran on: Debian's
+/// /usr/share/common-licenses/GPL-3, copied into tests/fixtures/text/ so no test reads outside
+/// the repository (sha256 in tests/fixtures/README.md).
+pub fn gpl3_text() -> String {
+    let p = fixtures_dir().join("text").join("GPL-3");
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
 /// The workspace root (the directory holding `models/`, `tests/`, `runtime/`).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -11,11 +11,12 @@ use std::sync::OnceLock;
 use std::time::Instant;
 use webgguf::gguf::{read_header_from_path, Limits, Metadata, Value as GgufValue};
 use webgguf::tokenizer::{pre_tokenize, Tokenizer, TokenizerKind};
-use webgguf_tests::{fixtures_dir, ids, model_path};
+use webgguf_tests::{fixtures_dir, gpl3_text, ids, model_path};
 
 const SMOLLM: &str = "SmolLM2-135M-Instruct.Q4_1";
 const GEMMA: &str = "gemma-3-270m-q4_k_m";
-const GPL3: &str = "/usr/share/common-licenses/GPL-3";
+/// The oracle's GPL-3 text (Debian's common-licenses copy, in tests/fixtures/text/).
+const GPL3: &str = "tests/fixtures/text/GPL-3";
 
 struct Model {
     tok: Tokenizer,
@@ -119,7 +120,7 @@ fn greedy_text(name: &str) {
 fn perplexity_count(name: &str) {
     let m = model(name);
     let want = m.oracle["perplexity"]["tokens"].as_u64().expect("perplexity.tokens") as usize;
-    let text = std::fs::read_to_string(GPL3).unwrap_or_else(|e| panic!("{GPL3}: {e}"));
+    let text = gpl3_text();
     let t = Instant::now();
     let got = m.tok.tokenize(&text, false, false).expect("tokenize");
     let dt = t.elapsed();
@@ -243,7 +244,7 @@ fn timings() {
         let t = Instant::now();
         let tok = Tokenizer::from_metadata(&header.metadata).expect("tokenizer");
         let build = t.elapsed();
-        let text = std::fs::read_to_string(GPL3).unwrap_or_else(|e| panic!("{GPL3}: {e}"));
+        let text = gpl3_text();
         let t = Instant::now();
         let plain = tok.tokenize(&text, false, false).expect("tokenize").len();
         let tok_plain = t.elapsed();
