@@ -352,3 +352,61 @@ test("the demo page end to end on WebGPU (SwiftShader): device badge, streamed a
   await page.screenshot({ path: path.join(ARTIFACTS, "demo-webgpu.png"), fullPage: true });
   await context.close();
 });
+
+// A 1 B model: random weights in Llama-3.2-1B's exact shapes (16 layers, d 2048, 32/8 heads,
+// ffn 8192, vocab 128256, tied embeddings), Q4_K_M, ~800 MB, written by `webgguf synth` with
+// SmolLM2's tokenizer and chat template (pkg-scripts/test-npm). A one-token raw prompt and 2
+// tokens: SwiftShader takes ~40 s per token of a 1 B model (a 5-token prompt: 216 s to the
+// first token), the CPU (wasm SIMD128) well under a second. WebGPU first, in a fresh page:
+// wasm memory never shrinks, so its size after the WebGPU load and generation is that load's
+// peak (the CPU load afterwards holds the whole model in wasm memory).
+test("a 1B model (synthetic Llama-3.2-1B shapes, Q4_K_M) loads and generates on the CPU and on WebGPU", { timeout: 600_000 }, async () => {
+  const synth = expected.synth;
+  assert.ok(synth.text.trim().length > 0, "the native answer is text (not padding tokens)");
+  const t0 = performance.now();
+  const { page, context } = await open();
+  const r = await page.evaluate(async ({ synth }) => {
+    const { createEngine } = window.webgguf;
+    const run = async (device) => {
+      const phases = new Set();
+      let t = performance.now();
+      const engine = await createEngine({ model: synth.model, device, kvCache: synth.kv, contextLength: 64, cache: false, onProgress: (p) => phases.add(p.phase) });
+      const loadMs = performance.now() - t;
+      t = performance.now();
+      const whole = await engine.completions.create({ prompt: synth.prompt, max_tokens: synth.max_tokens, temperature: 0 });
+      const generateMs = performance.now() - t;
+      const out = { device: engine.device, loadMs, generateMs, phases: [...phases], text: whole.choices[0].text, usage: whole.usage, stats: await engine.stats() };
+      await engine.unload();
+      return out;
+    };
+    return { webgpu: await run("webgpu"), cpu: await run("cpu") };
+  }, { synth });
+  const mib = (b) => (b / 2 ** 20).toFixed(1);
+  for (const [name, x] of Object.entries(r)) {
+    console.log(`1B synthetic on ${name} (${x.device.device}${x.device.adapter ? " " + x.device.adapter.adapter : ""}, ${x.device.kernels}): load ${(x.loadMs / 1000).toFixed(1)} s, ` +
+      `2 tokens ${(x.generateMs / 1000).toFixed(1)} s (ttft ${x.stats.ttft_ms.toFixed(0)} ms), wasm memory ${mib(x.stats.wasmMemoryBytes)} MiB, model ${mib(x.stats.modelBytes)} MiB: ${JSON.stringify(x.text)}`);
+  }
+  for (const [name, x] of Object.entries(r)) {
+    assert.equal(x.device.device, name);
+    assert.equal(x.device.fallback, null);
+    assert.equal(x.stats.info.device, name);
+    assert.ok(x.phases.includes("ready"), `${name}: progress phases ${x.phases}`);
+    assert.deepEqual(x.usage, { prompt_tokens: synth.prompt_ids.length, completion_tokens: synth.ids.length, total_tokens: synth.prompt_ids.length + synth.ids.length });
+    assert.ok(x.stats.modelBytes > 750e6, `${name}: the whole 1 B model was loaded (${x.stats.modelBytes} bytes)`);
+  }
+  // The CPU path (wasm SIMD128) does the native `--kernels simd` arithmetic: the same text.
+  assert.equal(r.cpu.device.kernels, "simd128");
+  assert.equal(r.cpu.text, synth.text, "CPU: 1 B greedy = native CLI");
+  // WebGPU: the same greedy tokens as the native CLI (as the SmolLM2 WebGPU test's gpu_prefix).
+  assert.equal(r.webgpu.text, synth.text, "WebGPU: 1 B greedy = native CLI");
+  // Streaming onto the GPU keeps wasm memory small: the header (tokenizer + tensor index), one
+  // network chunk and the upload staging. Bound: 64 MiB, plus the tokenizer's tables, counted as
+  // 4× the GGUF header (the token and merge strings are kept with a hash map and a merge-rank map
+  // over them).
+  const bound = 64 * 2 ** 20 + 4 * synth.header_bytes;
+  assert.ok(r.webgpu.stats.wasmMemoryBytes <= bound, `WebGPU: peak wasm memory ${mib(r.webgpu.stats.wasmMemoryBytes)} MiB > ${mib(bound)} MiB (64 MiB + 4 × the ${mib(synth.header_bytes)} MiB header)`);
+  // The CPU path holds the weights in wasm memory (below wasm32's 4 GiB).
+  assert.ok(r.cpu.stats.wasmMemoryBytes >= r.cpu.stats.modelBytes * 0.9, `CPU: wasm memory ${mib(r.cpu.stats.wasmMemoryBytes)} MiB holds the model`);
+  console.log(`1B synthetic test: ${((performance.now() - t0) / 1000).toFixed(0)} s in all; WebGPU wasm memory bound ${mib(bound)} MiB`);
+  await context.close();
+});
