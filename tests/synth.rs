@@ -124,7 +124,7 @@ fn spec_default_limits_split_the_embedding() {
     let path = write(&spec, FileType::Q4_K_M, "llama-3.2-1b-spec-limits.gguf");
     let mut small = GpuBackend::new(GpuDevice::with_limits(DeviceLimits::SpecDefaults).expect("a GPU adapter (CI installs Mesa lavapipe)"));
     assert_eq!(small.device().max_binding(), 128 << 20);
-    let (_, model) = webgguf::loader::load_files(&[path.clone()], &mut small).expect("load under spec-default limits");
+    let (_, model) = webgguf::loader::load_files(std::slice::from_ref(&path), &mut small).expect("load under spec-default limits");
     let chunks = GpuBackend::chunk_count(&model.weights.token_embd);
     assert!(chunks >= 2, "the 215 MB embedding was not split ({chunks} chunk)");
     let mut s_small = Session::new(small, model, SessionOptions { kv: KvType::Q8, n_ctx: 64, ..Default::default() }).expect("session");

@@ -358,5 +358,6 @@ fn copy_tokenizer(src: &Metadata, n_vocab: usize, md: &mut Metadata) -> Result<(
     Ok(())
 }
 
-#[cfg(test)]
+// Native: the tests write files.
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests;
