@@ -15,8 +15,10 @@ import {
   createWorkerEngine,
   deleteCachedModel,
   errorFromCode,
+  planModel,
   workerCachedModels,
   workerDeleteCachedModel,
+  workerPlanModel,
 } from "webgguf";
 import type {
   CachedModel,
@@ -32,11 +34,15 @@ import type {
   ErrorCode,
   FinishReason,
   LoadProgress,
+  ModelPlan,
   Stream,
 } from "webgguf";
 
 export async function main(url: string): Promise<string> {
   const controller = new AbortController();
+  // Plan from the header alone: the device, KV type and context createEngine would use, and why.
+  const plan: ModelPlan = await planModel(url, { device: "auto", kvCache: "q8", contextLength: 8192, cache: true, signal: controller.signal });
+  console.log(plan.device, plan.kv, plan.contextLength, plan.bytes.total, plan.bytes.limit, plan.reasons.join("; "), plan.headerBytes);
   const engine: Engine = await createEngine({
     model: url,
     device: "auto",
@@ -90,6 +96,8 @@ export async function main(url: string): Promise<string> {
   const remote: Engine = await createWorkerEngine(worker, { model: { manifest: url }, device: "cpu", onProgress: (p) => console.log(p.loaded) });
   const r = await remote.chat.completions.create({ messages, max_tokens: 8 });
   console.log(r.choices[0].message.content);
+  const remotePlan: ModelPlan = await workerPlanModel(worker, { manifest: url }, { device: "cpu" });
+  console.log(remotePlan.bytes.weights, remotePlan.adapter);
   const listed: CachedModel[] = await workerCachedModels(worker);
   await workerDeleteCachedModel(worker, [url]);
   await remote.unload();

@@ -5,7 +5,7 @@
  */
 import init, { WasmEngine, cachedModels as wasmCachedModels, deleteCachedModel as wasmDeleteCachedModel } from "./wasm/webgguf.js";
 import { AbortError, DeviceLostError, UnloadedError, WebggufError, toWebggufError } from "./errors.js";
-import type { CachedModel, ChatMessage, DeviceInfo, DeviceLossEvent, EngineOptions, EngineStats, FinishReason, LoadProgress, ModelSource } from "./types.js";
+import type { CachedModel, ChatMessage, DeviceInfo, DeviceLossEvent, EngineOptions, EngineStats, FinishReason, LoadProgress, ModelPlan, ModelSource, PlanOptions } from "./types.js";
 
 /** What one generation asks for (built by the OpenAI layer from a request). */
 export interface GenRequest {
@@ -75,16 +75,18 @@ function modelName(source: ModelSource): string {
   return source.manifest;
 }
 
-function loadOptions(o: EngineOptions): Record<string, unknown> {
+function loadOptions(o: EngineOptions | PlanOptions): Record<string, unknown> {
+  const full = o as EngineOptions;
   return {
     device: o.device ?? "auto",
-    kv: o.kvCache ?? "f16",
+    // Unset: the planner chooses (f16 and 4096 when they fit).
+    kv: o.kvCache,
     kvRecent: o.kvRecent,
-    contextLength: o.contextLength ?? 4096,
+    contextLength: o.contextLength,
     cache: o.cache ?? true,
-    requireCache: o.requireCache ?? false,
+    requireCache: full.requireCache ?? false,
     store: o.store,
-    maxCacheBytes: o.maxCacheBytes,
+    maxCacheBytes: full.maxCacheBytes,
     signal: o.signal,
     maxAttempts: o.maxAttempts,
     retryDelayMs: o.retryDelayMs,
@@ -275,6 +277,19 @@ export async function cachedModels(wasmUrl?: string | URL): Promise<CachedModel[
   await initWasm(wasmUrl);
   try {
     return (await wasmCachedModels()) as CachedModel[];
+  } catch (e) {
+    throw toWebggufError(e);
+  }
+}
+
+/** Plans `source` from its first shard's header (at most the header + 1 MiB fetched, or read
+ * from the cache) without loading it: the device, KV type and context createEngine would use,
+ * and why. A model that cannot run rejects with the error createEngine would give
+ * (ModelTooLargeError, NoWebGPUError, ModelFormatError…). */
+export async function planModel(source: ModelSource, options: PlanOptions = {}): Promise<ModelPlan> {
+  await initWasm(options.wasmUrl);
+  try {
+    return (await WasmEngine.plan(source, loadOptions(options))) as ModelPlan;
   } catch (e) {
     throw toWebggufError(e);
   }

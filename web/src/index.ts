@@ -16,7 +16,7 @@ export async function createEngine(options: EngineOptions): Promise<Engine> {
   return makeEngine(await LocalCore.load(options));
 }
 
-export { createWorkerEngine, workerCachedModels, workerDeleteCachedModel } from "./worker-client.js";
-export { cachedModels, deleteCachedModel } from "./core.js";
+export { createWorkerEngine, workerCachedModels, workerDeleteCachedModel, workerPlanModel } from "./worker-client.js";
+export { cachedModels, deleteCachedModel, planModel } from "./core.js";
 export * from "./errors.js";
 export type * from "./types.js";

@@ -2,7 +2,7 @@
 import type { GenRequest, StepEvent } from "./core.js";
 import type { DeviceInfo, DeviceLossEvent, LoadProgress, WorkerEngineOptions } from "./types.js";
 
-export type CallMethod = "tokenize" | "detokenize" | "applyChatTemplate" | "stats" | "unload" | "loseDeviceForTesting" | "cachedModels" | "deleteCachedModel";
+export type CallMethod = "tokenize" | "detokenize" | "applyChatTemplate" | "stats" | "unload" | "loseDeviceForTesting" | "cachedModels" | "deleteCachedModel" | "planModel";
 
 /** Page → worker. `id` pairs replies with requests. */
 export type ToWorker =

@@ -43,15 +43,18 @@ export interface LoadReport {
 export interface EngineOptions {
   model: ModelSource;
   /** "auto" (default): WebGPU when the browser has it and the model fits the adapter, else the
-   * SIMD128 CPU path (`engine.device.fallback` says why). */
+   * SIMD128 CPU path (`engine.device.fallback` says why). The model is planned from its first
+   * shard's header first (see `planModel`): one that cannot run fails before its weights are
+   * fetched, and it is streamed once, to the planned device. */
   device?: DeviceKind;
-  /** KV-cache storage (default "f16"). */
+  /** KV-cache storage (default: "f16", or a smaller type the plan picks when f16 does not fit). */
   kvCache?: KvCacheType;
   /** For "q8" / "q4": positions before and including each query's own whose K and V rows are
    * read from f16 copies kept beside the quantized ones, with the sequence's first 4 (default
    * 64; 0 for none). */
   kvRecent?: number;
-  /** Positions the KV cache holds (default 4096; capped at the model's trained context). */
+  /** Positions the KV cache holds (default: 4096, or less when the plan must; capped at the
+   * model's trained context). */
   contextLength?: number;
   /** Cache the shards in browser storage (default true). */
   cache?: boolean;
@@ -243,6 +246,42 @@ export interface CompletionChunk {
 /** A streamed response: iterate it with `for await`; `controller.abort()` stops it. */
 export interface Stream<T> extends AsyncIterable<T> {
   controller: AbortController;
+}
+
+/** What `planModel` is given: the device, KV and context options of EngineOptions, and the
+ * fetch options used to read the header. */
+export type PlanOptions = Pick<EngineOptions, "device" | "kvCache" | "kvRecent" | "contextLength" | "cache" | "store" | "signal" | "maxAttempts" | "retryDelayMs" | "stallTimeoutMs" | "wasmUrl">;
+
+/** The planner's decision for a model, from its first shard's header and the adapter's limits
+ * (or wasm32's 4 GiB on the CPU path). Sizes in bytes; split models' other shards are
+ * estimated (`estimatedTensors`). */
+export interface ModelPlan {
+  device: "webgpu" | "cpu";
+  kv: KvCacheType;
+  contextLength: number;
+  kvRecent: number;
+  arch: string;
+  shards: number;
+  bytes: {
+    /** The weights as stored, and in the GPU's layout (null when the GPU was not considered). */
+    weights: number;
+    gpuWeights: number | null;
+    kv: number;
+    kvLayer: number | null;
+    working: number;
+    /** Weights + KV + working memory on `device`, and what that was checked against. */
+    total: number;
+    limit: number | null;
+  };
+  tensors: number;
+  estimatedTensors: number;
+  /** Why, one line per decision. */
+  reasons: string[];
+  /** The WebGPU adapter whose limits were used (null: no GPU considered). */
+  adapter: string | null;
+  /** Network bytes read for the header (0 when it came from the cache). */
+  headerBytes: number;
+  headerFromCache: boolean;
 }
 
 export interface CachedModel {

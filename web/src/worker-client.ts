@@ -4,7 +4,7 @@ import type { Core, GenRequest, StepEvent } from "./core.js";
 import { WebggufError, errorFromCode } from "./errors.js";
 import { makeEngine } from "./openai.js";
 import type { CallMethod, FromWorker, ToWorker } from "./protocol.js";
-import type { CachedModel, ChatMessage, DeviceInfo, Engine, EngineStats, ModelSource, WorkerEngineOptions } from "./types.js";
+import type { CachedModel, ChatMessage, DeviceInfo, Engine, EngineStats, ModelPlan, ModelSource, PlanOptions, WorkerEngineOptions } from "./types.js";
 
 type Pending = {
   onProgress?: (m: FromWorker) => void;
@@ -214,6 +214,12 @@ export async function createWorkerEngine(worker: Worker, options: WorkerEngineOp
 /** The models cached in the browser, asked through a worker (same storage as the page's). */
 export async function workerCachedModels(worker: Worker): Promise<CachedModel[]> {
   return (await channelFor(worker).call("cachedModels")) as CachedModel[];
+}
+
+/** Plans a model in a worker (see `planModel`); the signal stays in the page. */
+export async function workerPlanModel(worker: Worker, source: ModelSource, options: Omit<PlanOptions, "signal" | "wasmUrl"> & { wasmUrl?: string } = {}): Promise<ModelPlan> {
+  const wasmUrl = options.wasmUrl === undefined ? undefined : new URL(String(options.wasmUrl), globalThis.location?.href).href;
+  return (await channelFor(worker).call("planModel", absolute(source), { ...options, wasmUrl })) as ModelPlan;
 }
 
 /** Deletes a cached model through a worker. */

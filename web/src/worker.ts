@@ -5,10 +5,10 @@
  *   const worker = new Worker(new URL("webgguf/worker", import.meta.url), { type: "module" });
  *   const engine = await createWorkerEngine(worker, { model: url });
  */
-import { LocalCore, cachedModels, deleteCachedModel } from "./core.js";
+import { LocalCore, cachedModels, deleteCachedModel, planModel } from "./core.js";
 import { UnloadedError, serializeError } from "./errors.js";
 import type { CallMethod, FromWorker, ToWorker } from "./protocol.js";
-import type { ChatMessage, ModelSource } from "./types.js";
+import type { ChatMessage, ModelSource, PlanOptions } from "./types.js";
 
 const scope = self as unknown as { postMessage(m: FromWorker): void; onmessage: ((e: MessageEvent<ToWorker>) => void) | null };
 let core: LocalCore | null = null;
@@ -45,6 +45,8 @@ async function call(method: CallMethod, args: unknown[]): Promise<unknown> {
       return cachedModels(args[0] as string | undefined);
     case "deleteCachedModel":
       return deleteCachedModel(args[0] as ModelSource, args[1] as string | undefined);
+    case "planModel":
+      return planModel(args[0] as ModelSource, args[1] as PlanOptions);
   }
 }
 

@@ -7,6 +7,7 @@
 //! `interrupt()` and AbortSignals.
 
 use super::load::{self, LoadReport};
+use super::plan::{has_webgpu, plan_source, PlanRequest, Planned};
 use super::{coded_error, load_error, model_source, to_js};
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::cpu::Kernels;
@@ -14,6 +15,7 @@ use crate::engine::{Flow, Next, Session, SessionOptions, TextGen};
 use crate::error::{EngineError, GpuError, ModelError};
 use crate::gpu::{GpuBackend, GpuDevice, GpuInfo};
 use crate::kv_cache::KvType;
+use crate::plan::{plan, Device as PlanDevice, DeviceRequest, PlanTarget};
 use crate::loader::LoadError;
 use crate::model::{CpuBackend, Logits};
 use crate::sampler::{Sampler, SamplerConfig, StopConditions};
@@ -125,12 +127,6 @@ fn gpu_caused(e: &LoadError) -> bool {
     matches!(e, LoadError::Model(ModelError::Gpu(_)))
 }
 
-/// WebGPU is exposed to this page or worker (`navigator.gpu`).
-fn has_webgpu() -> bool {
-    let nav = js_sys::Reflect::get(&js_sys::global(), &"navigator".into()).unwrap_or(JsValue::UNDEFINED);
-    !nav.is_undefined() && js_sys::Reflect::get(&nav, &"gpu".into()).is_ok_and(|g| !g.is_undefined() && !g.is_null())
-}
-
 async fn open_gpu() -> Result<GpuDevice, GpuError> {
     if !has_webgpu() {
         return Err(GpuError::NoAdapter("this browser exposes no WebGPU (navigator.gpu is missing)".into()));
@@ -144,6 +140,31 @@ fn get(options: &JsValue, key: &str) -> Option<JsValue> {
         return None;
     }
     js_sys::Reflect::get(options, &key.into()).ok().filter(|v| !v.is_undefined() && !v.is_null())
+}
+
+/// `device`, `kv`, `contextLength` and `kvRecent`: what the plan must honour (an absent `kv`
+/// or `contextLength` lets the planner choose, from f16 and 4096 down).
+fn plan_request(options: &JsValue) -> Result<PlanRequest, JsValue> {
+    let device_name = get(options, "device").and_then(|v| v.as_string()).unwrap_or_else(|| "auto".into());
+    let device = match device_name.as_str() {
+        "auto" | "webgpu" | "cpu" => DeviceRequest::from_name(&device_name),
+        _ => None,
+    }
+    .ok_or_else(|| options_error(&format!("device {device_name:?} (auto, webgpu or cpu)")))?;
+    let kv = match get(options, "kv").map(|v| v.as_string()) {
+        None => None,
+        Some(name) => {
+            let name = name.unwrap_or_default();
+            Some(KvType::from_name(&name).ok_or_else(|| options_error(&format!("unknown KV type {name:?} (f32, f16, q8, q4)")))?)
+        }
+    };
+    let n_ctx = get(options, "contextLength").and_then(|v| v.as_f64()).map(|n| n.max(1.0) as usize);
+    let kv_recent = match get(options, "kvRecent").map(|v| v.as_f64()) {
+        None => crate::kv_cache::KV_RECENT,
+        Some(Some(r)) if r >= 0.0 && r.fract() == 0.0 && r <= 1e9 => r as usize,
+        Some(_) => return Err(options_error("kvRecent must be a whole number >= 0")),
+    };
+    Ok(PlanRequest { device, kv, n_ctx, kv_recent })
 }
 
 fn load_options(options: &JsValue) -> Result<load::LoadOptions, JsValue> {
@@ -188,43 +209,58 @@ impl WasmEngine {
             .map_err(|e| JsError::new(&e.as_string().unwrap_or_default()))
     }
 
+    /// Plans a model from its first shard's header (at most the header + 1 MiB fetched, or
+    /// read from the cache): `source` as for `load`, `options`: `device`, `kv`, `contextLength`,
+    /// `kvRecent` and the fetch options of `load` (cache, store, signal, maxAttempts,
+    /// retryDelayMs, stallTimeoutMs). Resolves to `{ device ("webgpu" | "cpu"), kv,
+    /// contextLength, kvRecent, arch, shards, bytes: { weights, gpuWeights, kv, kvLayer, working,
+    /// total, limit }, tensors, estimatedTensors, reasons, adapter, headerBytes, headerFromCache }`;
+    /// a model that cannot run rejects with the code `load` would give (model_too_large,
+    /// no_webgpu, model, tokenizer, malformed, network…).
+    pub async fn plan(source: JsValue, options: JsValue) -> Result<JsValue, JsValue> {
+        console_error_panic_hook::set_once();
+        let source = model_source(&source)?;
+        let req = plan_request(&options)?;
+        let opts = load_options(&options)?;
+        let planned = plan_source(&source, req, &opts).await?;
+        Ok(to_js(&planned.to_js()))
+    }
+
     /// Streams a model onto WebGPU or the CPU. `source`: a URL string (a split's first shard's
     /// name loads every shard), an array of shard URLs, or `{ manifest: url }`. `options`:
-    /// `{ device ("auto" (default) | "webgpu" | "cpu"), kv ("f32" | "f16" (default) | "q8" | "q4"),
+    /// `{ device ("auto" (default) | "webgpu" | "cpu"), kv ("f32" | "f16" | "q8" | "q4"),
     /// kvRecent (q8 / q4: positions before and including each query's own read from f16
     /// copies, with the first 4; default 64, 0 for none), contextLength, cache (default true), requireCache, store ("cache-storage" (default) or
     /// "opfs"), maxCacheBytes, signal (AbortSignal), maxAttempts, retryDelayMs, stallTimeoutMs }`.
-    /// `"auto"` uses WebGPU when the browser has it and the model fits the adapter, else the
-    /// CPU (`deviceInfo().fallback` says why). `on_progress` (optional) receives progress
+    /// First the model is planned from its first shard's header (`plan`): what cannot run fails
+    /// then, before any weight byte is fetched; an absent `kv` / `contextLength` is chosen by the
+    /// plan (f16 and 4096 when they fit). `"auto"` runs on WebGPU when the browser has it and
+    /// the plan fits the adapter, else on the CPU (`deviceInfo().fallback` says why); the model
+    /// is streamed once, to that device. `on_progress` (optional) receives progress
     /// objects (`load::Progress`); the last has `phase: "ready"` and the load report. Errors
     /// are `Error`s with a stable `code` (network, http, malformed, length, integrity, quota,
     /// aborted, no_webgpu, model_too_large, device_lost, options, model…).
     pub async fn load(source: JsValue, options: JsValue, on_progress: Option<js_sys::Function>) -> Result<WasmEngine, JsValue> {
         console_error_panic_hook::set_once();
         let source = model_source(&source)?;
-        let kv_name = get(&options, "kv").and_then(|v| v.as_string()).unwrap_or_else(|| "f16".into());
-        let kv = KvType::from_name(&kv_name).ok_or_else(|| options_error(&format!("unknown KV type {kv_name:?} (f32, f16, q8, q4)")))?;
-        let n_ctx = get(&options, "contextLength").and_then(|v| v.as_f64()).unwrap_or(4096.0).max(1.0) as usize;
-        let device = get(&options, "device").and_then(|v| v.as_string()).unwrap_or_else(|| "auto".into());
-        if !matches!(device.as_str(), "auto" | "webgpu" | "cpu") {
-            return Err(options_error(&format!("device {device:?} (auto, webgpu or cpu)")));
-        }
+        let req = plan_request(&options)?;
         let opts = load_options(&options)?;
         let mut report_progress = |p: &load::Progress| {
             if let Some(f) = &on_progress {
                 let _ = f.call1(&JsValue::NULL, &to_js(p));
             }
         };
-        let kv_recent = match get(&options, "kvRecent").map(|v| v.as_f64()) {
-            None => crate::kv_cache::KV_RECENT,
-            Some(Some(r)) if r >= 0.0 && r.fract() == 0.0 && r <= 1e9 => r as usize,
-            Some(_) => return Err(options_error("kvRecent must be a whole number >= 0")),
-        };
-        let session_options = SessionOptions { kv, n_ctx, kv_recent };
+        let planned = plan_source(&source, req, &opts).await?;
+        let session_options = SessionOptions { kv: planned.plan.kv, n_ctx: planned.plan.n_ctx, kv_recent: req.kv_recent };
         let kernels: String = Kernels::best().name().into();
-        let mut fallback = None;
-        if device != "cpu" {
-            match open_gpu().await {
+        let mut fallback = (req.device == DeviceRequest::Auto && planned.plan.device == PlanDevice::Cpu).then(|| planned.cpu_reason()).flatten();
+        let mut session_options = session_options;
+        if planned.plan.device == PlanDevice::Gpu {
+            // The plan fits the adapter's limits; what it cannot foresee — the device refused
+            // (requestDevice failing, a device lost at once) or an allocation failing while
+            // loading — falls back to the CPU under "auto". Only the latter streams twice
+            // (from the cache, when the model was cached).
+            let gpu_failed = match open_gpu().await {
                 Ok(dev) => {
                     let info = dev.info.clone();
                     let mut backend = GpuBackend::new(dev);
@@ -238,13 +274,17 @@ impl WasmEngine {
                             let r = DeviceReport { device: "webgpu", adapter: Some(info), kernels, fallback: None };
                             return WasmEngine::assemble(Device::Gpu(session), &gguf, r, Some(report));
                         }
-                        Err(e) if device == "auto" && gpu_caused(&e) => fallback = Some(format!("WebGPU could not hold the model: {e}")),
+                        Err(e) if req.device == DeviceRequest::Auto && gpu_caused(&e) => format!("WebGPU could not hold the model: {e}"),
                         Err(e) => return Err(load_error_coded(e)),
                     }
                 }
-                Err(e) if device == "auto" => fallback = Some(e.to_string()),
+                Err(e) if req.device == DeviceRequest::Auto => e.to_string(),
                 Err(e) => return Err(model_error(ModelError::Gpu(e))),
-            }
+            };
+            // The CPU must fit too: planned again for it (same header, no fetch).
+            let cpu = cpu_plan(&planned, req).map_err(|e| coded_error(e.code(), &format!("{e} (and {gpu_failed})")))?;
+            session_options = SessionOptions { kv: cpu.kv, n_ctx: cpu.n_ctx, kv_recent: req.kv_recent };
+            fallback = Some(gpu_failed);
         }
         let mut backend = CpuBackend::new();
         let (gguf, model, report) = load::load_model(&source, &mut backend, &opts, &mut report_progress).await.map_err(load_error_coded)?;
@@ -440,6 +480,12 @@ fn step_result(text: &str, gen: &TextGen) -> JsValue {
         completion_tokens: usize,
     }
     to_js(&Step { text, done: gen.is_done(), finish_reason: gen.finish_reason(), prompt_tokens: gen.prompt_len(), completion_tokens: gen.ids().len() })
+}
+
+/// The plan for the CPU after the GPU the plan chose failed.
+fn cpu_plan(planned: &Planned, req: PlanRequest) -> Result<crate::plan::Plan, crate::plan::PlanError> {
+    let target = PlanTarget { gpu: None, cpu_address_space: crate::plan::WASM32_ADDRESS_SPACE, device: DeviceRequest::Cpu, kv: req.kv, n_ctx: req.n_ctx, kv_recent: req.kv_recent };
+    plan(&planned.header.header, &target)
 }
 
 fn busy() -> JsValue {

@@ -1,13 +1,16 @@
 //! Browser bindings (wasm32 only): the streaming loader (`load`: fetch, resume, cache, progress;
-//! `cache`: the shard cache) and `WasmEngine` (`engine`: a model on WebGPU or the CPU, generation
-//! pass by pass), which the npm package (`web/`) wraps in its OpenAI-shaped API and the
-//! in-browser tests call directly.
+//! `cache`: the shard cache), the planner's inputs (`header`: the first shard's header alone;
+//! `plan`: the adapter's limits and the JS plan) and `WasmEngine` (`engine`: a model on WebGPU or
+//! the CPU, generation pass by pass), which the npm package (`web/`) wraps in its OpenAI-shaped
+//! API and the in-browser tests call directly.
 
 mod body;
 pub mod cache;
 mod engine;
+pub mod header;
 pub mod load;
 pub mod opfs;
+mod plan;
 mod platform;
 pub mod store;
 
