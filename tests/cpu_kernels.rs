@@ -18,16 +18,7 @@ fn weights(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
     data
 }
 
-const TYPES: [GgmlType; 8] = [
-    GgmlType::F16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q8_0,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
+const TYPES: [GgmlType; 8] = [GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
 
 /// Splitting rows over threads changes nothing: every row is one kernel call either way.
 #[test]
@@ -69,21 +60,8 @@ fn batched_equals_token_by_token() {
             matmul_with(kernels, &w, &x, n, &mut batched, &mut s).expect("batched");
             for t in 0..n {
                 let mut one = vec![0f32; rows];
-                matmul_with(
-                    kernels,
-                    &w,
-                    &x[t * cols..(t + 1) * cols],
-                    1,
-                    &mut one,
-                    &mut s,
-                )
-                .expect("one");
-                assert_eq!(
-                    one,
-                    batched[t * rows..(t + 1) * rows].to_vec(),
-                    "{} {ty} token {t}",
-                    kernels.name()
-                );
+                matmul_with(kernels, &w, &x[t * cols..(t + 1) * cols], 1, &mut one, &mut s).expect("one");
+                assert_eq!(one, batched[t * rows..(t + 1) * rows].to_vec(), "{} {ty} token {t}", kernels.name());
             }
         }
     }
@@ -113,10 +91,7 @@ fn kernel_families_agree_on_model_shapes() {
             let scale = out[0].iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-20);
             for y in &out[1..] {
                 for (a, b) in y.iter().zip(&out[0]) {
-                    assert!(
-                        (a - b).abs() <= 1e-5 * scale,
-                        "{ty} {rows}x{cols}: {a} vs {b}"
-                    );
+                    assert!((a - b).abs() <= 1e-5 * scale, "{ty} {rows}x{cols}: {a} vs {b}");
                 }
             }
         }

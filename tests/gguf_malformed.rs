@@ -17,8 +17,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use webgguf::gguf::writer::{put_kv, put_string, put_u32, put_u64, GgufBuilder};
 use webgguf::gguf::{
-    self, parse_header, Array, GgufHeader, GgufModel, Limits, Parsed, ReadHeaderError, Value, ValueType,
-    KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT,
+    self, parse_header, Array, GgufHeader, GgufModel, Limits, Parsed, ReadHeaderError, Value, ValueType, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT,
 };
 use webgguf::{GgmlType, GgufError};
 use webgguf_tests::{fixtures_dir, model_path};
@@ -118,9 +117,7 @@ fn split_file(kvs: Vec<(&str, Value)>, tensors: &[&str]) -> Vec<u8> {
     for (k, v) in kvs {
         b.kv(k, v);
     }
-    let data: Vec<Vec<u8>> = (0..tensors.len())
-        .map(|i| [1.0f32, -2.0, 0.5, i as f32].iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
+    let data: Vec<Vec<u8>> = (0..tensors.len()).map(|i| [1.0f32, -2.0, 0.5, i as f32].iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
     for name in tensors {
         b.tensor(name, &[4], GgmlType::F32);
     }
@@ -350,10 +347,7 @@ mod case {
     }
     /// split.no is the i32 -1: below zero is not below split.count either.
     pub fn split_no_negative() -> Vec<u8> {
-        split_file(
-            vec![(KEY_SPLIT_NO, Value::I32(-1)), (KEY_SPLIT_COUNT, Value::U16(2)), (KEY_SPLIT_TENSORS_COUNT, Value::I32(2))],
-            &["a"],
-        )
+        split_file(vec![(KEY_SPLIT_NO, Value::I32(-1)), (KEY_SPLIT_COUNT, Value::U16(2)), (KEY_SPLIT_TENSORS_COUNT, Value::I32(2))], &["a"])
     }
     pub fn split_count_zero() -> Vec<u8> {
         shard(0, 0, 1, &["a"])
@@ -364,14 +358,7 @@ mod case {
     }
     /// split.count is the string "2".
     pub fn split_wrong_type() -> Vec<u8> {
-        split_file(
-            vec![
-                (KEY_SPLIT_NO, Value::U16(0)),
-                (KEY_SPLIT_COUNT, Value::String("2".into())),
-                (KEY_SPLIT_TENSORS_COUNT, Value::I32(2)),
-            ],
-            &["a"],
-        )
+        split_file(vec![(KEY_SPLIT_NO, Value::U16(0)), (KEY_SPLIT_COUNT, Value::String("2".into())), (KEY_SPLIT_TENSORS_COUNT, Value::I32(2))], &["a"])
     }
     /// A shard of 2 tensors in a model of 1.
     pub fn split_shard_too_many_tensors() -> Vec<u8> {
@@ -488,7 +475,12 @@ const CORPUS: &[Class] = &[
     Class { name: "split_count_zero", variant: "SplitCountZero", build: || vec![case::split_count_zero()], limits: Limits::default },
     Class { name: "split_key_missing", variant: "SplitKeyMissing", build: || vec![case::split_key_missing()], limits: Limits::default },
     Class { name: "split_wrong_type", variant: "SplitWrongType", build: || vec![case::split_wrong_type()], limits: Limits::default },
-    Class { name: "split_shard_too_many_tensors", variant: "SplitShardTooManyTensors", build: || vec![case::split_shard_too_many_tensors()], limits: Limits::default },
+    Class {
+        name: "split_shard_too_many_tensors",
+        variant: "SplitShardTooManyTensors",
+        build: || vec![case::split_shard_too_many_tensors()],
+        limits: Limits::default,
+    },
     Class { name: "split_count_mismatch", variant: "SplitCountMismatch", build: case::split_count_mismatch, limits: Limits::default },
     Class { name: "split_tensor_total_mismatch", variant: "SplitTensorTotalMismatch", build: case::split_tensor_total_mismatch, limits: Limits::default },
     Class { name: "split_missing_shard", variant: "MissingShard", build: case::split_missing_shard, limits: Limits::default },
@@ -585,10 +577,7 @@ fn framing_and_counts() {
     // Size-dependent: with the size known they fail, unknown they ask for more.
     assert_err!(err_known(&case::empty()), GgufError::Truncated { what: "magic", needed: 4, file_size: 0 });
     assert_eq!(need_more(&case::empty()), 4);
-    assert_err!(
-        err_known(&case::truncated_counts()),
-        GgufError::Truncated { what: "tensor count", needed: 16, file_size: 10 }
-    );
+    assert_err!(err_known(&case::truncated_counts()), GgufError::Truncated { what: "tensor count", needed: 16, file_size: 10 });
     assert_eq!(need_more(&case::truncated_counts()), 16);
     assert_err!(
         err_known(&case::counts_exceed_file()),
@@ -609,10 +598,7 @@ fn metadata_values() {
         GgufError::StringTooLong { len: u64::MAX, limit, offset: 24 } if limit == 1 << 20
     );
     // The string runs past the end: 8-byte length at 48, bytes from 56.
-    assert_err!(
-        err_known(&case::string_past_end()),
-        GgufError::Truncated { what: "string value", needed: 1056, file_size: 61 }
-    );
+    assert_err!(err_known(&case::string_past_end()), GgufError::Truncated { what: "string value", needed: 1056, file_size: 61 });
     assert_eq!(need_more(&case::string_past_end()), 1056);
     assert_err!(err(&case::invalid_utf8()), GgufError::InvalidUtf8 { offset: 48 });
     assert_err!(
@@ -620,10 +606,7 @@ fn metadata_values() {
         GgufError::ArrayTooLong { len, limit, offset: 57 } if len == 1 << 40 && limit == 1 << 22
     );
     // Elements start at 69 and need 1000 × 4 bytes.
-    assert_err!(
-        err_known(&case::array_past_end()),
-        GgufError::Truncated { what: "array elements", needed: 4069, file_size: 77 }
-    );
+    assert_err!(err_known(&case::array_past_end()), GgufError::Truncated { what: "array elements", needed: 4069, file_size: 77 });
     assert_eq!(need_more(&case::array_past_end()), 4069);
     assert_err!(err(&case::array_too_deep()), GgufError::ArrayTooDeep { depth: 4, limit: 3, offset: 78 });
     assert_err!(err(&case::unknown_array_type()), GgufError::UnknownArrayType { type_id: 13, offset: 48 });
@@ -688,10 +671,7 @@ fn tensor_infos() {
         GgufError::UnknownTensorType { tensor, type_id: 4 } if tensor == "output.weight"
     );
     assert_err!(err(&case::unknown_ggml_type_99()), GgufError::UnknownTensorType { type_id: 99, .. });
-    assert_err!(
-        err(&case::row_not_block_multiple()),
-        GgufError::RowNotBlockMultiple { ty: GgmlType::Q4_K, row: 640, block: 256, .. }
-    );
+    assert_err!(err(&case::row_not_block_multiple()), GgufError::RowNotBlockMultiple { ty: GgmlType::Q4_K, row: 640, block: 256, .. });
     assert_err!(
         err(&case::misaligned_offset()),
         GgufError::MisalignedOffset { tensor, offset: 4, alignment: 32 } if tensor == "output_norm.weight"
@@ -721,15 +701,9 @@ fn extents_and_limits() {
     let no_data = &no_data[..no_data.len() - 1];
     assert_err!(err_known(no_data), GgufError::TensorPastEnd { end: 256, data_size: 0, .. });
 
-    assert_err!(
-        err_with(&case::total_bytes_too_large(), &tight_data()),
-        GgufError::TotalBytesTooLarge { bytes: 96, limit: 64 }
-    );
+    assert_err!(err_with(&case::total_bytes_too_large(), &tight_data()), GgufError::TotalBytesTooLarge { bytes: 96, limit: 64 });
     header(&case::total_bytes_too_large(), Some(case::total_bytes_too_large().len() as u64));
-    assert_err!(
-        err_with(&case::header_too_large(), &tight_header()),
-        GgufError::HeaderTooLarge { needed: 156, limit: 64 }
-    );
+    assert_err!(err_with(&case::header_too_large(), &tight_header()), GgufError::HeaderTooLarge { needed: 156, limit: 64 });
     header(&case::header_too_large(), Some(156));
 }
 
@@ -739,20 +713,14 @@ fn extents_and_limits() {
 fn permissive_limits_do_not_overflow() {
     let open = permissive();
     let counts = case::counts_overflow_permissive();
-    assert_err!(
-        err_known_with(&counts, &open),
-        GgufError::CountsExceedFile { min_bytes: u64::MAX, file_size: 24, .. }
-    );
+    assert_err!(err_known_with(&counts, &open), GgufError::CountsExceedFile { min_bytes: u64::MAX, file_size: 24, .. });
     assert!(matches!(parse_header(&counts, None, &open), Ok(Parsed::NeedMore { total: 32 })));
     // Tensor infos: the count is not backed by bytes; no capacity is reserved for it.
     let mut tensors = preamble(3, u64::MAX, 0);
     put_tensor(&mut tensors, "a", &[8], ID_F32, 0);
     assert!(matches!(parse_header(&tensors, None, &open), Ok(Parsed::NeedMore { .. })));
     let huge_array = one_array_kv("a.u64", ValueType::U64 as u32, 1 << 62, &[]);
-    assert_err!(
-        err_known_with(&huge_array, &open),
-        GgufError::Truncated { what: "array elements", needed: u64::MAX, .. }
-    );
+    assert_err!(err_known_with(&huge_array, &open), GgufError::Truncated { what: "array elements", needed: u64::MAX, .. });
     assert!(matches!(parse_header(&huge_array, None, &open), Ok(Parsed::NeedMore { total: u64::MAX })));
     let huge_string = one_string_kv("general.name", u64::MAX - 8, b"x");
     assert_err!(err_known_with(&huge_string, &open), GgufError::Truncated { needed: u64::MAX, .. });
@@ -765,14 +733,8 @@ fn split_single_file() {
     assert_err!(err(&case::split_no_out_of_range()), GgufError::SplitIndexOutOfRange { no: 3, count: 3 });
     assert_err!(err(&case::split_count_zero()), GgufError::SplitCountZero);
     assert_err!(err(&case::split_key_missing()), GgufError::SplitKeyMissing { key: "split.tensors.count" });
-    assert_err!(
-        err(&case::split_wrong_type()),
-        GgufError::SplitWrongType { key: "split.count", expected: "u16", found: "string" }
-    );
-    assert_err!(
-        err(&case::split_shard_too_many_tensors()),
-        GgufError::SplitShardTooManyTensors { shard: 0, count: 2, total: 1 }
-    );
+    assert_err!(err(&case::split_wrong_type()), GgufError::SplitWrongType { key: "split.count", expected: "u16", found: "string" });
+    assert_err!(err(&case::split_shard_too_many_tensors()), GgufError::SplitShardTooManyTensors { shard: 0, count: 2, total: 1 });
     // split.no past split.count by more than one, and split.count 1 with split.no 1.
     assert_err!(err(&shard(5, 2, 1, &["a"])), GgufError::SplitIndexOutOfRange { no: 5, count: 2 });
     assert_err!(err(&shard(1, 1, 1, &["a"])), GgufError::SplitIndexOutOfRange { no: 1, count: 1 });
@@ -789,14 +751,8 @@ fn split_single_file() {
 
 #[test]
 fn split_shards() {
-    assert_err!(
-        model_err(&case::split_count_mismatch()),
-        GgufError::SplitCountMismatch { shard: 1, expected: 2, found: 3 }
-    );
-    assert_err!(
-        model_err(&case::split_tensor_total_mismatch()),
-        GgufError::SplitTensorTotalMismatch { shard: 1, expected: 2, found: 3 }
-    );
+    assert_err!(model_err(&case::split_count_mismatch()), GgufError::SplitCountMismatch { shard: 1, expected: 2, found: 3 });
+    assert_err!(model_err(&case::split_tensor_total_mismatch()), GgufError::SplitTensorTotalMismatch { shard: 1, expected: 2, found: 3 });
     assert_err!(model_err(&case::split_missing_shard()), GgufError::MissingShard { no: 1, count: 3 });
     assert_err!(model_err(&case::split_missing_last_shard()), GgufError::MissingShard { no: 2, count: 3 });
     assert_err!(model_err(&case::split_duplicate_shard()), GgufError::DuplicateShard { no: 0 });
@@ -804,16 +760,10 @@ fn split_shards() {
         model_err(&case::split_duplicate_tensor()),
         GgufError::DuplicateTensor { name, shard: Some(1) } if name == "x"
     );
-    assert_err!(
-        model_err(&case::split_tensor_count_mismatch()),
-        GgufError::SplitTensorCountMismatch { expected: 3, found: 2 }
-    );
+    assert_err!(model_err(&case::split_tensor_count_mismatch()), GgufError::SplitTensorCountMismatch { expected: 3, found: 2 });
     // A plain file mixed into a split.
     let plain = split_file(vec![], &["b"]);
-    assert_err!(
-        model_err(&[shard(0, 2, 2, &["a"]), plain]),
-        GgufError::SplitCountMismatch { shard: 0, expected: 2, found: 1 }
-    );
+    assert_err!(model_err(&[shard(0, 2, 2, &["a"]), plain]), GgufError::SplitCountMismatch { shard: 0, expected: 2, found: 1 });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -871,14 +821,9 @@ fn corpus_fixtures_are_current() {
                 std::fs::create_dir_all(path.parent().unwrap()).unwrap();
                 std::fs::write(path, bytes).unwrap();
             } else {
-                let on_disk = std::fs::read(path).unwrap_or_else(|e| {
-                    panic!("{}: {e}; regenerate with WEBGGUF_REGEN_CORPUS=1 (see the top of this file)", path.display())
-                });
-                assert!(
-                    on_disk == *bytes,
-                    "{} is stale; regenerate with WEBGGUF_REGEN_CORPUS=1 (see the top of this file)",
-                    path.display()
-                );
+                let on_disk = std::fs::read(path)
+                    .unwrap_or_else(|e| panic!("{}: {e}; regenerate with WEBGGUF_REGEN_CORPUS=1 (see the top of this file)", path.display()));
+                assert!(on_disk == *bytes, "{} is stale; regenerate with WEBGGUF_REGEN_CORPUS=1 (see the top of this file)", path.display());
             }
         }
     }
@@ -922,10 +867,7 @@ fn replay_malformed_corpus() {
     for path in entries {
         let name = path.file_name().unwrap().to_str().unwrap();
         let stem = name.strip_suffix(".gguf.bin").unwrap_or(name).to_owned();
-        let class = CORPUS
-            .iter()
-            .find(|c| c.name == stem)
-            .unwrap_or_else(|| panic!("{}: no class named {stem:?} in the mapping table", path.display()));
+        let class = CORPUS.iter().find(|c| c.name == stem).unwrap_or_else(|| panic!("{}: no class named {stem:?} in the mapping table", path.display()));
         let limits = (class.limits)();
         let shards: Vec<PathBuf> = if path.is_dir() {
             let mut s: Vec<_> = std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()).collect();
@@ -1006,18 +948,8 @@ fn every_value_type() -> Vec<(&'static str, Value)> {
         ("a.i64", Value::Array(Array::I64(vec![i64::MIN, i64::MAX]))),
         ("a.f64", Value::Array(Array::F64(vec![1.0, -2.5]))),
         ("a.empty", Value::Array(Array::F32(vec![]))),
-        (
-            "a.nested2",
-            Value::Array(Array::Array(vec![
-                Array::U32(vec![1, 2, 3]),
-                Array::String(vec!["a".into(), "bc".into()]),
-                Array::Bool(vec![]),
-            ])),
-        ),
-        (
-            "a.nested3",
-            Value::Array(Array::Array(vec![Array::Array(vec![Array::I64(vec![-1]), Array::Array(vec![])])])),
-        ),
+        ("a.nested2", Value::Array(Array::Array(vec![Array::U32(vec![1, 2, 3]), Array::String(vec!["a".into(), "bc".into()]), Array::Bool(vec![])]))),
+        ("a.nested3", Value::Array(Array::Array(vec![Array::Array(vec![Array::I64(vec![-1]), Array::Array(vec![])])]))),
         ("a.empty_nested", Value::Array(Array::Array(vec![]))),
     ]
 }
@@ -1032,8 +964,7 @@ fn rich_file() -> (Vec<u8>, GgufBuilder) {
     b.tensor("blk.0.attn_q.weight", &[64, 2], GgmlType::Q8_0);
     b.tensor("output_norm.weight", &[16], GgmlType::F32);
     b.tensor("blk.0.ffn_up.weight", &[8, 4], GgmlType::F16);
-    let data: Vec<Vec<u8>> =
-        b.tensor_bytes().iter().enumerate().map(|(i, n)| noise(n.unwrap() as usize, i as u64 + 1)).collect();
+    let data: Vec<Vec<u8>> = b.tensor_bytes().iter().enumerate().map(|(i, n)| noise(n.unwrap() as usize, i as u64 + 1)).collect();
     let bytes = b.to_bytes(&data.iter().map(|d| d.as_slice()).collect::<Vec<_>>());
     (bytes, b)
 }
@@ -1091,13 +1022,7 @@ fn valid_split_assembles() {
     let model = GgufModel::new(headers).unwrap();
     assert_eq!(model.shards.len(), 3);
     assert_eq!(model.metadata().get_u64(KEY_SPLIT_NO).unwrap(), Some(0));
-    for (name, want) in [
-        ("token_embd.weight", 0),
-        ("blk.0.attn_q.weight", 0),
-        ("blk.0.ffn_up.weight", 1),
-        ("blk.1.attn_q.weight", 2),
-        ("output.weight", 2),
-    ] {
+    for (name, want) in [("token_embd.weight", 0), ("blk.0.attn_q.weight", 0), ("blk.0.ffn_up.weight", 1), ("blk.1.attn_q.weight", 2), ("output.weight", 2)] {
         let (s, t) = model.tensor(name).unwrap_or_else(|| panic!("{name} not found"));
         assert_eq!((s, t.name.as_str(), t.shape.as_slice()), (want, name, &[4u64][..]));
         // The tensor's bytes are inside its own shard.
@@ -1145,9 +1070,7 @@ fn every_prefix_of_a_valid_file() {
     let mut max_need = 0;
     for n in 0..=bytes.len() {
         let prefix = &bytes[..n];
-        let r = catch_unwind(|| {
-            (parse_header(prefix, None, &limits), parse_header(prefix, Some(n as u64), &limits))
-        });
+        let r = catch_unwind(|| (parse_header(prefix, None, &limits), parse_header(prefix, Some(n as u64), &limits)));
         let (unknown, known) = r.unwrap_or_else(|_| panic!("panic at prefix {n}"));
 
         // Size unknown: NeedMore beyond the prefix until the header is complete, then Header.
@@ -1173,10 +1096,7 @@ fn every_prefix_of_a_valid_file() {
             Ok(Parsed::NeedMore { total }) => panic!("size known, prefix {n}: NeedMore {{ total: {total} }}"),
             Err(e) => {
                 assert!((n as u64) < data_end, "prefix {n} holds all data but fails: {e:?}");
-                assert!(
-                    matches!(e, GgufError::Truncated { .. } | GgufError::CountsExceedFile { .. } | GgufError::TensorPastEnd { .. }),
-                    "prefix {n}: {e:?}"
-                );
+                assert!(matches!(e, GgufError::Truncated { .. } | GgufError::CountsExceedFile { .. } | GgufError::TensorPastEnd { .. }), "prefix {n}: {e:?}");
             }
         }
     }

@@ -4,8 +4,8 @@
 //! (`cargo test --test oracle_cpu -- --nocapture`).
 
 use serde_json::Value;
-use webgguf::engine::{Session, SessionOptions};
 use webgguf::cpu::Kernels;
+use webgguf::engine::{Session, SessionOptions};
 use webgguf::kv_cache::KvType;
 use webgguf::model::CpuBackend;
 use webgguf_tests::{argmax, fixtures_dir, ids, model_path, top2, use_all_cores};
@@ -81,7 +81,12 @@ fn teacher_forced(s: &mut Session<CpuBackend>, o: &Value) -> Agreement {
                     let t1 = top["ids"][1].as_u64().expect("id") as usize;
                     a.misses.push(format!(
                         "pos {pos}/{}: llama.cpp {want} {:.3} > {t1} {:.3}; ours {:.3} vs {:.3}, our top {ours} {:.3}",
-                        seq.len(), l[0], l[1], row[want as usize], row[t1], row[ours as usize]
+                        seq.len(),
+                        l[0],
+                        l[1],
+                        row[want as usize],
+                        row[t1],
+                        row[ours as usize]
                     ));
                 }
             }
@@ -150,10 +155,7 @@ fn check_model(name: &str) {
 
     let a = teacher_forced(&mut s, &o);
     let (all, conf) = (Agreement::rate(a.all), Agreement::rate(a.confident));
-    println!(
-        "{name}: teacher-forced top-1 agreement {:.4} over all {} positions, {:.4} over {} with margin >= 0.1",
-        all, a.all.1, conf, a.confident.1
-    );
+    println!("{name}: teacher-forced top-1 agreement {:.4} over all {} positions, {:.4} over {} with margin >= 0.1", all, a.all.1, conf, a.confident.1);
     println!("{name}: mean |logit difference| over the oracle's top-10: {:.5}", a.diff.0 / a.diff.1.max(1) as f64);
     for m in &a.misses {
         println!("{name}: miss at {m}");
@@ -297,15 +299,7 @@ fn kv_agreement_on(name: &str, what: &str, seqs: &[Vec<u32>], kernels: Kernels, 
     let tops = |kv, kv_recent| {
         let mut s = session_with(name, SessionOptions { kv, n_ctx: 1024, kv_recent }, kernels);
         let n_vocab = s.model.config.n_vocab;
-        seqs.iter()
-            .flat_map(|seq| {
-                s.logits_all(seq)
-                    .expect("forward")
-                    .chunks_exact(n_vocab)
-                    .map(top2)
-                    .collect::<Vec<_>>()
-            })
-            .collect::<Vec<(u32, f32)>>()
+        seqs.iter().flat_map(|seq| s.logits_all(seq).expect("forward").chunks_exact(n_vocab).map(top2).collect::<Vec<_>>()).collect::<Vec<(u32, f32)>>()
     };
     let base = tops(KvType::F32, 0);
     let mut failures = Vec::new();
@@ -340,7 +334,11 @@ fn smollm2_quantized_kv_agrees_with_f32() {
 
 #[test]
 fn gemma3_quantized_kv_agrees_with_f32() {
-    kv_agreement(GEMMA, Kernels::best(), &[(KvType::F16, 0, 0.94, 0.96), (KvType::Q8, R, 0.94, 0.96), (KvType::Q4, R, 0.94, 0.96), (KvType::Q4, 0, 0.91, 0.93)]);
+    kv_agreement(
+        GEMMA,
+        Kernels::best(),
+        &[(KvType::F16, 0, 0.94, 0.96), (KvType::Q8, R, 0.94, 0.96), (KvType::Q4, R, 0.94, 0.96), (KvType::Q4, 0, 0.91, 0.93)],
+    );
 }
 
 /// The targets (q8 ≥ 98 %, q4 ≥ 95 % over all positions) on the arithmetic without
@@ -354,7 +352,11 @@ fn smollm2_quantized_kv_agrees_with_f32_float_kernels() {
 
 #[test]
 fn gemma3_quantized_kv_agrees_with_f32_float_kernels() {
-    kv_agreement(GEMMA, Kernels::Float, &[(KvType::F16, 0, 0.99, 0.99), (KvType::Q8, 0, 0.98, 0.995), (KvType::Q4, R, 0.95, 0.97), (KvType::Q4, 0, 0.90, 0.93)]);
+    kv_agreement(
+        GEMMA,
+        Kernels::Float,
+        &[(KvType::F16, 0, 0.99, 0.99), (KvType::Q8, 0, 0.98, 0.995), (KvType::Q4, R, 0.95, 0.97), (KvType::Q4, 0, 0.90, 0.93)],
+    );
 }
 
 /// The same on text longer than the copies: GPL-3's first 1024 tokens in two windows of 512

@@ -32,10 +32,7 @@ fn read(path: PathBuf) -> Vec<u8> {
 fn read_f32(path: PathBuf) -> Vec<f32> {
     let bytes = read(path);
     assert_eq!(bytes.len() % 4, 0);
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 fn cases() -> Vec<Case> {
@@ -43,11 +40,7 @@ fn cases() -> Vec<Case> {
     let list = index["cases"].as_array().expect("index.json has a cases array");
     list.iter()
         .map(|c| {
-            let field = |k: &str| {
-                c[k].as_str()
-                    .unwrap_or_else(|| panic!("case {c}: no string {k}"))
-                    .to_string()
-            };
+            let field = |k: &str| c[k].as_str().unwrap_or_else(|| panic!("case {c}: no string {k}")).to_string();
             let ty_name = field("type");
             Case {
                 name: field("case"),
@@ -67,31 +60,13 @@ fn packed_len(ty: GgmlType, n: usize) -> usize {
 
 /// Describes the first few differing elements.
 fn diff_f32(got: &[f32], want: &[f32]) -> Option<String> {
-    let bad: Vec<usize> = (0..want.len())
-        .filter(|&i| got[i].to_bits() != want[i].to_bits())
-        .collect();
+    let bad: Vec<usize> = (0..want.len()).filter(|&i| got[i].to_bits() != want[i].to_bits()).collect();
     if bad.is_empty() {
         return None;
     }
-    let shown: Vec<String> = bad
-        .iter()
-        .take(6)
-        .map(|&i| {
-            format!(
-                "[{i}] got {:e} ({:#010x}) want {:e} ({:#010x})",
-                got[i],
-                got[i].to_bits(),
-                want[i],
-                want[i].to_bits()
-            )
-        })
-        .collect();
-    Some(format!(
-        "{} of {} elements differ: {}",
-        bad.len(),
-        want.len(),
-        shown.join(", ")
-    ))
+    let shown: Vec<String> =
+        bad.iter().take(6).map(|&i| format!("[{i}] got {:e} ({:#010x}) want {:e} ({:#010x})", got[i], got[i].to_bits(), want[i], want[i].to_bits())).collect();
+    Some(format!("{} of {} elements differ: {}", bad.len(), want.len(), shown.join(", ")))
 }
 
 fn diff_bytes(ty: GgmlType, got: &[u8], want: &[u8]) -> Option<String> {
@@ -99,25 +74,9 @@ fn diff_bytes(ty: GgmlType, got: &[u8], want: &[u8]) -> Option<String> {
     if bad.is_empty() {
         return None;
     }
-    let shown: Vec<String> = bad
-        .iter()
-        .take(6)
-        .map(|&i| {
-            format!(
-                "block {} byte {}: got {:#04x} want {:#04x}",
-                i / ty.type_size(),
-                i % ty.type_size(),
-                got[i],
-                want[i]
-            )
-        })
-        .collect();
-    Some(format!(
-        "{} of {} bytes differ: {}",
-        bad.len(),
-        want.len(),
-        shown.join(", ")
-    ))
+    let shown: Vec<String> =
+        bad.iter().take(6).map(|&i| format!("block {} byte {}: got {:#04x} want {:#04x}", i / ty.type_size(), i % ty.type_size(), got[i], want[i])).collect();
+    Some(format!("{} of {} bytes differ: {}", bad.len(), want.len(), shown.join(", ")))
 }
 
 fn check(ty: GgmlType, op: &str) {
@@ -152,11 +111,7 @@ fn check(ty: GgmlType, op: &str) {
             failures.push(format!("{} ({}): {p}", c.name, c.source));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{ty} {op} differs from gguf-py:\n  {}",
-        failures.join("\n  ")
-    );
+    assert!(failures.is_empty(), "{ty} {op} differs from gguf-py:\n  {}", failures.join("\n  "));
 }
 
 macro_rules! per_type {
@@ -199,20 +154,10 @@ fn index_is_fully_covered() {
     names.dedup();
     assert_eq!(names.len(), all.len(), "duplicate case names");
     for c in &all {
-        assert!(
-            COVERED.contains(&(c.ty, c.op.as_str())),
-            "{}: no test runs {} {}",
-            c.name,
-            c.ty,
-            c.op
-        );
+        assert!(COVERED.contains(&(c.ty, c.op.as_str())), "{}: no test runs {} {}", c.name, c.ty, c.op);
         let dir = quant_dir();
-        let bin = std::fs::metadata(dir.join(format!("{}.bin", c.name)))
-            .expect("bin exists")
-            .len();
-        let f32s = std::fs::metadata(dir.join(format!("{}.f32", c.name)))
-            .expect("f32 exists")
-            .len();
+        let bin = std::fs::metadata(dir.join(format!("{}.bin", c.name))).expect("bin exists").len();
+        let f32s = std::fs::metadata(dir.join(format!("{}.f32", c.name))).expect("f32 exists").len();
         assert_eq!(bin as usize, packed_len(c.ty, c.n), "{}", c.name);
         assert_eq!(f32s as usize, 4 * c.n, "{}", c.name);
     }

@@ -7,11 +7,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use webgguf::model::CpuBackend;
 use webgguf::engine::{Session, SessionOptions};
 use webgguf::gguf::writer::GgufBuilder;
 use webgguf::gguf::{self, Array, GgufHeader, Limits, Value};
 use webgguf::kv_cache::KvType;
+use webgguf::model::CpuBackend;
 use webgguf::quant::{dequantize_row, quantize_row, GgmlType};
 use webgguf::quantize::{quantize_file, FileType, MixOptions, QuantizeError, QuantizeOptions};
 use webgguf_tests::{rng, TempDir};
@@ -119,12 +119,7 @@ for path in sys.argv[1:]:
     out[path] = {"file_type": int(ft.parts[ft.data[0]][0]), "tensors": ts}
 json.dump(out, sys.stdout)
 "#;
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(files)
-        .output()
-        .expect("python3 (with the `gguf` package: pip install gguf, as .ci/run does)");
+    let o = Command::new("python3").arg("-c").arg(script).args(files).output().expect("python3 (with the `gguf` package: pip install gguf, as .ci/run does)");
     assert!(o.status.success(), "gguf-py failed (pip install gguf, as .ci/run does):\n{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).expect("gguf-py output")
 }

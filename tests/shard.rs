@@ -97,11 +97,8 @@ fn check_split(input: &Path, dir: &Path, m: &Manifest, max: u64) -> Vec<usize> {
         } else {
             assert!(model_md.is_empty(), "shard {no} carries model metadata");
         }
-        let want = [
-            (KEY_SPLIT_NO, Value::U16(no as u16)),
-            (KEY_SPLIT_TENSORS_COUNT, Value::I32(h.tensors.len() as i32)),
-            (KEY_SPLIT_COUNT, Value::U16(count as u16)),
-        ];
+        let want =
+            [(KEY_SPLIT_NO, Value::U16(no as u16)), (KEY_SPLIT_TENSORS_COUNT, Value::I32(h.tensors.len() as i32)), (KEY_SPLIT_COUNT, Value::U16(count as u16))];
         let want: Vec<(&str, &Value)> = want.iter().map(|(k, v)| (*k, v)).collect();
         assert_eq!(split_md, &want[..], "shard {no}");
         // Shard 0 states the input's alignment; later shards use the default.
@@ -146,8 +143,7 @@ fn real_model_in_40m_shards() {
     let dir = TempDir::new("shard-smol");
     let max = shard_writer::parse_max_size("40M").unwrap();
     let mut seen = Vec::new();
-    let m = shard_writer::write_shards_with_progress(&input, max, &dir.0, &mut |w| seen.push((w.no, w.count, w.tensors, w.shard.clone())))
-        .unwrap();
+    let m = shard_writer::write_shards_with_progress(&input, max, &dir.0, &mut |w| seen.push((w.no, w.count, w.tensors, w.shard.clone()))).unwrap();
     assert!(m.shards.len() >= 3, "{} shards", m.shards.len());
     let per_shard = check_split(&input, &dir.0, &m, max);
     assert_eq!(seen.iter().map(|s| s.2).collect::<Vec<_>>(), per_shard);
@@ -174,12 +170,8 @@ fn synthetic(alignment: Option<u32>) -> Vec<u8> {
         .tensor("c", &[32, 3], GgmlType::Q8_0)
         .tensor("d", &[8, 1], GgmlType::F16)
         .tensor("e", &[10], GgmlType::F32);
-    let data: Vec<Vec<u8>> = b
-        .tensor_bytes()
-        .iter()
-        .enumerate()
-        .map(|(t, n)| (0..n.unwrap()).map(|i| ((i * 31 + t as u64 * 7) % 251) as u8).collect())
-        .collect();
+    let data: Vec<Vec<u8>> =
+        b.tensor_bytes().iter().enumerate().map(|(t, n)| (0..n.unwrap()).map(|i| ((i * 31 + t as u64 * 7) % 251) as u8).collect()).collect();
     let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
     b.to_bytes(&refs)
 }
@@ -200,7 +192,9 @@ fn synthetic_split_rule_and_big_tensors() {
     assert_eq!(check_split(&input, &out, &m, 512), vec![1, 1, 3]);
     assert_eq!(m.model.file_type.as_deref(), Some("Q8_0"));
     // The trailing 1 of d is dropped, as ggml_n_dims does.
-    let model = webgguf::loader::read_headers(&[out.join("tiny-00003-of-00003.gguf"), out.join("tiny-00001-of-00003.gguf"), out.join("tiny-00002-of-00003.gguf")]).unwrap();
+    let model =
+        webgguf::loader::read_headers(&[out.join("tiny-00003-of-00003.gguf"), out.join("tiny-00001-of-00003.gguf"), out.join("tiny-00002-of-00003.gguf")])
+            .unwrap();
     assert_eq!(model.tensor("d").unwrap().1.shape, vec![8]);
 
     // The first tensor over the limit gets its own shard too (gguf-split would stop with

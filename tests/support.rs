@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-
 /// `tests/fixtures/`, the committed test data (independent of the working directory).
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -18,21 +17,14 @@ pub fn gpl3_text() -> String {
 
 /// The workspace root (the directory holding `models/`, `tests/`, `runtime/`).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// Path of a real model under the workspace's `models/`. Panics when it is missing: tests that
 /// need a real model fail rather than skip (fetch them with `pkg-scripts/fetch-models`).
 pub fn model_path(name: &str) -> PathBuf {
     let p = workspace_root().join("models").join(name);
-    assert!(
-        p.is_file(),
-        "model {} is missing: run pkg-scripts/fetch-models (tests never skip a missing model)",
-        p.display()
-    );
+    assert!(p.is_file(), "model {} is missing: run pkg-scripts/fetch-models (tests never skip a missing model)", p.display());
     p
 }
 
@@ -44,11 +36,7 @@ pub fn use_all_cores() {
 
 /// Token ids of a JSON array (oracle files).
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("an id array")
-        .iter()
-        .map(|x| u32::try_from(x.as_u64().expect("an id")).expect("an id fits u32"))
-        .collect()
+    v.as_array().expect("an id array").iter().map(|x| u32::try_from(x.as_u64().expect("an id")).expect("an id fits u32")).collect()
 }
 
 /// The top token of a row of logits (lowest id among ties) and its margin over the runner-up.

@@ -251,9 +251,7 @@ fn timings() {
         let t = Instant::now();
         let special = tok.tokenize(&text, false, true).expect("tokenize").len();
         let tok_special = t.elapsed();
-        eprintln!(
-            "{name}: build {build:?}; GPL-3 {plain} tokens in {tok_plain:?}, with special parsing {special} tokens in {tok_special:?}"
-        );
+        eprintln!("{name}: build {build:?}; GPL-3 {plain} tokens in {tok_plain:?}, with special parsing {special} tokens in {tok_special:?}");
         // Generous bounds for a loaded shared machine; the numbers above are the measurement.
         assert!(build.as_secs_f64() < 5.0 && tok_plain.as_secs_f64() < 5.0 && tok_special.as_secs_f64() < 5.0);
     }
@@ -308,7 +306,9 @@ fn llama_cpp_corpus() {
                 let got = tok.tokenize(text, add_special, parse_special).unwrap_or_else(|e| panic!("{name} {text:?}: {e}"));
                 total += 1;
                 if got != want {
-                    bad.push(format!("  {name} {text:?} add_special={add_special} parse_special={parse_special}\n    llama.cpp {want:?}\n    ours      {got:?}"));
+                    bad.push(format!(
+                        "  {name} {text:?} add_special={add_special} parse_special={parse_special}\n    llama.cpp {want:?}\n    ours      {got:?}"
+                    ));
                 }
             }
             let want = match row[4].as_str() {

@@ -7,15 +7,9 @@ use webgguf::cpu::{self, QMatrix, Scratch};
 use webgguf::quant::{quantize_row, GgmlType};
 
 fn main() {
-    let threads: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
+    let threads: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1);
     cpu::set_num_threads(threads);
-    println!(
-        "kernels: {}, threads: {threads}",
-        cpu::Kernels::best().name()
-    );
+    println!("kernels: {}, threads: {threads}", cpu::Kernels::best().name());
     let types = GgmlType::WEIGHT_TYPES;
     let mut seed = 0x1234_5678_u64;
     let mut rnd = move || {
@@ -26,11 +20,7 @@ fn main() {
     };
     for ty in types {
         // SmolLM2-like FFN shape: 1536 rows of 576 (768 for the 256-blocks).
-        let (rows, cols) = if ty.block_size() == 256 {
-            (1536, 768)
-        } else {
-            (1536, 576)
-        };
+        let (rows, cols) = if ty.block_size() == 256 { (1536, 768) } else { (1536, 576) };
         let rb = ty.row_bytes(cols as u64).expect("whole blocks") as usize;
         let mut data = vec![0u8; rb * rows];
         for r in 0..rows {

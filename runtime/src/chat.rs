@@ -232,10 +232,7 @@ impl ChatTemplate {
             ctx.insert("eos_token", Value::from(e.as_str()));
         }
         if let Some(now) = self.now() {
-            ctx.insert(
-                "strftime_now",
-                Value::from_function(move |fmt: String| -> Result<String, minijinja::Error> { Ok(strftime(&fmt, now)) }),
-            );
+            ctx.insert("strftime_now", Value::from_function(move |fmt: String| -> Result<String, minijinja::Error> { Ok(strftime(&fmt, now)) }));
         }
         let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| ChatError::Render { message: e.to_string() })?;
         tmpl.render(Value::from(ctx)).map_err(|e| self.render_error(e))
@@ -251,9 +248,7 @@ impl ChatTemplate {
         }
         match e.kind() {
             ErrorKind::OutOfFuel => ChatError::OutOfFuel { fuel: self.fuel },
-            ErrorKind::InvalidOperation if e.detail() == Some("recursion limit exceeded") => {
-                ChatError::RecursionLimit { limit: RECURSION_LIMIT }
-            }
+            ErrorKind::InvalidOperation if e.detail() == Some("recursion limit exceeded") => ChatError::RecursionLimit { limit: RECURSION_LIMIT },
             _ => ChatError::Render { message: e.to_string() },
         }
     }
@@ -312,8 +307,7 @@ fn sandbox_env(fuel: u64, source: String) -> Result<Environment<'static>, ChatEr
         Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg.clone()).with_source(RaisedException(msg)))
     });
     env.add_filter("tojson", tojson);
-    env.add_template_owned(TEMPLATE_NAME, source)
-        .map_err(|e| ChatError::TemplateSyntax { message: e.to_string() })?;
+    env.add_template_owned(TEMPLATE_NAME, source).map_err(|e| ChatError::TemplateSyntax { message: e.to_string() })?;
     Ok(env)
 }
 
@@ -343,9 +337,7 @@ fn python_methods(state: &mut State, value: &Value, method: &str, args: &[Value]
 fn python_formatter(out: &mut minijinja::Output, state: &mut State, value: &Value) -> Result<(), minijinja::Error> {
     match value.kind() {
         ValueKind::None => out.write_str("None").map_err(|_| minijinja::Error::from(ErrorKind::WriteFailure)),
-        ValueKind::Bool => out
-            .write_str(if value.is_true() { "True" } else { "False" })
-            .map_err(|_| minijinja::Error::from(ErrorKind::WriteFailure)),
+        ValueKind::Bool => out.write_str(if value.is_true() { "True" } else { "False" }).map_err(|_| minijinja::Error::from(ErrorKind::WriteFailure)),
         _ => minijinja::escape_formatter(out, state, value),
     }
 }
@@ -497,12 +489,7 @@ fn write_json(state: &State, out: &mut String, meter: &mut Meter, v: &Value, o: 
             newline_indent(out, o, depth);
             out.push(']');
         }
-        _ => {
-            return Err(minijinja::Error::new(
-                ErrorKind::InvalidOperation,
-                format!("tojson: object of kind {} is not JSON serializable", v.kind()),
-            ))
-        }
+        _ => return Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: object of kind {} is not JSON serializable", v.kind()))),
     }
     Ok(())
 }
@@ -783,7 +770,16 @@ mod tests {
 
     #[test]
     fn python_float_repr_cases() {
-        for (f, s) in [(1.0, "1.0"), (0.1, "0.1"), (1e16, "1e+16"), (123456.789, "123456.789"), (0.0001, "0.0001"), (0.00001, "1e-05"), (-2.5e-7, "-2.5e-07"), (1.5e300, "1.5e+300")] {
+        for (f, s) in [
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (1e16, "1e+16"),
+            (123456.789, "123456.789"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (-2.5e-7, "-2.5e-07"),
+            (1.5e300, "1.5e+300"),
+        ] {
             assert_eq!(python_float_repr(f), s, "{f}");
         }
     }
@@ -880,9 +876,7 @@ mod tests {
     #[test]
     fn realistic_long_conversation_fits_the_default_fuel() {
         let content = "lorem ipsum dolor sit amet ".repeat(40); // ~1 KB
-        let conv: Vec<ChatMessage> = (0..2000)
-            .map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, content.clone()))
-            .collect();
+        let conv: Vec<ChatMessage> = (0..2000).map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, content.clone())).collect();
         let out = tmpl(QWEN2).apply(&conv, true).unwrap();
         assert!(out.len() > 2_000_000);
     }

@@ -77,7 +77,19 @@ impl<B: Backend> Session<B> {
         let n_ctx = options.n_ctx.min(model.config.n_ctx_train.max(1)).max(1);
         let options = SessionOptions { n_ctx, ..options };
         let cache = backend.new_cache(&model.config, options.kv, n_ctx, options.kv_recent)?;
-        Ok(Session { backend, model, cache, options, n_past: 0, peak_past: 0, prefill_ms: 0.0, prefill_tokens: 0, step_ms: Vec::new(), ttft_ms: 0.0, generated: 0 })
+        Ok(Session {
+            backend,
+            model,
+            cache,
+            options,
+            n_past: 0,
+            peak_past: 0,
+            prefill_ms: 0.0,
+            prefill_tokens: 0,
+            step_ms: Vec::new(),
+            ttft_ms: 0.0,
+            generated: 0,
+        })
     }
 
     pub fn options(&self) -> SessionOptions {
@@ -209,8 +221,7 @@ impl<B: Backend> Session<B> {
         };
         let rate = |n: usize, ms: f64| if ms > 0.0 { n as f64 / (ms / 1e3) } else { 0.0 };
         let c = &self.model.config;
-        let per_pos = self.options.kv.bytes_for((c.n_kv_heads * c.head_dim_k) as u64)
-            + self.options.kv.bytes_for((c.n_kv_heads * c.head_dim_v) as u64);
+        let per_pos = self.options.kv.bytes_for((c.n_kv_heads * c.head_dim_k) as u64) + self.options.kv.bytes_for((c.n_kv_heads * c.head_dim_v) as u64);
         let per_pos = per_pos * c.n_layers as u64;
         let o = &self.options;
         let (width_k, width_v) = ((c.n_kv_heads * c.head_dim_k) as u64, (c.n_kv_heads * c.head_dim_v) as u64);
@@ -384,7 +395,15 @@ impl<B: Backend> Session<B> {
     /// stop conditions (end tokens, stop strings — never handed out — and max_tokens), and
     /// returns the text now safe to show: never part of a UTF-8 character or of a stop string.
     /// `aborted` ends the generation before sampling.
-    pub fn take(&mut self, gen: &mut TextGen, next: Next, tokenizer: &Tokenizer, sampler: &mut Sampler, stop: &StopConditions, aborted: bool) -> Result<String, EngineError> {
+    pub fn take(
+        &mut self,
+        gen: &mut TextGen,
+        next: Next,
+        tokenizer: &Tokenizer,
+        sampler: &mut Sampler,
+        stop: &StopConditions,
+        aborted: bool,
+    ) -> Result<String, EngineError> {
         gen.prefill = false;
         gen.pending.clear();
         if gen.finish.is_some() {
@@ -436,13 +455,7 @@ impl<B: Backend> Session<B> {
 
     /// The finished (or abandoned) generation with this session's stats.
     pub fn finish_text(&self, gen: TextGen) -> Generation {
-        Generation {
-            prompt_ids: gen.prompt_ids,
-            ids: gen.ids,
-            text: gen.text,
-            finish_reason: gen.finish.unwrap_or(FinishReason::Abort),
-            stats: self.stats(),
-        }
+        Generation { prompt_ids: gen.prompt_ids, ids: gen.ids, text: gen.text, finish_reason: gen.finish.unwrap_or(FinishReason::Abort), stats: self.stats() }
     }
 
     /// Generates text for `prompt_ids` from an empty conversation: samples with `sampler`,

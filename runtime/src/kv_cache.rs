@@ -34,9 +34,7 @@
 //! lost in that rounding's noise (see `Kernels::Float`).
 
 use crate::error::KvError;
-use crate::quant::{
-    ggml_fp32_to_fp16, quantize_row_q4_0_ref, quantize_row_q8_0_ref, BlockQ4_0, BlockQ8_0, GgmlType,
-};
+use crate::quant::{ggml_fp32_to_fp16, quantize_row_q4_0_ref, quantize_row_q8_0_ref, BlockQ4_0, BlockQ8_0, GgmlType};
 use bytemuck::Zeroable;
 use serde::Serialize;
 
@@ -310,8 +308,7 @@ fn push_f16(dst: &mut Vec<u8>, src: &[f32]) {
 
 fn alloc_zeroed(bytes: usize) -> Result<Vec<u8>, KvError> {
     let mut v = Vec::new();
-    v.try_reserve_exact(bytes)
-        .map_err(|_| KvError::AllocFailed { bytes })?;
+    v.try_reserve_exact(bytes).map_err(|_| KvError::AllocFailed { bytes })?;
     v.resize(bytes, 0);
     Ok(v)
 }
@@ -319,14 +316,7 @@ fn alloc_zeroed(bytes: usize) -> Result<Vec<u8>, KvError> {
 impl KvCache {
     /// Allocates a zeroed cache. Sizes are checked (no overflow, head dims multiples of 32 for
     /// quantized types) before anything is allocated; allocation failure is an error, not an abort.
-    pub fn new(
-        ty: KvType,
-        n_layers: usize,
-        n_ctx: usize,
-        n_kv_heads: usize,
-        head_dim_k: usize,
-        head_dim_v: usize,
-    ) -> Result<Self, KvError> {
+    pub fn new(ty: KvType, n_layers: usize, n_ctx: usize, n_kv_heads: usize, head_dim_k: usize, head_dim_v: usize) -> Result<Self, KvError> {
         for (what, v) in [
             ("layer count", n_layers),
             ("context length", n_ctx),
@@ -339,30 +329,14 @@ impl KvCache {
             }
         }
         check_head_dims(ty, head_dim_k, head_dim_v)?;
-        let overflow = KvError::SizeOverflow {
-            n_layers,
-            n_ctx,
-            n_kv_heads,
-        };
-        let rows = n_layers
-            .checked_mul(n_ctx)
-            .and_then(|r| r.checked_mul(n_kv_heads))
-            .ok_or(overflow.clone())?;
-        let k_row = head_dim_k
-            .checked_mul(4)
-            .map(|_| ty.row_bytes(head_dim_k))
-            .ok_or(overflow.clone())?;
-        let v_row = head_dim_v
-            .checked_mul(4)
-            .map(|_| ty.row_bytes(head_dim_v))
-            .ok_or(overflow.clone())?;
+        let overflow = KvError::SizeOverflow { n_layers, n_ctx, n_kv_heads };
+        let rows = n_layers.checked_mul(n_ctx).and_then(|r| r.checked_mul(n_kv_heads)).ok_or(overflow.clone())?;
+        let k_row = head_dim_k.checked_mul(4).map(|_| ty.row_bytes(head_dim_k)).ok_or(overflow.clone())?;
+        let v_row = head_dim_v.checked_mul(4).map(|_| ty.row_bytes(head_dim_v)).ok_or(overflow.clone())?;
         let k_bytes = rows.checked_mul(k_row).ok_or(overflow.clone())?;
         let v_bytes = rows.checked_mul(v_row).ok_or(overflow.clone())?;
         // Rust allocations are limited to isize::MAX bytes.
-        if k_bytes
-            .checked_add(v_bytes)
-            .is_none_or(|t| t > isize::MAX as usize)
-        {
+        if k_bytes.checked_add(v_bytes).is_none_or(|t| t > isize::MAX as usize) {
             return Err(overflow);
         }
         let k = alloc_zeroed(k_bytes)?;
@@ -483,32 +457,18 @@ impl KvCache {
     /// it sets the layer's [K offset](k_offset) from its K rows first.
     pub fn write_batch(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32]) -> Result<(), KvError> {
         if layer >= self.n_layers {
-            return Err(KvError::LayerOutOfRange {
-                layer,
-                n_layers: self.n_layers,
-            });
+            return Err(KvError::LayerOutOfRange { layer, n_layers: self.n_layers });
         }
         let (kw, vw) = (self.n_kv_heads * self.head_dim_k, self.n_kv_heads * self.head_dim_v);
         let n = k.len() / kw;
         if k.is_empty() || k.len() % kw != 0 {
-            return Err(KvError::RowLength {
-                what: "K",
-                expected: kw,
-                got: k.len(),
-            });
+            return Err(KvError::RowLength { what: "K", expected: kw, got: k.len() });
         }
         if v.len() != n * vw {
-            return Err(KvError::RowLength {
-                what: "V",
-                expected: n * vw,
-                got: v.len(),
-            });
+            return Err(KvError::RowLength { what: "V", expected: n * vw, got: v.len() });
         }
         if pos0.checked_add(n).is_none_or(|end| end > self.n_ctx) {
-            return Err(KvError::PositionOutOfRange {
-                pos: pos0.saturating_add(n - 1),
-                n_ctx: self.n_ctx,
-            });
+            return Err(KvError::PositionOutOfRange { pos: pos0.saturating_add(n - 1), n_ctx: self.n_ctx });
         }
         let ty = self.ty;
         self.keep_pending();
@@ -648,13 +608,7 @@ impl KvCache {
 }
 
 /// Encodes `src` (whole rows) into `dst` bytes in the format of `ty`.
-fn encode(
-    ty: KvType,
-    src: &[f32],
-    dst: &mut [u8],
-    tmp8: &mut Vec<BlockQ8_0>,
-    tmp4: &mut Vec<BlockQ4_0>,
-) {
+fn encode(ty: KvType, src: &[f32], dst: &mut [u8], tmp8: &mut Vec<BlockQ8_0>, tmp4: &mut Vec<BlockQ4_0>) {
     match ty {
         KvType::F32 => {
             for (d, &s) in dst.chunks_exact_mut(4).zip(src) {
@@ -772,29 +726,12 @@ mod tests {
 
     #[test]
     fn new_checks_sizes_before_allocating() {
-        assert_eq!(
-            KvCache::new(KvType::F32, 0, 8, 1, 64, 64).err(),
-            Some(KvError::ZeroSize {
-                what: "layer count"
-            })
-        );
-        assert!(matches!(
-            KvCache::new(KvType::Q8, 1, 8, 1, 48, 64),
-            Err(KvError::HeadDimNotGroupMultiple { head_dim: 48, .. })
-        ));
-        assert!(matches!(
-            KvCache::new(KvType::F32, usize::MAX / 2, 3, 1, 64, 64),
-            Err(KvError::SizeOverflow { .. })
-        ));
-        assert!(matches!(
-            KvCache::new(KvType::F32, 1 << 20, 1 << 20, 64, 256, 256),
-            Err(KvError::SizeOverflow { .. }) | Err(KvError::AllocFailed { .. })
-        ));
+        assert_eq!(KvCache::new(KvType::F32, 0, 8, 1, 64, 64).err(), Some(KvError::ZeroSize { what: "layer count" }));
+        assert!(matches!(KvCache::new(KvType::Q8, 1, 8, 1, 48, 64), Err(KvError::HeadDimNotGroupMultiple { head_dim: 48, .. })));
+        assert!(matches!(KvCache::new(KvType::F32, usize::MAX / 2, 3, 1, 64, 64), Err(KvError::SizeOverflow { .. })));
+        assert!(matches!(KvCache::new(KvType::F32, 1 << 20, 1 << 20, 64, 256, 256), Err(KvError::SizeOverflow { .. }) | Err(KvError::AllocFailed { .. })));
         let c = KvCache::new(KvType::Q4, 2, 16, 3, 64, 32).expect("small cache");
-        assert_eq!(
-            c.bytes() as u64,
-            KvType::Q4.bytes_for(2 * 16 * 3 * 64) + KvType::Q4.bytes_for(2 * 16 * 3 * 32)
-        );
+        assert_eq!(c.bytes() as u64, KvType::Q4.bytes_for(2 * 16 * 3 * 64) + KvType::Q4.bytes_for(2 * 16 * 3 * 32));
     }
 
     /// The bookkeeping of the f16 copies: which positions a batch hands to the slots, what is
@@ -950,50 +887,14 @@ mod tests {
     fn write_checks_ranges() {
         let mut c = KvCache::new(KvType::F16, 2, 4, 2, 32, 32).expect("cache");
         let r = vec![0.5f32; 64];
-        assert_eq!(
-            c.write(2, 0, &r, &r),
-            Err(KvError::LayerOutOfRange {
-                layer: 2,
-                n_layers: 2
-            })
-        );
-        assert_eq!(
-            c.write(0, 4, &r, &r),
-            Err(KvError::PositionOutOfRange { pos: 4, n_ctx: 4 })
-        );
-        assert_eq!(
-            c.write(0, 0, &r[..32], &r),
-            Err(KvError::RowLength {
-                what: "K",
-                expected: 64,
-                got: 32
-            })
-        );
-        assert_eq!(
-            c.write_batch(0, 0, &r, &r[..32]),
-            Err(KvError::RowLength {
-                what: "V",
-                expected: 64,
-                got: 32
-            })
-        );
-        assert_eq!(
-            c.write_batch(0, 0, &[], &[]),
-            Err(KvError::RowLength {
-                what: "K",
-                expected: 64,
-                got: 0
-            })
-        );
-        assert_eq!(
-            c.write(0, usize::MAX, &r, &r),
-            Err(KvError::PositionOutOfRange { pos: usize::MAX, n_ctx: 4 })
-        );
+        assert_eq!(c.write(2, 0, &r, &r), Err(KvError::LayerOutOfRange { layer: 2, n_layers: 2 }));
+        assert_eq!(c.write(0, 4, &r, &r), Err(KvError::PositionOutOfRange { pos: 4, n_ctx: 4 }));
+        assert_eq!(c.write(0, 0, &r[..32], &r), Err(KvError::RowLength { what: "K", expected: 64, got: 32 }));
+        assert_eq!(c.write_batch(0, 0, &r, &r[..32]), Err(KvError::RowLength { what: "V", expected: 64, got: 32 }));
+        assert_eq!(c.write_batch(0, 0, &[], &[]), Err(KvError::RowLength { what: "K", expected: 64, got: 0 }));
+        assert_eq!(c.write(0, usize::MAX, &r, &r), Err(KvError::PositionOutOfRange { pos: usize::MAX, n_ctx: 4 }));
         let three = vec![0.5f32; 3 * 64];
-        assert_eq!(
-            c.write_batch(0, 2, &three, &three),
-            Err(KvError::PositionOutOfRange { pos: 4, n_ctx: 4 })
-        );
+        assert_eq!(c.write_batch(0, 2, &three, &three), Err(KvError::PositionOutOfRange { pos: 4, n_ctx: 4 }));
         c.write(1, 2, &r, &r).expect("write");
         assert_eq!(c.n_pos(), 3);
         c.truncate(1);

@@ -728,7 +728,7 @@ mod tests {
         let mut l = vec![2.0, -1.0, 4.0, 1.0];
         apply_penalties(&mut l, &[3, 0, 1, 0], 3, 2.0, 0.0, 0.0, &mut scratch);
         assert_eq!(l, [1.0, -2.0, 4.0, 1.0]); // token 3 fell out of the window
-        // Frequency and presence: count·freq + present subtracted after repetition.
+                                              // Frequency and presence: count·freq + present subtracted after repetition.
         let mut l = vec![2.0, -1.0, 4.0, 1.0];
         apply_penalties(&mut l, &[0, 0, 2], -1, 1.0, 0.5, 0.25, &mut scratch);
         assert_eq!(l, [2.0 - 1.0 - 0.25, -1.0, 4.0 - 0.5 - 0.25, 1.0]);
@@ -977,7 +977,7 @@ mod tests {
         assert_eq!(u.scan_text("café", 0), TextScan::Continue { safe_len: 3 });
         assert_eq!(u.scan_text("caféé!", 0), TextScan::Stop { cut: 3, stop_index: 0 });
         assert_eq!(u.scan_text("café", 4), TextScan::Continue { safe_len: 3 }); // `from` mid-char is rounded down
-        // Empty stop strings are ignored.
+                                                                                // Empty stop strings are ignored.
         let e = StopConditions { stop_strings: vec![String::new()], ..Default::default() };
         assert_eq!(e.scan_text("abc", 0), TextScan::Continue { safe_len: 3 });
     }

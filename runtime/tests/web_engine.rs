@@ -57,9 +57,8 @@ async fn load(kv: &str) -> WasmEngine {
     let sink = events.clone();
     let on_progress = Closure::<dyn FnMut(JsValue)>::new(move |p: JsValue| sink.borrow_mut().push(p));
     let opts = options(&[("kv", kv.into()), ("contextLength", 256.into()), ("cache", false.into()), ("device", "cpu".into())]);
-    let engine = WasmEngine::load(model_url().into(), opts, Some(on_progress.as_ref().unchecked_ref::<js_sys::Function>().clone()))
-        .await
-        .expect("loading the model");
+    let engine =
+        WasmEngine::load(model_url().into(), opts, Some(on_progress.as_ref().unchecked_ref::<js_sys::Function>().clone())).await.expect("loading the model");
     let last = events.borrow().last().cloned().expect("progress events");
     let phase = js_sys::Reflect::get(&last, &"phase".into()).ok().and_then(|v| v.as_string());
     assert_eq!(phase.as_deref(), Some("ready"));
@@ -108,11 +107,7 @@ async fn smollm2_greedy_matches_llama_cpp() {
         assert_eq!(ids.len(), want.len(), "stopped early: {ids:?}");
         let Some(d) = ids.iter().zip(want).position(|(a, b)| a != b) else { break };
         let step = forced + d;
-        assert!(
-            ORACLE_MARGINS[step] < CLOSE_CALL,
-            "step {step}: {} where llama.cpp says {} by a clear margin {}",
-            ids[d], want[d], ORACLE_MARGINS[step]
-        );
+        assert!(ORACLE_MARGINS[step] < CLOSE_CALL, "step {step}: {} where llama.cpp says {} by a clear margin {}", ids[d], want[d], ORACLE_MARGINS[step]);
         forced = step + 1;
     }
 }
@@ -132,9 +127,7 @@ async fn bench_decode() {
 }
 
 fn server() -> &'static str {
-    let Some(s) = option_env!("WEBGGUF_TEST_SERVER") else {
-        panic!("WEBGGUF_TEST_SERVER was not set at build time: run pkg-scripts/test-wasm-browser")
-    };
+    let Some(s) = option_env!("WEBGGUF_TEST_SERVER") else { panic!("WEBGGUF_TEST_SERVER was not set at build time: run pkg-scripts/test-wasm-browser") };
     s
 }
 
@@ -165,7 +158,15 @@ async fn stats_requests(path: &str) -> u64 {
 fn llama_8b_header() -> (Vec<u8>, u64) {
     let (layers, d, kv, ffn, vocab) = (32u64, 4096u64, 1024u64, 14336u64, 128_256u64);
     let mut b = GgufBuilder::new();
-    for (k, v) in [("block_count", 32), ("context_length", 131_072), ("embedding_length", 4096), ("feed_forward_length", 14336), ("attention.head_count", 32), ("attention.head_count_kv", 8), ("vocab_size", 128_256)] {
+    for (k, v) in [
+        ("block_count", 32),
+        ("context_length", 131_072),
+        ("embedding_length", 4096),
+        ("feed_forward_length", 14336),
+        ("attention.head_count", 32),
+        ("attention.head_count_kv", 8),
+        ("vocab_size", 128_256),
+    ] {
         b.kv(&format!("llama.{k}"), GgufValue::U32(v));
     }
     b.kv("general.architecture", GgufValue::String("llama".into()));

@@ -79,19 +79,9 @@ fn assert_close(got: &[f32], want: &[f32], tol: f64, what: &str) {
     let e = nmse(got, want);
     let scale = want.iter().fold(0f32, |m, &b| m.max(b.abs())).max(f32::MIN_POSITIVE);
     // Shown on failure (or with --nocapture): how many values differ, and the first few.
-    let diffs: Vec<(usize, f32, f32)> = got
-        .iter()
-        .zip(want)
-        .enumerate()
-        .filter(|(_, (a, b))| (*a - *b).abs() > 1e-5 * scale)
-        .map(|(i, (&a, &b))| (i, a, b))
-        .collect();
-    console_log!(
-        "{what}: nmse {e:e}, {} of {} values off by > 1e-5 of max |want| {scale}: {:?}",
-        diffs.len(),
-        want.len(),
-        &diffs[..diffs.len().min(6)]
-    );
+    let diffs: Vec<(usize, f32, f32)> =
+        got.iter().zip(want).enumerate().filter(|(_, (a, b))| (*a - *b).abs() > 1e-5 * scale).map(|(i, (&a, &b))| (i, a, b)).collect();
+    console_log!("{what}: nmse {e:e}, {} of {} values off by > 1e-5 of max |want| {scale}: {:?}", diffs.len(), want.len(), &diffs[..diffs.len().min(6)]);
     assert!(e <= tol, "{what}: nmse {e:e} > {tol:e}");
 }
 
@@ -142,7 +132,6 @@ async fn matmul_every_type_matches_cpu() {
         }
     }
 }
-
 
 /// Prefill of 6 tokens then one single-token step, every cache type (q4 with its K offset; the
 /// quantized ones also with f16 copies of 4 sink positions and a query's last 3),
@@ -240,4 +229,3 @@ async fn norm_glu_rope_argmax_match_cpu() {
         assert_eq!(g.argmax_async(&gv).await.expect("argmax") as usize, width / 2, "argmax width {width}");
     }
 }
-

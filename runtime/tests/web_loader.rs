@@ -29,9 +29,7 @@ const ORACLE_GREEDY: [u32; 4] = [7042, 30, 198, 198];
 
 fn server() -> &'static str {
     // Missing at build time fails the test at run time (clippy rejects `.expect` on option_env!).
-    let Some(s) = option_env!("WEBGGUF_TEST_SERVER") else {
-        panic!("WEBGGUF_TEST_SERVER was not set at build time: run pkg-scripts/test-wasm-browser")
-    };
+    let Some(s) = option_env!("WEBGGUF_TEST_SERVER") else { panic!("WEBGGUF_TEST_SERVER was not set at build time: run pkg-scripts/test-wasm-browser") };
     s
 }
 
@@ -58,9 +56,10 @@ async fn stats() -> Value {
 /// (requests, body bytes) the server has answered for URLs whose path contains `part`.
 fn served(stats: &Value, part: &str) -> (u64, u64) {
     let by_path = stats["by_path"].as_object().expect("by_path");
-    by_path.iter().filter(|(p, _)| p.contains(part)).fold((0, 0), |(r, b), (_, v)| {
-        (r + v["requests"].as_u64().unwrap_or(0), b + v["body_bytes"].as_u64().unwrap_or(0))
-    })
+    by_path
+        .iter()
+        .filter(|(p, _)| p.contains(part))
+        .fold((0, 0), |(r, b), (_, v)| (r + v["requests"].as_u64().unwrap_or(0), b + v["body_bytes"].as_u64().unwrap_or(0)))
 }
 
 async fn load<B: Backend>(source: &ModelSource, backend: &mut B, o: &LoadOptions) -> (Result<(Model<B>, LoadReport), LoadError>, Vec<Progress>) {
@@ -201,7 +200,12 @@ async fn dropped_connection_resumes_with_range() {
     // Every byte received once (the server may have written more before the drop than arrived).
     assert_eq!((report.from_network, report.discarded), (report.bytes, 0), "no byte twice: {report:?}");
     let stats = stats().await;
-    let (path, shard) = stats["by_path"].as_object().expect("by_path").iter().find(|(p, _)| p.starts_with("/f/drop@") && p.ends_with("-00002-of-00003.gguf")).expect("shard 2 served");
+    let (path, shard) = stats["by_path"]
+        .as_object()
+        .expect("by_path")
+        .iter()
+        .find(|(p, _)| p.starts_with("/f/drop@") && p.ends_with("-00002-of-00003.gguf"))
+        .expect("shard 2 served");
     let starts: Vec<u64> = shard["ranges"].as_array().expect("ranges").iter().filter_map(|v| v.as_u64()).collect();
     let size = resolve(&source, &opts(false)).await.expect("resolve")[1].bytes.expect("size");
     assert!(starts.len() == 2 && starts[0] == 0 && starts[1] > 0 && starts[1] <= size / 2, "{path}: requests from {starts:?}");

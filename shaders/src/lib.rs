@@ -26,15 +26,7 @@ pub enum Family {
 }
 
 impl Family {
-    pub const ALL: [Family; 7] = [
-        Family::Matmul,
-        Family::Embed,
-        Family::Norm,
-        Family::Elementwise,
-        Family::ActQuant,
-        Family::Argmax,
-        Family::Attention,
-    ];
+    pub const ALL: [Family; 7] = [Family::Matmul, Family::Embed, Family::Norm, Family::Elementwise, Family::ActQuant, Family::Argmax, Family::Attention];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -34,7 +34,6 @@ pub struct Args {
     tokens: usize,
 }
 
-
 /// Pseudo-random bytes (xorshift): bandwidth does not depend on the values.
 fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut s = seed | 1;
@@ -133,7 +132,8 @@ fn run_on<B: Timed>(mut b: B, args: &Args, describe: String) -> Result<(), Strin
             .map(|t| B::weight_bytes(t.ty, t.shape.iter().skip(1).product::<u64>() as usize, t.shape[0] as usize))
             .sum();
         let (_, model) = webgguf::loader::load_files(std::slice::from_ref(path), &mut b).map_err(|e| e.to_string())?;
-        let mut s = Session::new(b, model, SessionOptions { kv: webgguf::kv_cache::KvType::F16, n_ctx: 64 + args.tokens, ..Default::default() }).map_err(|e| e.to_string())?;
+        let mut s = Session::new(b, model, SessionOptions { kv: webgguf::kv_cache::KvType::F16, n_ctx: 64 + args.tokens, ..Default::default() })
+            .map_err(|e| e.to_string())?;
         let mut id = s.eval_argmax(&[1, 2, 3, 4]).map_err(|e| e.to_string())?;
         let t = Instant::now();
         for _ in 0..args.tokens {

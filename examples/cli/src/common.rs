@@ -4,12 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use webgguf::engine::{Session, SessionOptions};
 use webgguf::gguf::GgufModel;
+use webgguf::gpu::GpuBackend;
 use webgguf::kv_cache::KvType;
 use webgguf::loader::LoadError;
-use webgguf::ModelError;
-use webgguf::gpu::GpuBackend;
 use webgguf::model::{Backend, CpuBackend};
 use webgguf::tokenizer::Tokenizer;
+use webgguf::ModelError;
 
 /// Options shared by generate / logits / perplexity.
 #[derive(clap::Args)]
@@ -99,20 +99,18 @@ pub fn load(args: &ModelArgs) -> Result<Loaded, ExitCode> {
     let options = SessionOptions { kv: args.kv, n_ctx: args.ctx, kv_recent: args.kv_recent };
     if args.device != "cpu" {
         match GpuBackend::open() {
-            Ok(gpu) if args.device == "gpu" || gpu.device().info.device_type != "Cpu" => {
-                match session_on(gpu, &args.model, options) {
-                    Ok((gguf, s)) => {
-                        eprintln!("[device: {}]", s.device());
-                        let tokenizer = Tokenizer::from_metadata(gguf.metadata()).map_err(|e| fail(e, true))?;
-                        return Ok(Loaded { session: AnySession::Gpu(s), tokenizer, gguf });
-                    }
-                    Err(e) if args.device == "gpu" || malformed(&e) => {
-                        let m = malformed(&e);
-                        return Err(fail(e, m));
-                    }
-                    Err(e) => eprintln!("[the model does not run on the GPU ({e}); using the CPU]"),
+            Ok(gpu) if args.device == "gpu" || gpu.device().info.device_type != "Cpu" => match session_on(gpu, &args.model, options) {
+                Ok((gguf, s)) => {
+                    eprintln!("[device: {}]", s.device());
+                    let tokenizer = Tokenizer::from_metadata(gguf.metadata()).map_err(|e| fail(e, true))?;
+                    return Ok(Loaded { session: AnySession::Gpu(s), tokenizer, gguf });
                 }
-            }
+                Err(e) if args.device == "gpu" || malformed(&e) => {
+                    let m = malformed(&e);
+                    return Err(fail(e, m));
+                }
+                Err(e) => eprintln!("[the model does not run on the GPU ({e}); using the CPU]"),
+            },
             Ok(gpu) => eprintln!("[{} is a software adapter; using the CPU (--device gpu to use it)]", gpu.device().info.adapter),
             Err(e) if args.device == "gpu" => return Err(fail(e, false)),
             Err(e) => eprintln!("[{e}; using the CPU]"),

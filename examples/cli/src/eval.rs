@@ -248,7 +248,16 @@ pub fn run(mut args: Args) -> ExitCode {
     let (elements, tensor_bytes) = loaded.gguf.tensors().fold((0u64, 0u64), |(e, b), (_, t)| (e + t.n_elements, b + t.n_bytes));
     let per_pos = |kv: KvType| (cfg.n_layers * cfg.n_kv_heads) as u64 * (kv.bytes_for(cfg.head_dim_k as u64) + kv.bytes_for(cfg.head_dim_v as u64));
     // with the quantized caches' f16 copies (--kv-recent)
-    let copies = |kv: KvType| webgguf::kv_cache::RecentRows::bytes(kv, cfg.n_layers as u64, 4096, args.model.kv_recent as u64, (cfg.n_kv_heads * cfg.head_dim_k) as u64, (cfg.n_kv_heads * cfg.head_dim_v) as u64);
+    let copies = |kv: KvType| {
+        webgguf::kv_cache::RecentRows::bytes(
+            kv,
+            cfg.n_layers as u64,
+            4096,
+            args.model.kv_recent as u64,
+            (cfg.n_kv_heads * cfg.head_dim_k) as u64,
+            (cfg.n_kv_heads * cfg.head_dim_v) as u64,
+        )
+    };
     let kv_bytes_4k = [("f16", KvType::F16), ("q8", KvType::Q8), ("q4", KvType::Q4)].into_iter().map(|(n, k)| (n, per_pos(k) * 4096 + copies(k))).collect();
     let report = Report {
         model: path,
@@ -324,7 +333,9 @@ fn open_reference(p: &PathBuf, n_vocab: usize, tokens: &[u32], predictions: usiz
     let rv = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
     let rp = u32::from_le_bytes([head[12], head[13], head[14], head[15]]) as usize;
     if rv != n_vocab || rp != predictions {
-        return Err(format!("written for {rv} tokens of vocabulary and {rp} predictions; this run has {n_vocab} and {predictions} (same --tokens, --window and text?)"));
+        return Err(format!(
+            "written for {rv} tokens of vocabulary and {rp} predictions; this run has {n_vocab} and {predictions} (same --tokens, --window and text?)"
+        ));
     }
     let mut ids = vec![0u8; tokens.len() * 4];
     r.read_exact(&mut ids).map_err(|e| format!("truncated: {e}"))?;

@@ -60,7 +60,15 @@ pub fn run(args: Args) -> ExitCode {
             return;
         }
         let fell = r.fell_back_from.map(|t| format!(" (wanted {t}: rows are not whole {t} blocks)")).unwrap_or_default();
-        let _ = writeln!(std::io::stdout().lock(), "{:<36} {:>6} -> {:<6} {:>10} -> {:>10} bytes{fell}", r.name, r.from.name(), r.to.name(), r.bytes_in, r.bytes_out);
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "{:<36} {:>6} -> {:<6} {:>10} -> {:>10} bytes{fell}",
+            r.name,
+            r.from.name(),
+            r.to.name(),
+            r.bytes_in,
+            r.bytes_out
+        );
     };
     let t0 = std::time::Instant::now();
     match quantize_file(&args.input, &args.output, &opts, &mut progress) {

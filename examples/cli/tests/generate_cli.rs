@@ -30,8 +30,7 @@ fn ids(v: &Value) -> Vec<u64> {
 #[test]
 fn chat_greedy_matches_llama_cpp() {
     let oracle: Value = serde_json::from_slice(
-        &std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/oracle/SmolLM2-135M-Instruct.Q4_1.json"))
-            .expect("oracle"),
+        &std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/oracle/SmolLM2-135M-Instruct.Q4_1.json")).expect("oracle"),
     )
     .expect("oracle JSON");
     let chat = &oracle["chat"][0];
@@ -60,11 +59,7 @@ fn stop_string_is_cut_and_max_tokens_limits() {
 fn malformed_model_exits_2() {
     let bad = std::env::temp_dir().join(format!("webgguf-bad-{}.gguf", std::process::id()));
     std::fs::write(&bad, b"GGUF\x03\x00\x00\x00garbage").expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_webgguf"))
-        .args(["generate", "--prompt", "x", "--model"])
-        .arg(&bad)
-        .output()
-        .expect("run webgguf");
+    let out = Command::new(env!("CARGO_BIN_EXE_webgguf")).args(["generate", "--prompt", "x", "--model"]).arg(&bad).output().expect("run webgguf");
     std::fs::remove_file(&bad).ok();
     assert_eq!(out.status.code(), Some(2), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("malformed GGUF"));

@@ -51,7 +51,10 @@ fn quantize_then_eval_against_the_source() {
     assert!((8.4..8.7).contains(&bpw), "{bpw}");
 
     // The Q8_0 file generates.
-    let g = ok_json(&webgguf(&["generate", "--prompt", "The capital of France is", "--max-tokens", "4", "--temperature", "0", "--device", "cpu", "--json"], &[("--model", &q8)]));
+    let g = ok_json(&webgguf(
+        &["generate", "--prompt", "The capital of France is", "--max-tokens", "4", "--temperature", "0", "--device", "cpu", "--json"],
+        &[("--model", &q8)],
+    ));
     assert_eq!(g["ids"].as_array().unwrap().len(), 4);
 
     let reference = dir.0.join("ref.bin");

@@ -49,10 +49,7 @@ fn smollm2() -> PathBuf {
 fn preset_with_a_copied_tokenizer_generates_on_cpu_and_gpu() {
     let dir = TempDir::new("gen");
     let out = dir.0.join("qwen3.gguf");
-    let r = ok_json(&webgguf(
-        &["synth", "--preset", "qwen3-0.6b", "--layers", "2", "--seed", "3", "--json"],
-        &[("", &out), ("--tokenizer-from", &smollm2())],
-    ));
+    let r = ok_json(&webgguf(&["synth", "--preset", "qwen3-0.6b", "--layers", "2", "--seed", "3", "--json"], &[("", &out), ("--tokenizer-from", &smollm2())]));
     // The preset's widths, SmolLM2's 49,152 tokens grown to the preset's 151,936.
     assert_eq!((r["arch"].as_str(), r["layers"].as_u64(), r["d_model"].as_u64(), r["head_dim"].as_u64()), (Some("qwen3"), Some(2), Some(1024), Some(128)));
     assert_eq!(r["vocab"], 151_936);
@@ -81,7 +78,8 @@ fn split_output_loads_from_its_shards() {
         &[("", &out)],
     ));
     assert!(!out.exists(), "the single file stays after sharding");
-    let mut shards: Vec<PathBuf> = std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "gguf")).collect();
+    let mut shards: Vec<PathBuf> =
+        std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "gguf")).collect();
     shards.sort();
     assert!(shards.len() >= 3, "{shards:?}");
     assert!(dir.0.join("manifest.json").is_file());

@@ -30,10 +30,7 @@ const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 fn json_ids_with_and_without_special_parsing() {
     let chat = "<|im_start|>user\nHi<|im_end|>";
     assert_eq!(tokenize(SMOLLM, chat, &["--special", "--json"]), (0, r#"{"ids":[1,4093,198,26843,2]}"#.into()));
-    assert_eq!(
-        tokenize(SMOLLM, chat, &["--json"]),
-        (0, r#"{"ids":[44,108,306,79,3738,108,46,4093,198,26843,44,108,306,79,486,108,46]}"#.into())
-    );
+    assert_eq!(tokenize(SMOLLM, chat, &["--json"]), (0, r#"{"ids":[44,108,306,79,3738,108,46,4093,198,26843,44,108,306,79,486,108,46]}"#.into()));
 }
 
 #[test]

@@ -22,9 +22,8 @@
 
 use crate::error::QuantError;
 use crate::quant::{
-    ggml_bf16_to_fp32, ggml_fp16_to_fp32, ggml_fp32_to_bf16, ggml_fp32_to_fp16,
-    quantize_row_q8_0_ref, quantize_row_q8_1_ref, quantize_row_q8_k_ref, BlockQ8K, BlockQ8_0,
-    BlockQ8_1, GgmlType,
+    ggml_bf16_to_fp32, ggml_fp16_to_fp32, ggml_fp32_to_bf16, ggml_fp32_to_fp16, quantize_row_q8_0_ref, quantize_row_q8_1_ref, quantize_row_q8_k_ref, BlockQ8K,
+    BlockQ8_0, BlockQ8_1, GgmlType,
 };
 use bytemuck::Zeroable;
 
@@ -32,13 +31,7 @@ use super::Kernels;
 
 /// How the SIMD kernels want the i16 copy of the quants ordered (per block).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    not(any(
-        target_arch = "x86_64",
-        all(target_arch = "wasm32", target_feature = "simd128")
-    )),
-    allow(dead_code)
-)]
+#[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))), allow(dead_code))]
 pub(crate) enum Layout {
     /// No i16 copy.
     None,
@@ -55,13 +48,7 @@ pub(crate) enum Layout {
 
 impl Layout {
     /// Source element (within a chunk) of i16 slot `p`, and the chunk length.
-    #[cfg_attr(
-        not(any(
-            target_arch = "x86_64",
-            all(target_arch = "wasm32", target_feature = "simd128")
-        )),
-        allow(dead_code)
-    )]
+    #[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))), allow(dead_code))]
     fn chunk(self) -> usize {
         match self {
             Layout::None | Layout::Natural => 1,
@@ -111,42 +98,18 @@ pub(crate) struct ActRow<'a> {
     /// Per-block scale as f32 (exactly the f16 `d` of Q8_0/Q8_1; Q8_K's f32 `d`).
     pub d: &'a [f32],
     /// Q8_1: per-block `s` (f16 d·Σq) as f32.
-    #[cfg_attr(
-        not(any(
-            target_arch = "x86_64",
-            all(target_arch = "wasm32", target_feature = "simd128")
-        )),
-        allow(dead_code)
-    )]
+    #[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))), allow(dead_code))]
     pub s: &'a [f32],
     /// Q8_0 / Q8_1: per-block Σq as f32 (exact; for kernels that fold the weight offset out of the loop).
-    #[cfg_attr(
-        not(any(
-            target_arch = "x86_64",
-            all(target_arch = "wasm32", target_feature = "simd128")
-        )),
-        allow(dead_code)
-    )]
+    #[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))), allow(dead_code))]
     pub ysum: &'a [f32],
     /// Q8_K: sums of each 16 quants.
     pub bsums: &'a [i16],
     /// Q8_K: sums of each 32 quants (|Σ| ≤ 32·127 fits i16), for the SIMD min corrections.
-    #[cfg_attr(
-        not(any(
-            target_arch = "x86_64",
-            all(target_arch = "wasm32", target_feature = "simd128")
-        )),
-        allow(dead_code)
-    )]
+    #[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))), allow(dead_code))]
     pub bsums32: &'a [i16],
     /// SIMD only: quants widened to i16, in the weight kernel's [`Layout`].
-    #[cfg_attr(
-        not(any(
-            target_arch = "x86_64",
-            all(target_arch = "wasm32", target_feature = "simd128")
-        )),
-        allow(dead_code)
-    )]
+    #[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))), allow(dead_code))]
     pub q16: &'a [i16],
     /// F32 / F16 / BF16 activations (after the type's rounding), as f32.
     pub f: &'a [f32],
@@ -177,24 +140,12 @@ impl ActForm {
 impl QuantizedActs {
     /// Quantizes `x` (`n_tokens` rows of `cols`) for a dot product with weights of type `wty`,
     /// in the form the kernels read (`form`).
-    pub fn quantize(
-        &mut self,
-        wty: GgmlType,
-        kernels: Kernels,
-        form: ActForm,
-        x: &[f32],
-        cols: usize,
-        n_tokens: usize,
-    ) -> Result<(), QuantError> {
+    pub fn quantize(&mut self, wty: GgmlType, kernels: Kernels, form: ActForm, x: &[f32], cols: usize, n_tokens: usize) -> Result<(), QuantError> {
         let ActForm { layout, q8k_4x8_tokens } = form;
         let vt = wty.vec_dot_type();
         let bs = vt.block_size();
         if cols % bs != 0 {
-            return Err(QuantError::NotBlockMultiple {
-                ty: vt,
-                n: cols,
-                block: bs,
-            });
+            return Err(QuantError::NotBlockMultiple { ty: vt, n: cols, block: bs });
         }
         let n = cols * n_tokens;
         debug_assert_eq!(x.len(), n);
@@ -212,12 +163,8 @@ impl QuantizedActs {
         self.f.clear();
         match vt {
             GgmlType::F32 => self.f.extend_from_slice(x),
-            GgmlType::F16 => self
-                .f
-                .extend(x.iter().map(|&v| ggml_fp16_to_fp32(ggml_fp32_to_fp16(v)))),
-            GgmlType::BF16 => self
-                .f
-                .extend(x.iter().map(|&v| ggml_bf16_to_fp32(ggml_fp32_to_bf16(v)))),
+            GgmlType::F16 => self.f.extend(x.iter().map(|&v| ggml_fp16_to_fp32(ggml_fp32_to_fp16(v)))),
+            GgmlType::BF16 => self.f.extend(x.iter().map(|&v| ggml_bf16_to_fp32(ggml_fp32_to_bf16(v)))),
             GgmlType::Q8_0 => {
                 fill(&mut self.b8_0, nbt, BlockQ8_0::zeroed());
                 if kernels == Kernels::Avx2 {
@@ -233,8 +180,7 @@ impl QuantizedActs {
                 for b in &self.b8_0 {
                     self.qs.extend_from_slice(&b.qs);
                     self.d.push(ggml_fp16_to_fp32(b.d));
-                    self.ysum
-                        .push(b.qs.iter().map(|&q| i32::from(q)).sum::<i32>() as f32);
+                    self.ysum.push(b.qs.iter().map(|&q| i32::from(q)).sum::<i32>() as f32);
                 }
             }
             GgmlType::Q8_1 => {
@@ -254,8 +200,7 @@ impl QuantizedActs {
                     self.qs.extend_from_slice(&b.qs);
                     self.d.push(ggml_fp16_to_fp32(b.d));
                     self.s.push(ggml_fp16_to_fp32(b.s));
-                    self.ysum
-                        .push(b.qs.iter().map(|&q| i32::from(q)).sum::<i32>() as f32);
+                    self.ysum.push(b.qs.iter().map(|&q| i32::from(q)).sum::<i32>() as f32);
                 }
             }
             GgmlType::Q8_K => {
@@ -272,25 +217,15 @@ impl QuantizedActs {
                     self.qs.extend_from_slice(&b.qs);
                     self.d.push(b.d);
                     self.bsums.extend_from_slice(&b.bsums);
-                    self.bsums32
-                        .extend(b.bsums.chunks_exact(2).map(|p| p[0] + p[1]));
+                    self.bsums32.extend(b.bsums.chunks_exact(2).map(|p| p[0] + p[1]));
                 }
             }
-            _ => {
-                return Err(QuantError::Unsupported {
-                    ty: wty,
-                    op: "matmul",
-                })
-            }
+            _ => return Err(QuantError::Unsupported { ty: wty, op: "matmul" }),
         }
         if layout != Layout::None {
             let chunk = layout.chunk();
             self.q16.resize(self.qs.len(), 0);
-            for (dst, src) in self
-                .q16
-                .chunks_exact_mut(chunk)
-                .zip(self.qs.chunks_exact(chunk))
-            {
+            for (dst, src) in self.q16.chunks_exact_mut(chunk).zip(self.qs.chunks_exact(chunk)) {
                 for (p, o) in dst.iter_mut().enumerate() {
                     *o = i16::from(src[layout.src(p)]);
                 }
@@ -326,15 +261,9 @@ impl QuantizedActs {
 fn layout_for(wty: GgmlType, kernels: Kernels) -> Layout {
     match kernels {
         Kernels::Scalar => Layout::None,
-        #[cfg(any(
-            target_arch = "x86_64",
-            all(target_arch = "wasm32", target_feature = "simd128")
-        ))]
+        #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
         Kernels::Simd => super::simd::layout_for(wty),
-        #[cfg(not(any(
-            target_arch = "x86_64",
-            all(target_arch = "wasm32", target_feature = "simd128")
-        )))]
+        #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))))]
         Kernels::Simd => {
             let _ = wty;
             Layout::None
@@ -359,9 +288,7 @@ pub(crate) fn quantize_row_bytes(kernels: Kernels, vt: GgmlType, x: &[f32]) -> V
         }
         GgmlType::Q8_1 if kernels == Kernels::Avx2 => {
             let mut blocks = Vec::new();
-            quantize_blocks_x86(x, |d, qs, sum| {
-                blocks.push(BlockQ8_1 { d: ggml_fp32_to_fp16(d), s: ggml_fp32_to_fp16(d * sum as f32), qs })
-            });
+            quantize_blocks_x86(x, |d, qs, sum| blocks.push(BlockQ8_1 { d: ggml_fp32_to_fp16(d), s: ggml_fp32_to_fp16(d * sum as f32), qs }));
             out.copy_from_slice(bytemuck::cast_slice(&blocks));
         }
         _ => {

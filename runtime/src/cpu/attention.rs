@@ -85,19 +85,9 @@ pub fn attention(
 ) {
     let n_kv = cache.n_kv_heads();
     let (dk, dv) = (cache.head_dim_k(), cache.head_dim_v());
-    assert!(
-        layer < cache.n_layers(),
-        "attention: layer {layer} out of range"
-    );
-    assert!(
-        start <= end && end <= cache.n_ctx(),
-        "attention: bad range {start}..{end} (n_ctx {})",
-        cache.n_ctx()
-    );
-    assert!(
-        n_heads > 0 && n_heads % n_kv == 0,
-        "attention: {n_heads} heads over {n_kv} KV heads"
-    );
+    assert!(layer < cache.n_layers(), "attention: layer {layer} out of range");
+    assert!(start <= end && end <= cache.n_ctx(), "attention: bad range {start}..{end} (n_ctx {})", cache.n_ctx());
+    assert!(n_heads > 0 && n_heads % n_kv == 0, "attention: {n_heads} heads over {n_kv} KV heads");
     assert_eq!(q.len(), n_heads * dk, "attention: q length");
     assert_eq!(out.len(), n_heads * dv, "attention: out length");
     out.fill(0.0);
@@ -119,19 +109,13 @@ pub fn attention(
     let group = n_heads / n_kv;
     let kty = cache.ty().ggml_type();
     // the type the query is converted to (see the module docs)
-    let qty = if kty == GgmlType::F16 {
-        GgmlType::F32
-    } else {
-        kty
-    };
+    let qty = if kty == GgmlType::F16 { GgmlType::F32 } else { kty };
 
     // --- scores: q·k with the matmul row kernels
     let widen = cache.ty() == KvType::F16 && group > 1;
     // the stored rows as the kernels meet them
     let row_ty = if widen { KvType::F32 } else { cache.ty() };
-    let Ok(dot) = dot_fn(row_ty.ggml_type(), kernels) else {
-        unreachable!("every KV type has a dot kernel")
-    };
+    let Ok(dot) = dot_fn(row_ty.ggml_type(), kernels) else { unreachable!("every KV type has a dot kernel") };
     let axpy = axpy_fn(row_ty, kernels);
     let widen_row = widen_fn(kernels);
     // with a softcap, each head's `q·m` for a cache that stores K less an offset `m`
@@ -148,9 +132,7 @@ pub fn attention(
     // positions whose rows a quantized cache keeps as f16 copies are read from them
     let copies = cache.copies();
     let copied = |p: usize| copies.reads_copy(p, end - 1);
-    let Ok(dot_recent) = dot_fn(GgmlType::F16, kernels) else {
-        unreachable!("f16 rows have a dot kernel")
-    };
+    let Ok(dot_recent) = dot_fn(GgmlType::F16, kernels) else { unreachable!("f16 rows have a dot kernel") };
     let axpy_recent = axpy_fn(KvType::F16, kernels);
     if copies.recent > 0 {
         // the quantized query's values (Q8_0 d·q), as f32
@@ -164,14 +146,7 @@ pub fn attention(
             unreachable!("f32 activations take any length")
         }
     }
-    let AttnScratch {
-        q: qa,
-        q_recent,
-        scores,
-        row: wide,
-        sums,
-        ..
-    } = scratch;
+    let AttnScratch { q: qa, q_recent, scores, row: wide, sums, .. } = scratch;
     // [group][n]: the scores, then the softmax numerators, of the group's heads
     scores.clear();
     scores.resize(group * n, 0.0);
@@ -262,10 +237,7 @@ pub(super) fn exp_nonpositive(x: f32) -> f32 {
     let z = x * std::f32::consts::LOG2_E + 12_582_912.0;
     let n = z - 12_582_912.0;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
+    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 0.5;
     let y = p * (r * r) + r + 1.0;
     let pow2n = f32::from_bits(((z.to_bits() as i32 - 0x4B40_0000 + 127) << 23) as u32);
     y * pow2n
@@ -275,10 +247,7 @@ pub(super) fn exp_nonpositive(x: f32) -> f32 {
 pub(super) type AxpyFn = fn(f32, &[u8], &mut [f32]);
 
 fn axpy_fn(ty: KvType, kernels: Kernels) -> AxpyFn {
-    #[cfg(any(
-        target_arch = "x86_64",
-        all(target_arch = "wasm32", target_feature = "simd128")
-    ))]
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
     if kernels.simd_like() {
         return super::simd::axpy_fn(ty);
     }
@@ -295,10 +264,7 @@ fn axpy_fn(ty: KvType, kernels: Kernels) -> AxpyFn {
 type WidenFn = fn(&[u8], &mut [f32]);
 
 fn widen_fn(kernels: Kernels) -> WidenFn {
-    #[cfg(any(
-        target_arch = "x86_64",
-        all(target_arch = "wasm32", target_feature = "simd128")
-    ))]
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
     if kernels.simd_like() {
         return super::simd::widen_f16;
     }

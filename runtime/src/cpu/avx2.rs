@@ -32,9 +32,7 @@ unsafe fn rd_f16(b: &[u8], o: usize) -> f32 {
 
 /// Whether this CPU has AVX2, FMA and F16C (std caches the CPUID answer).
 pub(crate) fn available() -> bool {
-    std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c")
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c")
 }
 
 /// ggml's `hsum_float_8`: upper half + lower half, then lanes (0+2, 1+3), then their sum.
@@ -74,12 +72,7 @@ unsafe fn bytes_from_nibbles_32(p: *const u8) -> __m256i {
 /// 32 bits → 32 bytes of 0x00 / 0xFF (`bytes_from_bits_32`).
 #[inline(always)]
 unsafe fn bytes_from_bits_32(bits: u32) -> __m256i {
-    let shuf = _mm256_set_epi64x(
-        0x0303030303030303,
-        0x0202020202020202,
-        0x0101010101010101,
-        0x0000000000000000,
-    );
+    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000);
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuf);
     let mask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
     _mm256_cmpeq_epi8(_mm256_or_si256(bytes, mask), _mm256_set1_epi64x(-1))
@@ -185,10 +178,7 @@ unsafe fn q4_k_pairs(b: &[u8], a: &ActRow<'_>, i: usize) -> [(i32, i32); 4] {
         let d1 = dot_u8_i8_32(_mm256_and_si256(_mm256_srli_epi16(qs, 4), m15), q8.add(64 * j + 32));
         let b0 = i32::from(bs[4 * j]) + i32::from(bs[4 * j + 1]);
         let b1 = i32::from(bs[4 * j + 2]) + i32::from(bs[4 * j + 3]);
-        *o = (
-            i32::from(s0) * d0 + i32::from(s1) * d1,
-            i32::from(m0) * b0 + i32::from(m1) * b1,
-        );
+        *o = (i32::from(s0) * d0 + i32::from(s1) * d1, i32::from(m0) * b0 + i32::from(m1) * b1);
     }
     out
 }
@@ -460,7 +450,7 @@ unsafe fn v_expf(x: __m256) -> __m256 {
     let n = _mm256_sub_ps(z, r);
     let b = _mm256_fnmadd_ps(
         n,
-        splat(0x35bf_be8e), // ln 2, low part
+        splat(0x35bf_be8e),                         // ln 2, low part
         _mm256_fnmadd_ps(n, splat(0x3f31_7200), x), // ln 2, high part
     );
     let e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
@@ -469,21 +459,14 @@ unsafe fn v_expf(x: __m256) -> __m256 {
     let c = _mm256_castps_si256(_mm256_cmp_ps(abs_n, _mm256_set1_ps(126.0), _CMP_GT_OQ));
     let u = _mm256_mul_ps(b, b);
     let j = _mm256_fmadd_ps(
-        _mm256_fmadd_ps(
-            _mm256_fmadd_ps(splat(0x3c07_2010), b, splat(0x3d2b_9f17)),
-            u,
-            _mm256_fmadd_ps(splat(0x3e2a_af33), b, splat(0x3eff_fedb)),
-        ),
+        _mm256_fmadd_ps(_mm256_fmadd_ps(splat(0x3c07_2010), b, splat(0x3d2b_9f17)), u, _mm256_fmadd_ps(splat(0x3e2a_af33), b, splat(0x3eff_fedb))),
         u,
         _mm256_mul_ps(splat(0x3f7f_fff6), b),
     );
     if _mm256_movemask_ps(_mm256_castsi256_ps(c)) == 0 {
         return _mm256_fmadd_ps(j, k, k);
     }
-    let g = _mm256_and_si256(
-        _mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
-        _mm256_set1_epi32(0x8200_0000u32 as i32),
-    );
+    let g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)), _mm256_set1_epi32(0x8200_0000u32 as i32));
     let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
     let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
     let d = _mm256_castps_si256(_mm256_cmp_ps(abs_n, _mm256_set1_ps(192.0), _CMP_GT_OQ));
@@ -491,13 +474,7 @@ unsafe fn v_expf(x: __m256) -> __m256 {
     let c = _mm256_castsi256_ps(c);
     _mm256_or_ps(
         _mm256_and_ps(d, _mm256_mul_ps(s1, s1)),
-        _mm256_andnot_ps(
-            d,
-            _mm256_or_ps(
-                _mm256_and_ps(c, _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
-                _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)),
-            ),
-        ),
+        _mm256_andnot_ps(d, _mm256_or_ps(_mm256_and_ps(c, _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)), _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)))),
     )
 }
 

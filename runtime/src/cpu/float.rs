@@ -48,14 +48,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Rows `r0..r1` of `w` against every token of `x` (`[n_tokens][w.cols]`), each result handed
 /// to `put(t, r, value)`. One dequantized row at a time (`w.cols` f32 values).
-pub(super) fn rows(
-    w: &QMatrix,
-    x: &[f32],
-    n_tokens: usize,
-    r0: usize,
-    r1: usize,
-    mut put: impl FnMut(usize, usize, f32),
-) -> Result<(), QuantError> {
+pub(super) fn rows(w: &QMatrix, x: &[f32], n_tokens: usize, r0: usize, r1: usize, mut put: impl FnMut(usize, usize, f32)) -> Result<(), QuantError> {
     // one dequantized weight row: [w.cols]
     let mut row = vec![0.0f32; w.cols];
     for r in r0..r1 {

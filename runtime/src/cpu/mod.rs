@@ -30,10 +30,7 @@ mod avx2;
 mod float;
 pub mod ops;
 mod scalar;
-#[cfg(any(
-    target_arch = "x86_64",
-    all(target_arch = "wasm32", target_feature = "simd128")
-))]
+#[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
 mod simd;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128;
@@ -41,10 +38,7 @@ mod simd128;
 mod sse2;
 
 pub use attention::{attention, AttnScratch};
-pub use ops::{
-    add_inplace, geglu, gelu_tanh, mul_inplace, rms_norm, rms_norm_inplace, rope_inplace, silu,
-    softmax_inplace, swiglu, Rope, RopeMode,
-};
+pub use ops::{add_inplace, geglu, gelu_tanh, mul_inplace, rms_norm, rms_norm_inplace, rope_inplace, silu, softmax_inplace, swiglu, Rope, RopeMode};
 
 use crate::error::QuantError;
 use crate::quant::{dequantize_row, GgmlType};
@@ -69,33 +63,15 @@ impl<'a> QMatrix<'a> {
         }
         let bs = ty.block_size();
         if cols % bs != 0 {
-            return Err(QuantError::NotBlockMultiple {
-                ty,
-                n: cols,
-                block: bs,
-            });
+            return Err(QuantError::NotBlockMultiple { ty, n: cols, block: bs });
         }
         let row_bytes = cols / bs * ty.type_size();
-        let expected = row_bytes.checked_mul(rows).ok_or(QuantError::BufferSize {
-            what: "matrix data (size overflows)",
-            ty,
-            expected: usize::MAX,
-            got: data.len(),
-        })?;
+        let expected =
+            row_bytes.checked_mul(rows).ok_or(QuantError::BufferSize { what: "matrix data (size overflows)", ty, expected: usize::MAX, got: data.len() })?;
         if data.len() != expected {
-            return Err(QuantError::BufferSize {
-                what: "matrix data",
-                ty,
-                expected,
-                got: data.len(),
-            });
+            return Err(QuantError::BufferSize { what: "matrix data", ty, expected, got: data.len() });
         }
-        Ok(QMatrix {
-            ty,
-            rows,
-            cols,
-            data,
-        })
+        Ok(QMatrix { ty, rows, cols, data })
     }
 
     /// Bytes of one row.
@@ -137,10 +113,7 @@ pub enum Kernels {
     Float,
 }
 
-const HAS_SIMD: bool = cfg!(any(
-    target_arch = "x86_64",
-    all(target_arch = "wasm32", target_feature = "simd128")
-));
+const HAS_SIMD: bool = cfg!(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")));
 
 impl Kernels {
     /// The fastest family this build and CPU have (what a backend runs unless told otherwise).
@@ -177,10 +150,7 @@ impl Kernels {
     }
 
     /// Whether the 128-bit SIMD kernels serve what this family has no kernel of its own for.
-    #[cfg(any(
-        target_arch = "x86_64",
-        all(target_arch = "wasm32", target_feature = "simd128")
-    ))]
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
     fn simd_like(self) -> bool {
         matches!(self, Kernels::Simd | Kernels::Avx2 | Kernels::Float)
     }
@@ -217,23 +187,11 @@ pub struct Scratch {
 /// Row dot product `w_row · activations of one token`.
 type DotFn = fn(&[u8], &ActRow<'_>) -> f32;
 /// Two rows against the same activations (shares their loads).
-#[cfg_attr(
-    not(any(
-        target_arch = "x86_64",
-        all(target_arch = "wasm32", target_feature = "simd128")
-    )),
-    allow(dead_code)
-)]
+#[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))), allow(dead_code))]
 type Dot2Fn = fn(&[u8], &[u8], &ActRow<'_>) -> [f32; 2];
 /// Two rows against [`TILE_TOKENS`] tokens (a prefill: each weight block unpacked once for
 /// all of them); bit for bit the results of [`Dot2Fn`] per token.
-#[cfg_attr(
-    not(any(
-        target_arch = "x86_64",
-        all(target_arch = "wasm32", target_feature = "simd128")
-    )),
-    allow(dead_code)
-)]
+#[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))), allow(dead_code))]
 type TileFn = fn(&[u8], &[u8], [&ActRow<'_>; TILE_TOKENS]) -> [[f32; TILE_TOKENS]; 2];
 /// Tokens per [`TileFn`] call.
 const TILE_TOKENS: usize = 4;
@@ -254,13 +212,7 @@ struct Dots {
 
 /// The pair and tile kernels the benches allow (`tests::KERNEL_SHAPES`: 0 single rows, 1 and
 /// row pairs, 2 and tiles; always 2 outside tests).
-#[cfg_attr(
-    not(any(
-        target_arch = "x86_64",
-        all(target_arch = "wasm32", target_feature = "simd128")
-    )),
-    allow(dead_code)
-)]
+#[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))), allow(dead_code))]
 fn allowed_shapes(two: Option<Dot2Fn>, tile: Option<TileFn>) -> (Option<Dot2Fn>, Option<TileFn>) {
     #[cfg(test)]
     let shapes = tests::KERNEL_SHAPES.load(std::sync::atomic::Ordering::Relaxed);
@@ -287,10 +239,7 @@ fn dots(ty: GgmlType, kernels: Kernels, rows: usize, n_tokens: usize) -> Result<
     let _ = rows;
     let one = dot_fn(ty, kernels)?;
     let acts = ActForm::of(ty, kernels);
-    #[cfg(any(
-        target_arch = "x86_64",
-        all(target_arch = "wasm32", target_feature = "simd128")
-    ))]
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
     if kernels == Kernels::Simd {
         let (two, tile) = simd::multi_row_fns(ty).unzip();
         let (two, tile) = allowed_shapes(two, tile);
@@ -306,10 +255,7 @@ fn dot_fn(ty: GgmlType, kernels: Kernels) -> Result<DotFn, QuantError> {
             return Ok(f);
         }
     }
-    #[cfg(any(
-        target_arch = "x86_64",
-        all(target_arch = "wasm32", target_feature = "simd128")
-    ))]
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
     if kernels.simd_like() {
         if let Some(f) = simd::dot_fn(ty) {
             return Ok(f);
@@ -326,51 +272,23 @@ fn dot_fn(ty: GgmlType, kernels: Kernels) -> Result<DotFn, QuantError> {
 /// element; F32 as is), then each dot product runs on the fastest kernel of the platform.
 /// `x` must hold exactly `n_tokens * w.cols` values and `y` at least `n_tokens * w.rows`
 /// (elements past that are left untouched).
-pub fn matmul(
-    w: &QMatrix,
-    x: &[f32],
-    n_tokens: usize,
-    y: &mut [f32],
-    scratch: &mut Scratch,
-) -> Result<(), QuantError> {
+pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], scratch: &mut Scratch) -> Result<(), QuantError> {
     matmul_with(Kernels::best(), w, x, n_tokens, y, scratch)
 }
 
 /// [`matmul`] on a chosen kernel family (tests compare the families).
-pub fn matmul_with(
-    kernels: Kernels,
-    w: &QMatrix,
-    x: &[f32],
-    n_tokens: usize,
-    y: &mut [f32],
-    scratch: &mut Scratch,
-) -> Result<(), QuantError> {
+pub fn matmul_with(kernels: Kernels, w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], scratch: &mut Scratch) -> Result<(), QuantError> {
     let ty = w.ty;
     let want_x = n_tokens.saturating_mul(w.cols);
     if x.len() != want_x {
-        return Err(QuantError::BufferSize {
-            what: "matmul activations (f32 values)",
-            ty,
-            expected: want_x,
-            got: x.len(),
-        });
+        return Err(QuantError::BufferSize { what: "matmul activations (f32 values)", ty, expected: want_x, got: x.len() });
     }
     let want_y = n_tokens.saturating_mul(w.rows);
     if y.len() < want_y {
-        return Err(QuantError::BufferSize {
-            what: "matmul output (f32 values)",
-            ty,
-            expected: want_y,
-            got: y.len(),
-        });
+        return Err(QuantError::BufferSize { what: "matmul output (f32 values)", ty, expected: want_y, got: y.len() });
     }
     if w.data.len() != w.row_bytes() * w.rows {
-        return Err(QuantError::BufferSize {
-            what: "matrix data",
-            ty,
-            expected: w.row_bytes() * w.rows,
-            got: w.data.len(),
-        });
+        return Err(QuantError::BufferSize { what: "matrix data", ty, expected: w.row_bytes() * w.rows, got: w.data.len() });
     }
     let y = &mut y[..want_y];
     if kernels == Kernels::Float {
@@ -378,9 +296,7 @@ pub fn matmul_with(
         if !multipliable(ty) {
             return Err(QuantError::Unsupported { ty, op: "matmul" });
         }
-        return split_rows(w, n_tokens, y, |r0, r1, out| {
-            float::rows(w, x, n_tokens, r0, r1, |t, r, v| out.put(t, r, v))
-        });
+        return split_rows(w, n_tokens, y, |r0, r1, out| float::rows(w, x, n_tokens, r0, r1, |t, r, v| out.put(t, r, v)));
     }
     let dot = dots(ty, kernels, w.rows, n_tokens)?;
     scratch.acts.quantize(ty, kernels, dot.acts, x, w.cols, n_tokens)?;
@@ -440,15 +356,7 @@ const TOKEN_BLOCK: usize = 32;
 /// (or row pair) is read once per block and stays in L1 while the block's activations pass
 /// over it.
 #[inline]
-fn matmul_rows(
-    w: &QMatrix,
-    acts: &QuantizedActs,
-    n_tokens: usize,
-    r0: usize,
-    r1: usize,
-    dot: Dots,
-    mut put: impl FnMut(usize, usize, f32),
-) {
+fn matmul_rows(w: &QMatrix, acts: &QuantizedActs, n_tokens: usize, r0: usize, r1: usize, dot: Dots, mut put: impl FnMut(usize, usize, f32)) {
     // Sliced once per call, not per row: for one token this was ~2 % of a decode step.
     let all_rows: Vec<ActRow<'_>> = (0..n_tokens).map(|t| acts.row(t)).collect();
     for (bi, act_rows) in all_rows.chunks(TOKEN_BLOCK).enumerate() {
@@ -506,9 +414,7 @@ static NUM_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUs
 pub fn num_threads() -> usize {
     #[cfg(not(target_arch = "wasm32"))]
     {
-        NUM_THREADS
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .max(1)
+        NUM_THREADS.load(std::sync::atomic::Ordering::Relaxed).max(1)
     }
     #[cfg(target_arch = "wasm32")]
     {
@@ -525,13 +431,7 @@ pub fn set_num_threads(n: usize) {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-fn split_rows_parallel<F>(
-    w: &QMatrix,
-    n_tokens: usize,
-    y: &mut [f32],
-    work: F,
-    threads: usize,
-) -> Result<(), QuantError>
+fn split_rows_parallel<F>(w: &QMatrix, n_tokens: usize, y: &mut [f32], work: F, threads: usize) -> Result<(), QuantError>
 where
     F: Fn(usize, usize, &mut RowsOut<'_>) -> Result<(), QuantError> + Sync,
 {
@@ -592,20 +492,10 @@ where
 /// Dequantizes row `r` of `w` into `out` (embedding lookup, ggml's `get_rows`).
 pub fn get_row(w: &QMatrix, r: usize, out: &mut [f32]) -> Result<(), QuantError> {
     if r >= w.rows {
-        return Err(QuantError::BufferSize {
-            what: "get_row row index (rows)",
-            ty: w.ty,
-            expected: w.rows,
-            got: r,
-        });
+        return Err(QuantError::BufferSize { what: "get_row row index (rows)", ty: w.ty, expected: w.rows, got: r });
     }
     if out.len() != w.cols {
-        return Err(QuantError::BufferSize {
-            what: "get_row output (f32 values)",
-            ty: w.ty,
-            expected: w.cols,
-            got: out.len(),
-        });
+        return Err(QuantError::BufferSize { what: "get_row output (f32 values)", ty: w.ty, expected: w.cols, got: out.len() });
     }
     dequantize_row(w.ty, w.row(r), out)
 }

@@ -96,11 +96,7 @@ fn gelu_table(kernels: Kernels) -> &'static [u16] {
         (0..=u16::MAX)
             .map(|i| {
                 let x = ggml_fp16_to_fp32(f16::from_bits(i));
-                let g = if fused {
-                    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * x.mul_add(GELU_COEF_A * x, 1.0)).tanh())
-                } else {
-                    gelu_tanh_f32(x)
-                };
+                let g = if fused { 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * x.mul_add(GELU_COEF_A * x, 1.0)).tanh()) } else { gelu_tanh_f32(x) };
                 ggml_fp32_to_fp16(g).to_bits()
             })
             .collect()
@@ -212,13 +208,7 @@ pub struct Rope {
 impl Rope {
     /// `n_dims` rotated dims, base `freq_base`, no scaling, no frequency factors.
     pub fn new(n_dims: usize, freq_base: f32, mode: RopeMode) -> Rope {
-        Rope {
-            n_dims,
-            freq_base,
-            freq_scale: 1.0,
-            mode,
-            freq_factors: None,
-        }
+        Rope { n_dims, freq_base, freq_scale: 1.0, mode, freq_factors: None }
     }
 
     /// (cos θᵢ, sin θᵢ) for position `pos` and pair i, as ggml_rope_cache_init computes them:
@@ -228,11 +218,7 @@ impl Rope {
         let theta_scale = self.freq_base.powf(-2.0 / self.n_dims as f32);
         let mut theta = pos as f32;
         for i in 0..self.n_dims / 2 {
-            let ff = self
-                .freq_factors
-                .as_ref()
-                .and_then(|v| v.get(i).copied())
-                .unwrap_or(1.0);
+            let ff = self.freq_factors.as_ref().and_then(|v| v.get(i).copied()).unwrap_or(1.0);
             let theta_extrap = theta / ff;
             let theta_interp = self.freq_scale * theta_extrap;
             f(i, theta_interp.cos(), theta_interp.sin());
@@ -246,15 +232,8 @@ impl Rope {
 /// dims, `x0' = x0·cos − x1·sin`, `x1' = x0·sin + x1·cos` — with [`Kernels::Avx2`] each
 /// with one fused multiply-add, as ggml's x86 build (`avx2::rope_pairs`).
 pub fn rope_inplace(kernels: Kernels, x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, rope: &Rope) {
-    assert_eq!(
-        x.len(),
-        n_heads * head_dim,
-        "rope: x is not n_heads·head_dim"
-    );
-    assert!(
-        rope.n_dims % 2 == 0 && rope.n_dims <= head_dim,
-        "rope: n_dims must be even and ≤ head_dim"
-    );
+    assert_eq!(x.len(), n_heads * head_dim, "rope: x is not n_heads·head_dim");
+    assert!(rope.n_dims % 2 == 0 && rope.n_dims <= head_dim, "rope: n_dims must be even and ≤ head_dim");
     let half = rope.n_dims / 2;
     let _ = kernels; // read on x86-64 only
     #[cfg(target_arch = "x86_64")]

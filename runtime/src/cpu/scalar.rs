@@ -104,12 +104,7 @@ fn dot_q4_0(w: &[u8], a: &ActRow<'_>) -> f32 {
 /// Mirrors `ggml_vec_dot_q4_1_q8_1_generic`. Block: d, m f16, qs[16].
 fn dot_q4_1(w: &[u8], a: &ActRow<'_>) -> f32 {
     let mut sumf = 0.0f32;
-    for (((blk, y), &dy), &sy) in w
-        .chunks_exact(20)
-        .zip(a.qs.chunks_exact(32))
-        .zip(a.d)
-        .zip(a.s)
-    {
+    for (((blk, y), &dy), &sy) in w.chunks_exact(20).zip(a.qs.chunks_exact(32)).zip(a.d).zip(a.s) {
         let qs = arr::<16>(&blk[4..]);
         let y = arr_i8::<32>(y);
         let mut sumi0 = 0i32;
@@ -154,12 +149,7 @@ fn dot_q5_0(w: &[u8], a: &ActRow<'_>) -> f32 {
 /// Mirrors `ggml_vec_dot_q5_1_q8_1_generic`. Block: d, m f16, qh[4], qs[16].
 fn dot_q5_1(w: &[u8], a: &ActRow<'_>) -> f32 {
     let mut sumf = 0.0f32;
-    for (((blk, y), &dy), &sy) in w
-        .chunks_exact(24)
-        .zip(a.qs.chunks_exact(32))
-        .zip(a.d)
-        .zip(a.s)
-    {
+    for (((blk, y), &dy), &sy) in w.chunks_exact(24).zip(a.qs.chunks_exact(32)).zip(a.d).zip(a.s) {
         let h = q5_high(u32::from_le_bytes(*arr::<4>(&blk[4..])));
         let qs = arr::<16>(&blk[8..]);
         let y = arr_i8::<32>(y);
@@ -236,12 +226,7 @@ pub(super) fn scale_min_k4(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
 /// Mirrors `ggml_vec_dot_q2_K_q8_K_generic`. Block: scales[16], qs[64], d, dmin f16.
 fn dot_q2_k(w: &[u8], a: &ActRow<'_>) -> f32 {
     let mut sumf = 0.0f32;
-    for (((blk, q8), &dy), bsums) in w
-        .chunks_exact(84)
-        .zip(a.qs.chunks_exact(256))
-        .zip(a.d)
-        .zip(a.bsums.chunks_exact(16))
-    {
+    for (((blk, q8), &dy), bsums) in w.chunks_exact(84).zip(a.qs.chunks_exact(256)).zip(a.d).zip(a.bsums.chunks_exact(16)) {
         let sc = arr::<16>(blk);
         let qs = arr::<64>(&blk[16..]);
         let mut summs = 0i32;
@@ -311,12 +296,7 @@ fn dot_q3_k(w: &[u8], a: &ActRow<'_>) -> f32 {
 fn dot_q4_k(w: &[u8], a: &ActRow<'_>) -> f32 {
     let mut sums = [0.0f32; 8];
     let mut sumf = 0.0f32;
-    for (((blk, q8), &dy), bsums) in w
-        .chunks_exact(144)
-        .zip(a.qs.chunks_exact(256))
-        .zip(a.d)
-        .zip(a.bsums.chunks_exact(16))
-    {
+    for (((blk, q8), &dy), bsums) in w.chunks_exact(144).zip(a.qs.chunks_exact(256)).zip(a.d).zip(a.bsums.chunks_exact(16)) {
         let (sc, mins) = scale_min_k4(arr::<12>(&blk[4..]));
         let qs = arr::<128>(&blk[16..]);
         let mut sumi = 0i32;
@@ -333,12 +313,7 @@ fn dot_q4_k(w: &[u8], a: &ActRow<'_>) -> f32 {
                 hi[l] = (q4[l] >> 4) as i8;
             }
             lanes_add::<4>(&mut aux32, i32::from(sc[2 * j]), &q8[64 * j..], &lo);
-            lanes_add::<4>(
-                &mut aux32,
-                i32::from(sc[2 * j + 1]),
-                &q8[64 * j + 32..],
-                &hi,
-            );
+            lanes_add::<4>(&mut aux32, i32::from(sc[2 * j + 1]), &q8[64 * j + 32..], &hi);
         }
         let d = rd_f16(blk, 0) * dy;
         for (s, &a) in sums.iter_mut().zip(&aux32) {
@@ -354,12 +329,7 @@ fn dot_q4_k(w: &[u8], a: &ActRow<'_>) -> f32 {
 fn dot_q5_k(w: &[u8], a: &ActRow<'_>) -> f32 {
     let mut sums = [0.0f32; 8];
     let mut sumf = 0.0f32;
-    for (((blk, q8), &dy), bsums) in w
-        .chunks_exact(176)
-        .zip(a.qs.chunks_exact(256))
-        .zip(a.d)
-        .zip(a.bsums.chunks_exact(16))
-    {
+    for (((blk, q8), &dy), bsums) in w.chunks_exact(176).zip(a.qs.chunks_exact(256)).zip(a.d).zip(a.bsums.chunks_exact(16)) {
         let (sc, mins) = scale_min_k4(arr::<12>(&blk[4..]));
         let qh = arr::<32>(&blk[16..]);
         let qs = arr::<128>(&blk[48..]);
@@ -378,12 +348,7 @@ fn dot_q5_k(w: &[u8], a: &ActRow<'_>) -> f32 {
                 hi[l] = ((q4[l] >> 4) + if qh[l] & m2 != 0 { 16 } else { 0 }) as i8;
             }
             lanes_add::<4>(&mut aux32, i32::from(sc[2 * j]), &q8[64 * j..], &lo);
-            lanes_add::<4>(
-                &mut aux32,
-                i32::from(sc[2 * j + 1]),
-                &q8[64 * j + 32..],
-                &hi,
-            );
+            lanes_add::<4>(&mut aux32, i32::from(sc[2 * j + 1]), &q8[64 * j + 32..], &hi);
         }
         let d = rd_f16(blk, 0) * dy;
         for (s, &a) in sums.iter_mut().zip(&aux32) {

@@ -63,11 +63,7 @@ pub(super) fn dot_fn(ty: GgmlType) -> Option<DotFn> {
 /// half-precision conversion instruction); built on first use from the exact conversion.
 fn f16_table() -> &'static [f32] {
     static TABLE: OnceLock<Vec<f32>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        (0..=u16::MAX)
-            .map(|b| ggml_fp16_to_fp32(f16::from_bits(b)))
-            .collect()
-    })
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| ggml_fp16_to_fp32(f16::from_bits(b))).collect())
 }
 
 /// The f16 at `p` through the table.
@@ -92,12 +88,7 @@ fn mul_small(x: V, s: i32) -> V {
 #[inline(always)]
 fn nibbles(x: V) -> (V, V, V, V) {
     let m4 = splat_i16(0x0F);
-    (
-        and(x, m4),
-        and(shr_u16(x, 8), m4),
-        and(shr_u16(x, 4), m4),
-        shr_u16(x, 12),
-    )
+    (and(x, m4), and(shr_u16(x, 8), m4), and(shr_u16(x, 4), m4), shr_u16(x, 12))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -126,23 +117,13 @@ struct Legacy {
 /// runs the same operations in the same order whatever `R` and `T` are, so tiles give bit for
 /// bit the results of single rows.
 #[inline(always)]
-fn legacy_tile<const R: usize, const T: usize>(
-    w: [&[u8]; R],
-    a: [&ActRow<'_>; T],
-    l: Legacy,
-    unpack: impl Fn(*const u8) -> (V, V, V, V),
-) -> [[f32; T]; R] {
+fn legacy_tile<const R: usize, const T: usize>(w: [&[u8]; R], a: [&ActRow<'_>; T], l: Legacy, unpack: impl Fn(*const u8) -> (V, V, V, V)) -> [[f32; T]; R] {
     let nb = w[0].len() / l.bytes;
     for r in w.iter() {
         assert_eq!(r.len(), nb * l.bytes);
     }
     for a in a.iter() {
-        assert!(
-            a.q16.len() >= nb * 32
-                && a.d.len() >= nb
-                && a.ysum.len() >= nb
-                && (!l.min || a.s.len() >= nb)
-        );
+        assert!(a.q16.len() >= nb * 32 && a.d.len() >= nb && a.ysum.len() >= nb && (!l.min || a.s.len() >= nb));
     }
     let tab = f16_table();
     let yp = a.map(|a| a.q16.as_ptr());
@@ -155,13 +136,7 @@ fn legacy_tile<const R: usize, const T: usize>(
         unsafe {
             // [T] per token: the block's activation scale and its correction term
             let dy: [f32; T] = core::array::from_fn(|t| *a[t].d.get_unchecked(ib));
-            let cy: [f32; T] = core::array::from_fn(|t| {
-                if l.min {
-                    *a[t].s.get_unchecked(ib)
-                } else {
-                    *a[t].ysum.get_unchecked(ib)
-                }
-            });
+            let cy: [f32; T] = core::array::from_fn(|t| if l.min { *a[t].s.get_unchecked(ib) } else { *a[t].ysum.get_unchecked(ib) });
             // [R] per row: the block's scale, min and unpacked quants
             let mut dw = [0.0f32; R];
             let mut mw = [0.0f32; R];
@@ -179,10 +154,7 @@ fn legacy_tile<const R: usize, const T: usize>(
                 let (y0, y1, y2, y3) = (ld16(y), ld16(y.add(8)), ld16(y.add(16)), ld16(y.add(24)));
                 for r in 0..R {
                     let (x0, x1, x2, x3) = x[r];
-                    let s = add_i32(
-                        add_i32(dot_i16(x0, y0), dot_i16(x1, y1)),
-                        add_i32(dot_i16(x2, y2), dot_i16(x3, y3)),
-                    );
+                    let s = add_i32(add_i32(dot_i16(x0, y0), dot_i16(x1, y1)), add_i32(dot_i16(x2, y2), dot_i16(x3, y3)));
                     let scale = dw[r] * dy[t];
                     acc[r][t] = add_f32(acc[r][t], mul_f32(cvt_i32_f32(s), splat_f32(scale)));
                     if l.min {
@@ -194,27 +166,14 @@ fn legacy_tile<const R: usize, const T: usize>(
             }
         }
     }
-    core::array::from_fn(|r| {
-        core::array::from_fn(|t| {
-            hsum_f32(acc[r][t]) + if l.min { corr[r][t] } else { l.offset * corr[r][t] }
-        })
-    })
+    core::array::from_fn(|r| core::array::from_fn(|t| hsum_f32(acc[r][t]) + if l.min { corr[r][t] } else { l.offset * corr[r][t] }))
 }
 
 /// Adds the fifth bits (`qh`, bit j for element j) as 16 to the four nibble vectors.
 #[inline(always)]
 fn q5_high(qh: u32, x: (V, V, V, V)) -> (V, V, V, V) {
     let even = set_i16([1, 1 << 2, 1 << 4, 1 << 6, 1 << 8, 1 << 10, 1 << 12, 1 << 14]);
-    let odd = set_i16([
-        1 << 1,
-        1 << 3,
-        1 << 5,
-        1 << 7,
-        1 << 9,
-        1 << 11,
-        1 << 13,
-        i16::MIN,
-    ]);
+    let odd = set_i16([1 << 1, 1 << 3, 1 << 5, 1 << 7, 1 << 9, 1 << 11, 1 << 13, i16::MIN]);
     let sixteen = splat_i16(16);
     let lo = splat_i16(qh as u16 as i16);
     let hi = splat_i16((qh >> 16) as u16 as i16);
@@ -229,85 +188,40 @@ fn q5_high(qh: u32, x: (V, V, V, V)) -> (V, V, V, V) {
 
 /// Mirrors `ggml_vec_dot_q4_0_q8_0`. Block: d f16, qs[16]; Σ(q−8)·y = Σq·y − 8·Σy.
 #[inline(always)]
-fn q4_0_tile<const R: usize, const T: usize>(
-    w: [&[u8]; R],
-    a: [&ActRow<'_>; T],
-) -> [[f32; T]; R] {
-    let l = Legacy {
-        bytes: 18,
-        offset: -8.0,
-        min: false,
-    };
+fn q4_0_tile<const R: usize, const T: usize>(w: [&[u8]; R], a: [&ActRow<'_>; T]) -> [[f32; T]; R] {
+    let l = Legacy { bytes: 18, offset: -8.0, min: false };
     // SAFETY: a block has 16 quant bytes at offset 2.
     legacy_tile(w, a, l, |b| nibbles(unsafe { ld(b.add(2)) }))
 }
 
 /// Mirrors `ggml_vec_dot_q4_1_q8_1`. Block: d, m f16, qs[16]; d·dy·Σq·y + m·s.
 #[inline(always)]
-fn q4_1_tile<const R: usize, const T: usize>(
-    w: [&[u8]; R],
-    a: [&ActRow<'_>; T],
-) -> [[f32; T]; R] {
-    let l = Legacy {
-        bytes: 20,
-        offset: 0.0,
-        min: true,
-    };
+fn q4_1_tile<const R: usize, const T: usize>(w: [&[u8]; R], a: [&ActRow<'_>; T]) -> [[f32; T]; R] {
+    let l = Legacy { bytes: 20, offset: 0.0, min: true };
     // SAFETY: a block has 16 quant bytes at offset 4.
     legacy_tile(w, a, l, |b| nibbles(unsafe { ld(b.add(4)) }))
 }
 
 /// Mirrors `ggml_vec_dot_q5_0_q8_0`. Block: d f16, qh[4], qs[16]; Σ(q−16)·y = Σq·y − 16·Σy.
 #[inline(always)]
-fn q5_0_tile<const R: usize, const T: usize>(
-    w: [&[u8]; R],
-    a: [&ActRow<'_>; T],
-) -> [[f32; T]; R] {
-    let l = Legacy {
-        bytes: 22,
-        offset: -16.0,
-        min: false,
-    };
+fn q5_0_tile<const R: usize, const T: usize>(w: [&[u8]; R], a: [&ActRow<'_>; T]) -> [[f32; T]; R] {
+    let l = Legacy { bytes: 22, offset: -16.0, min: false };
     // SAFETY: a block has qh at offset 2 and 16 quant bytes at offset 6.
-    legacy_tile(w, a, l, |b| unsafe {
-        q5_high(
-            (b.add(2) as *const u32).read_unaligned(),
-            nibbles(ld(b.add(6))),
-        )
-    })
+    legacy_tile(w, a, l, |b| unsafe { q5_high((b.add(2) as *const u32).read_unaligned(), nibbles(ld(b.add(6)))) })
 }
 
 /// Mirrors `ggml_vec_dot_q5_1_q8_1`. Block: d, m f16, qh[4], qs[16].
 #[inline(always)]
-fn q5_1_tile<const R: usize, const T: usize>(
-    w: [&[u8]; R],
-    a: [&ActRow<'_>; T],
-) -> [[f32; T]; R] {
-    let l = Legacy {
-        bytes: 24,
-        offset: 0.0,
-        min: true,
-    };
+fn q5_1_tile<const R: usize, const T: usize>(w: [&[u8]; R], a: [&ActRow<'_>; T]) -> [[f32; T]; R] {
+    let l = Legacy { bytes: 24, offset: 0.0, min: true };
     // SAFETY: a block has qh at offset 4 and 16 quant bytes at offset 8.
-    legacy_tile(w, a, l, |b| unsafe {
-        q5_high(
-            (b.add(4) as *const u32).read_unaligned(),
-            nibbles(ld(b.add(8))),
-        )
-    })
+    legacy_tile(w, a, l, |b| unsafe { q5_high((b.add(4) as *const u32).read_unaligned(), nibbles(ld(b.add(8)))) })
 }
 
 /// Mirrors `ggml_vec_dot_q8_0_q8_0`. Block: d f16, qs[32] i8; activations in element order.
 #[inline(always)]
-fn q8_0_tile<const R: usize, const T: usize>(
-    w: [&[u8]; R],
-    a: [&ActRow<'_>; T],
-) -> [[f32; T]; R] {
-    let l = Legacy {
-        bytes: 34,
-        offset: 0.0,
-        min: false,
-    };
+fn q8_0_tile<const R: usize, const T: usize>(w: [&[u8]; R], a: [&ActRow<'_>; T]) -> [[f32; T]; R] {
+    let l = Legacy { bytes: 34, offset: 0.0, min: false };
     legacy_tile(w, a, l, |b| {
         // SAFETY: a block has 32 quant bytes at offset 2.
         let (x0, x1) = unsafe { (ld(b.add(2)), ld(b.add(18))) };
@@ -375,17 +289,8 @@ unsafe fn scales_k4(p: *const u8) -> [u32; 4] {
     const KMASK2: u32 = 0x0f0f_0f0f;
     const KMASK3: u32 = 0x0303_0303;
     let q = p as *const u32;
-    let (u0, u1, u2) = (
-        q.read_unaligned(),
-        q.add(1).read_unaligned(),
-        q.add(2).read_unaligned(),
-    );
-    [
-        u0 & KMASK1,
-        (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4),
-        u1 & KMASK1,
-        ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4),
-    ]
+    let (u0, u1, u2) = (q.read_unaligned(), q.add(1).read_unaligned(), q.add(2).read_unaligned());
+    [u0 & KMASK1, (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4), u1 & KMASK1, ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4)]
 }
 
 /// Σ mins[j]·(bsums[2j] + bsums[2j+1]): the min correction of a Q4_K / Q5_K block.
@@ -411,11 +316,7 @@ fn scale_byte(u: &[u32; 4], i: usize) -> i32 {
 /// once for all `T` tokens; each (row, token) sum runs the same operations in the same order
 /// whatever `R` and `T` are.
 #[inline(always)]
-fn k4_tile<const R: usize, const T: usize>(
-    w: [&[u8]; R],
-    a: [&ActRow<'_>; T],
-    q5: bool,
-) -> [[f32; T]; R] {
+fn k4_tile<const R: usize, const T: usize>(w: [&[u8]; R], a: [&ActRow<'_>; T], q5: bool) -> [[f32; T]; R] {
     let bytes = if q5 { 176 } else { 144 };
     let nb = w[0].len() / bytes;
     for r in w.iter() {
@@ -460,14 +361,8 @@ fn k4_tile<const R: usize, const T: usize>(
                         let y = yp[t].add(ib * 256 + 64 * j);
                         let ys: [V; 8] = core::array::from_fn(|i| ld16(y.add(8 * i)));
                         // v.0 = elements 16v+2k, v.1 = 16v+2k+1 (sub-block 2j); v.2, v.3: +32
-                        let lo = add_i32(
-                            add_i32(dot_i16(v0.0, ys[0]), dot_i16(v0.1, ys[1])),
-                            add_i32(dot_i16(v1.0, ys[2]), dot_i16(v1.1, ys[3])),
-                        );
-                        let hi = add_i32(
-                            add_i32(dot_i16(v0.2, ys[4]), dot_i16(v0.3, ys[5])),
-                            add_i32(dot_i16(v1.2, ys[6]), dot_i16(v1.3, ys[7])),
-                        );
+                        let lo = add_i32(add_i32(dot_i16(v0.0, ys[0]), dot_i16(v0.1, ys[1])), add_i32(dot_i16(v1.0, ys[2]), dot_i16(v1.1, ys[3])));
+                        let hi = add_i32(add_i32(dot_i16(v0.2, ys[4]), dot_i16(v0.3, ys[5])), add_i32(dot_i16(v1.2, ys[6]), dot_i16(v1.3, ys[7])));
                         let s = add_i32(mul_small(lo, sc_lo), mul_small(hi, sc_hi));
                         isum[r][t] = add_i32(isum[r][t], s);
                     }
@@ -502,19 +397,13 @@ fn q5k_high(h: V, j: u32, x: (V, V, V, V)) -> (V, V, V, V) {
 
 /// Mirrors `ggml_vec_dot_q4_K_q8_K`.
 #[inline(always)]
-fn q4_k_tile<const R: usize, const T: usize>(
-    w: [&[u8]; R],
-    a: [&ActRow<'_>; T],
-) -> [[f32; T]; R] {
+fn q4_k_tile<const R: usize, const T: usize>(w: [&[u8]; R], a: [&ActRow<'_>; T]) -> [[f32; T]; R] {
     k4_tile(w, a, false)
 }
 
 /// Mirrors `ggml_vec_dot_q5_K_q8_K`.
 #[inline(always)]
-fn q5_k_tile<const R: usize, const T: usize>(
-    w: [&[u8]; R],
-    a: [&ActRow<'_>; T],
-) -> [[f32; T]; R] {
+fn q5_k_tile<const R: usize, const T: usize>(w: [&[u8]; R], a: [&ActRow<'_>; T]) -> [[f32; T]; R] {
     k4_tile(w, a, true)
 }
 
@@ -522,10 +411,7 @@ fn q5_k_tile<const R: usize, const T: usize>(
 /// scales[16] i8, d f16. Quants are used unsigned (0..63); Σ sc·(q−32)·y = Σ sc·q·y − 32·Σ sc·bsum.
 /// A row's 64 elements are unpacked once for all `T` tokens.
 #[inline(always)]
-fn q6_k_tile<const R: usize, const T: usize>(
-    w: [&[u8]; R],
-    a: [&ActRow<'_>; T],
-) -> [[f32; T]; R] {
+fn q6_k_tile<const R: usize, const T: usize>(w: [&[u8]; R], a: [&ActRow<'_>; T]) -> [[f32; T]; R] {
     let nb = w[0].len() / 210;
     for r in w.iter() {
         assert_eq!(r.len(), nb * 210);
@@ -626,12 +512,7 @@ fn f16x4_to_f32(h32: V) -> V {
 /// `Σ x·y` over `n` pairs where `load(i)` yields 4 weights as f32 lanes starting at element i
 /// and `scalar(i)` one weight.
 #[inline(always)]
-fn dot_floats(
-    n: usize,
-    y: &[f32],
-    load: impl Fn(usize) -> V,
-    scalar: impl Fn(usize) -> f32,
-) -> f32 {
+fn dot_floats(n: usize, y: &[f32], load: impl Fn(usize) -> V, scalar: impl Fn(usize) -> f32) -> f32 {
     assert!(y.len() >= n);
     let yp = y.as_ptr();
     let mut acc = [zero(); 4];
@@ -662,12 +543,7 @@ fn dot_f32(w: &[u8], a: &ActRow<'_>) -> f32 {
     let n = w.len() / 4;
     let p = w.as_ptr();
     // SAFETY (both closures): element i < n lies within w.
-    dot_floats(
-        n,
-        a.f,
-        |i| unsafe { ldf(p.add(4 * i) as *const f32) },
-        |i| unsafe { (p.add(4 * i) as *const f32).read_unaligned() },
-    )
+    dot_floats(n, a.f, |i| unsafe { ldf(p.add(4 * i) as *const f32) }, |i| unsafe { (p.add(4 * i) as *const f32).read_unaligned() })
 }
 
 /// `ggml_vec_dot_f16` (SIMD form; activations already rounded to f16).
@@ -679,11 +555,7 @@ fn dot_f16(w: &[u8], a: &ActRow<'_>) -> f32 {
         n,
         a.f,
         |i| unsafe { f16x4_to_f32(ld_u16x4(p.add(2 * i))) },
-        |i| unsafe {
-            ggml_fp16_to_fp32(f16::from_bits(
-                (p.add(2 * i) as *const u16).read_unaligned(),
-            ))
-        },
+        |i| unsafe { ggml_fp16_to_fp32(f16::from_bits((p.add(2 * i) as *const u16).read_unaligned())) },
     )
 }
 
@@ -696,9 +568,7 @@ fn dot_bf16(w: &[u8], a: &ActRow<'_>) -> f32 {
         n,
         a.f,
         |i| unsafe { shl_i32(ld_u16x4(p.add(2 * i)), 16) },
-        |i| unsafe {
-            f32::from_bits(u32::from((p.add(2 * i) as *const u16).read_unaligned()) << 16)
-        },
+        |i| unsafe { f32::from_bits(u32::from((p.add(2 * i) as *const u16).read_unaligned()) << 16) },
     )
 }
 

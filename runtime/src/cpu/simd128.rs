@@ -163,8 +163,7 @@ pub(super) fn ext_hi_i16(a: V) -> V {
 }
 #[inline(always)]
 pub(super) fn hsum_f32(v: V) -> f32 {
-    (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v))
-        + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
+    (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v)) + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
 }
 #[inline(always)]
 pub(super) fn hsum_i32(v: V) -> i32 {

@@ -54,11 +54,7 @@ fn padded(n: usize) -> Vec<f32> {
 
 fn check_pad(buf: &[f32], n: usize, what: &str) {
     for (i, v) in buf[n..].iter().enumerate() {
-        assert_eq!(
-            v.to_bits(),
-            SENTINEL,
-            "{what}: sentinel {i} after the output was overwritten"
-        );
+        assert_eq!(v.to_bits(), SENTINEL, "{what}: sentinel {i} after the output was overwritten");
     }
 }
 
@@ -106,9 +102,7 @@ fn make_weights(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng, raw: bool
     };
     for blk in data.chunks_exact_mut(ty.type_size()) {
         for &o in scales {
-            let v = quant::ggml_fp32_to_fp16(rng.f() * 0.01)
-                .to_bits()
-                .to_le_bytes();
+            let v = quant::ggml_fp32_to_fp16(rng.f() * 0.01).to_bits().to_le_bytes();
             blk[o..o + 2].copy_from_slice(&v);
         }
     }
@@ -121,25 +115,14 @@ fn abs_dot(ty: GgmlType, w: &[u8], a: &[u8], cols: usize) -> f64 {
     let mut af = vec![0f32; cols];
     quant::dequantize_row(ty, w, &mut wf).expect("dequantize w");
     quant::dequantize_row(ty.vec_dot_type(), a, &mut af).expect("dequantize a");
-    wf.iter()
-        .zip(&af)
-        .map(|(&x, &y)| (f64::from(x) * f64::from(y)).abs())
-        .sum()
+    wf.iter().zip(&af).map(|(&x, &y)| (f64::from(x) * f64::from(y)).abs()).sum()
 }
 
 /// One product for a test: a random `rows × cols` matrix of type `ty` (see [`make_weights`])
 /// and `n_tokens` random activation rows from `seed`, multiplied on `kernels` into an output
 /// with sentinels after it, which are checked. Returns the weights, the activations, the
 /// output (`[n_tokens][rows]`, sentinels after) and a label for messages.
-fn run_matmul(
-    kernels: Kernels,
-    ty: GgmlType,
-    rows: usize,
-    cols: usize,
-    n_tokens: usize,
-    raw: bool,
-    seed: u64,
-) -> (Vec<u8>, Vec<f32>, Vec<f32>, String) {
+fn run_matmul(kernels: Kernels, ty: GgmlType, rows: usize, cols: usize, n_tokens: usize, raw: bool, seed: u64) -> (Vec<u8>, Vec<f32>, Vec<f32>, String) {
     let mut rng = Rng::new(seed);
     let data = make_weights(ty, rows, cols, &mut rng, raw);
     let w = QMatrix::new(ty, rows, cols, &data).expect("matrix");
@@ -151,15 +134,7 @@ fn run_matmul(
     (data, x, y, what)
 }
 
-fn matmul_case(
-    kernels: Kernels,
-    ty: GgmlType,
-    rows: usize,
-    cols: usize,
-    n_tokens: usize,
-    raw: bool,
-    seed: u64,
-) {
+fn matmul_case(kernels: Kernels, ty: GgmlType, rows: usize, cols: usize, n_tokens: usize, raw: bool, seed: u64) {
     let (data, x, y, what) = run_matmul(kernels, ty, rows, cols, n_tokens, raw, seed);
     let w = QMatrix::new(ty, rows, cols, &data).expect("matrix");
     check_finite(&y[..rows * n_tokens], &what);
@@ -178,37 +153,19 @@ fn matmul_case(
             let want = quant::vec_dot(ty, cols, w.row(r), &act).expect("oracle");
             match kernels {
                 Kernels::Scalar => {
-                    assert_eq!(
-                        got.to_bits(),
-                        want.to_bits(),
-                        "{what}: row {r} token {t}: {got} vs oracle {want}"
-                    )
+                    assert_eq!(got.to_bits(), want.to_bits(), "{what}: row {r} token {t}: {got} vs oracle {want}")
                 }
                 Kernels::Simd | Kernels::Avx2 | Kernels::Float => {
                     let nb = (cols / ty.block_size()) as f64;
-                    let tol = 4.0
-                        * (nb.min(64.0) + 16.0)
-                        * f64::from(f32::EPSILON)
-                        * abs_dot(ty, w.row(r), &act, cols);
-                    assert!(
-                        (f64::from(got) - f64::from(want)).abs() <= tol + 1e-30,
-                        "{what}: row {r} token {t}: {got} vs oracle {want} (tolerance {tol:e})"
-                    );
+                    let tol = 4.0 * (nb.min(64.0) + 16.0) * f64::from(f32::EPSILON) * abs_dot(ty, w.row(r), &act, cols);
+                    assert!((f64::from(got) - f64::from(want)).abs() <= tol + 1e-30, "{what}: row {r} token {t}: {got} vs oracle {want} (tolerance {tol:e})");
                 }
             }
             // against the unquantized activations, in f64
             let mut wf = vec![0f32; cols];
             quant::dequantize_row(ty, w.row(r), &mut wf).expect("dequantize");
-            let exact: f64 = wf
-                .iter()
-                .zip(xt)
-                .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                .sum();
-            let mag: f64 = wf
-                .iter()
-                .zip(xt)
-                .map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs())
-                .sum();
+            let exact: f64 = wf.iter().zip(xt).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            let mag: f64 = wf.iter().zip(xt).map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs()).sum();
             err2 += (f64::from(got) - exact).powi(2);
             ref2 += mag * mag;
         }
@@ -221,10 +178,7 @@ fn matmul_case(
         GgmlType::BF16 => 1e-5,
         _ => 1e-4,
     };
-    assert!(
-        nmse <= bound,
-        "{what}: normalized MSE {nmse:e} over {bound:e}"
-    );
+    assert!(nmse <= bound, "{what}: normalized MSE {nmse:e} over {bound:e}");
 }
 
 #[test]
@@ -272,12 +226,7 @@ fn matmul_tokens_together_equal_one_by_one() {
                 let xt = &x[t * cols..(t + 1) * cols];
                 matmul_with(kernels, &w, xt, 1, &mut one, &mut s).expect("matmul");
                 for r in 0..rows {
-                    assert_eq!(
-                        together[t * rows + r].to_bits(),
-                        one[r].to_bits(),
-                        "{} {ty}: row {r} token {t}",
-                        kernels.name()
-                    );
+                    assert_eq!(together[t * rows + r].to_bits(), one[r].to_bits(), "{} {ty}: row {r} token {t}", kernels.name());
                 }
             }
         }
@@ -332,9 +281,13 @@ fn float_matmul_threads_change_nothing() {
         let mut split = padded(rows * n_tokens);
         super::float::rows(&w, &x, n_tokens, 0, rows, |t, r, v| one[t * rows + r] = v).expect("one thread");
         // the parallel split itself, whatever num_threads() other tests set meanwhile
-        super::split_rows_parallel(&w, n_tokens, &mut split[..rows * n_tokens], |r0, r1, out| {
-            super::float::rows(&w, &x, n_tokens, r0, r1, |t, r, v| out.put(t, r, v))
-        }, 3)
+        super::split_rows_parallel(
+            &w,
+            n_tokens,
+            &mut split[..rows * n_tokens],
+            |r0, r1, out| super::float::rows(&w, &x, n_tokens, r0, r1, |t, r, v| out.put(t, r, v)),
+            3,
+        )
         .expect("three threads");
         check_pad(&split, rows * n_tokens, "float, three threads");
         let same = one.iter().zip(&split).all(|(a, b)| a.to_bits() == b.to_bits());
@@ -345,26 +298,14 @@ fn float_matmul_threads_change_nothing() {
 #[test]
 fn matmul_rejects_bad_shapes() {
     let data = vec![0u8; 2 * 18];
-    assert!(matches!(
-        QMatrix::new(GgmlType::Q4_0, 2, 48, &data),
-        Err(QuantError::NotBlockMultiple { .. })
-    ));
-    assert!(matches!(
-        QMatrix::new(GgmlType::Q4_0, 3, 32, &data),
-        Err(QuantError::BufferSize { .. })
-    ));
-    assert!(matches!(
-        QMatrix::new(GgmlType::IQ2_XS, 1, 256, &[0; 74]),
-        Err(QuantError::Unsupported { .. })
-    ));
+    assert!(matches!(QMatrix::new(GgmlType::Q4_0, 2, 48, &data), Err(QuantError::NotBlockMultiple { .. })));
+    assert!(matches!(QMatrix::new(GgmlType::Q4_0, 3, 32, &data), Err(QuantError::BufferSize { .. })));
+    assert!(matches!(QMatrix::new(GgmlType::IQ2_XS, 1, 256, &[0; 74]), Err(QuantError::Unsupported { .. })));
     let w = QMatrix::new(GgmlType::Q4_0, 2, 32, &data).expect("matrix");
     let mut s = Scratch::default();
     let mut y = vec![0f32; 2];
     assert!(matmul(&w, &[0.0; 31], 1, &mut y, &mut s).is_err());
-    assert!(
-        matmul(&w, &[0.0; 64], 2, &mut y, &mut s).is_err(),
-        "y too short for 2 tokens"
-    );
+    assert!(matmul(&w, &[0.0; 64], 2, &mut y, &mut s).is_err(), "y too short for 2 tokens");
     assert!(matmul(&w, &[0.0; 32], 1, &mut y, &mut s).is_ok());
     assert_eq!(w.row(1).len(), 18);
 }
@@ -401,10 +342,7 @@ fn rms_norm_matches_f64() {
         let s = 1.0 / (ms + 1e-6).sqrt();
         for i in 0..n {
             let want = f64::from(x[i]) * s * f64::from(w[i]);
-            assert!(
-                (f64::from(out[i]) - want).abs() <= 1e-6 * want.abs() + 1e-30,
-                "{n} {i}"
-            );
+            assert!((f64::from(out[i]) - want).abs() <= 1e-6 * want.abs() + 1e-30, "{n} {i}");
         }
         let mut y = x.clone();
         rms_norm_inplace(&mut y, &w, 1e-6);
@@ -418,10 +356,7 @@ fn activations_match_ggml_formulas() {
         let x = i as f32 * 0.01;
         let s = silu(x);
         let want = f64::from(x) / (1.0 + (-f64::from(x)).exp());
-        assert!(
-            (f64::from(s) - want).abs() <= 1e-6 * want.abs().max(1e-3),
-            "silu {x}"
-        );
+        assert!((f64::from(s) - want).abs() <= 1e-6 * want.abs().max(1e-3), "silu {x}");
     }
     for &k in Kernels::available() {
         for i in -2000..2000 {
@@ -429,10 +364,7 @@ fn activations_match_ggml_formulas() {
             // GELU goes through an f16 table: f16 precision of input and output.
             let g = gelu_tanh(k, x);
             let e = ops::gelu_tanh_f32(x);
-            assert!(
-                (g - e).abs() <= 2e-3 * e.abs() + 2e-3 * x.abs() * 0.5 + 1e-4,
-                "{k:?} gelu {x}: {g} vs {e}"
-            );
+            assert!((g - e).abs() <= 2e-3 * e.abs() + 2e-3 * x.abs() * 0.5 + 1e-4, "{k:?} gelu {x}: {g} vs {e}");
         }
         assert_eq!(gelu_tanh(k, -10.0), 0.0);
         assert_eq!(gelu_tanh(k, 12.5), 12.5);
@@ -472,10 +404,7 @@ fn rope_reference(x: &[f32], n_heads: usize, hd: usize, pos: usize, r: &Rope) ->
     let mut out: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
     for i in 0..r.n_dims / 2 {
         let ff = r.freq_factors.as_ref().map_or(1.0, |f| f64::from(f[i]));
-        let theta = pos as f64
-            * f64::from(r.freq_base).powf(-2.0 * i as f64 / r.n_dims as f64)
-            * f64::from(r.freq_scale)
-            / ff;
+        let theta = pos as f64 * f64::from(r.freq_base).powf(-2.0 * i as f64 / r.n_dims as f64) * f64::from(r.freq_scale) / ff;
         let (s, c) = theta.sin_cos();
         let (i0, i1) = match r.mode {
             RopeMode::Normal => (2 * i, 2 * i + 1),
@@ -529,10 +458,7 @@ fn rope_matches_reference() {
                 let size = x.iter().fold(1f64, |m, &v| m.max(f64::from(v.abs())));
                 let tol = (1e-5 + pos as f64 * 4e-7 * (n_dims as f64 / 64.0)) * size;
                 for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
-                    assert!(
-                        (f64::from(a) - b).abs() <= tol,
-                        "{k:?} {mode:?} pos {pos} elem {i}: {a} vs {b}"
-                    );
+                    assert!((f64::from(a) - b).abs() <= tol, "{k:?} {mode:?} pos {pos} elem {i}: {a} vs {b}");
                 }
                 for h in 0..n_heads {
                     for d in n_dims..hd {
@@ -607,19 +533,17 @@ fn kv_round_trip_within_bounds() {
                     for (g, (o, s)) in out.chunks(32).zip(src.chunks(32)).enumerate() {
                         let amax = s.iter().fold(0f32, |m, &x| m.max(x.abs()));
                         // (+ the f32 rounding of adding the offset back and taking it off)
-                        let bound = 1e-6 + match ty {
-                            KvType::F32 => 0.0,
-                            KvType::F16 => amax * 2f32.powi(-11),
-                            // d/2 + f16 rounding of d (≤ 2⁻¹¹·d per unit of q, |q| ≤ 127)
-                            KvType::Q8 => amax / 127.0 * 0.57,
-                            // the clamp of the extreme value costs a whole step d = amax/8
-                            KvType::Q4 => amax / 8.0 * 1.01,
-                        };
+                        let bound = 1e-6
+                            + match ty {
+                                KvType::F32 => 0.0,
+                                KvType::F16 => amax * 2f32.powi(-11),
+                                // d/2 + f16 rounding of d (≤ 2⁻¹¹·d per unit of q, |q| ≤ 127)
+                                KvType::Q8 => amax / 127.0 * 0.57,
+                                // the clamp of the extreme value costs a whole step d = amax/8
+                                KvType::Q4 => amax / 8.0 * 1.01,
+                            };
                         for (a, b) in o.iter().zip(s) {
-                            assert!(
-                                (a - b).abs() <= bound,
-                                "{ty:?} l{l} p{p} h{h} g{g}: {a} vs {b} (bound {bound})"
-                            );
+                            assert!((a - b).abs() <= bound, "{ty:?} l{l} p{p} h{h} g{g}: {a} vs {b} (bound {bound})");
                         }
                     }
                 }
@@ -704,23 +628,14 @@ fn attention_reference(
 /// Largest |a − b| over max |b|.
 fn max_rel_err(a: &[f32], b: &[f64]) -> f64 {
     let m = b.iter().fold(0f64, |m, &x| m.max(x.abs())).max(1e-30);
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (f64::from(x) - y).abs())
-        .fold(0.0, f64::max)
-        / m
+    a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - y).abs()).fold(0.0, f64::max) / m
 }
 
 #[test]
 fn attention_matches_reference() {
     for &kernels in Kernels::available() {
         for ty in KV_TYPES {
-            for (n_heads, nkv, dk, dv) in [
-                (9usize, 3usize, 64usize, 64usize),
-                (4, 1, 256, 256),
-                (6, 6, 32, 64),
-                (4, 2, 64, 32),
-            ] {
+            for (n_heads, nkv, dk, dv) in [(9usize, 3usize, 64usize, 64usize), (4, 1, 256, 256), (6, 6, 32, 64), (4, 2, 64, 32)] {
                 let mut rng = Rng::new((n_heads * 31 + dk) as u64);
                 let (nl, nctx) = (2, 40);
                 let q_all: Vec<f32> = rng.vec(n_heads * dk);
@@ -757,62 +672,29 @@ fn attention_matches_reference() {
                         q_dot(&q_all[h * dk..(h + 1) * dk], m)
                     })
                     .collect();
-                let original = |p: usize, g: usize| {
-                    (
-                        orig[p].0[g * dk..(g + 1) * dk].to_vec(),
-                        orig[p].1[g * dv..(g + 1) * dv].to_vec(),
-                    )
-                };
+                let original = |p: usize, g: usize| (orig[p].0[g * dk..(g + 1) * dk].to_vec(), orig[p].1[g * dv..(g + 1) * dv].to_vec());
                 let q = q_all.clone();
                 let scale = 1.0 / (dk as f32).sqrt();
-                for ((start, end, cap), batch) in [
-                    (0usize, 1usize, None),
-                    (0, 40, None),
-                    (13, 29, None),
-                    (0, 33, Some(5.0f32)),
-                ]
-                .into_iter()
-                // a query of a batch, and one alone (`Avx2` sums p·V in another order then)
-                .flat_map(|r| [(r, BATCH), (r, 1)])
+                for ((start, end, cap), batch) in [(0usize, 1usize, None), (0, 40, None), (13, 29, None), (0, 33, Some(5.0f32))]
+                    .into_iter()
+                    // a query of a batch, and one alone (`Avx2` sums p·V in another order then)
+                    .flat_map(|r| [(r, BATCH), (r, 1)])
                 {
                     let mut out = padded(n_heads * dv);
                     let mut s = AttnScratch::default();
-                    attention(
-                        kernels,
-                        &c,
-                        1,
-                        &q,
-                        n_heads,
-                        start,
-                        end,
-                        scale,
-                        cap,
-                        batch,
-                        &mut out[..n_heads * dv],
-                        &mut s,
-                    );
-                    let what = format!(
-                        "{} {ty:?} {n_heads}/{nkv} dk{dk} dv{dv} {start}..{end} cap {cap:?} batch {batch}",
-                        kernels.name()
-                    );
+                    attention(kernels, &c, 1, &q, n_heads, start, end, scale, cap, batch, &mut out[..n_heads * dv], &mut s);
+                    let what = format!("{} {ty:?} {n_heads}/{nkv} dk{dk} dv{dv} {start}..{end} cap {cap:?} batch {batch}", kernels.name());
                     check_pad(&out, n_heads * dv, &what);
                     check_finite(&out[..n_heads * dv], &what);
                     let out = &out[..n_heads * dv];
                     // Tight: the stored rows and the query as converted for the K dot product.
                     let q_eff = effective_q(ty, &q);
                     let shift: &[f64] = if cap.is_some() { &shifts } else { &[] };
-                    let tight = attention_reference(
-                        &stored, dk, dv, nkv, &q_eff, n_heads, start, end, scale, cap, shift,
-                    );
+                    let tight = attention_reference(&stored, dk, dv, nkv, &q_eff, n_heads, start, end, scale, cap, shift);
                     let e = max_rel_err(out, &tight);
-                    assert!(
-                        e <= 2e-5,
-                        "{what}: {e:e} off the f64 reference on the stored rows"
-                    );
+                    assert!(e <= 2e-5, "{what}: {e:e} off the f64 reference on the stored rows");
                     // Loose: the original f32 rows and query (the cost of the cache format).
-                    let loose = attention_reference(
-                        &original, dk, dv, nkv, &q, n_heads, start, end, scale, cap, &[],
-                    );
+                    let loose = attention_reference(&original, dk, dv, nkv, &q, n_heads, start, end, scale, cap, &[]);
                     let bound = match ty {
                         KvType::F32 => 2e-5,
                         KvType::F16 => 5e-3,
@@ -824,20 +706,7 @@ fn attention_matches_reference() {
                 }
                 // An empty range writes zeros.
                 let mut out = vec![1f32; n_heads * dv];
-                attention(
-                    kernels,
-                    &c,
-                    0,
-                    &q,
-                    n_heads,
-                    5,
-                    5,
-                    scale,
-                    None,
-                    BATCH,
-                    &mut out,
-                    &mut AttnScratch::default(),
-                );
+                attention(kernels, &c, 0, &q, n_heads, 5, 5, scale, None, BATCH, &mut out, &mut AttnScratch::default());
                 assert!(out.iter().all(|&v| v == 0.0));
             }
         }
@@ -874,7 +743,8 @@ fn attention_reads_sink_and_recent_copies() {
                     cache.write_batch(0, 24, &ks[24 * nkv * dk..], &vs[24 * nkv * dv..]).expect("write");
                 }
                 let half_row = |row: &[u8]| -> Vec<f32> {
-                    let mut x: Vec<f32> = row.chunks_exact(2).map(|b| quant::ggml_fp16_to_fp32(half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])))).collect();
+                    let mut x: Vec<f32> =
+                        row.chunks_exact(2).map(|b| quant::ggml_fp16_to_fp32(half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])))).collect();
                     rotate_groups(&mut x);
                     x
                 };
@@ -940,7 +810,9 @@ fn attention_with_copies_is_the_same_batched_or_not() {
             let mut runs: Vec<Vec<f32>> = Vec::new();
             // every split starts with the same batch 0..8 (which sets the K offset); the last
             // run is the first without copies
-            for (splits, recent) in [(vec![0usize, 8, 40], 6), (vec![0, 8, 9, 25, 40], 6), ((0..=40).filter(|&p| p == 0 || p >= 8).collect(), 6), (vec![0, 8, 40], 0)] {
+            for (splits, recent) in
+                [(vec![0usize, 8, 40], 6), (vec![0, 8, 9, 25, 40], 6), ((0..=40).filter(|&p| p == 0 || p >= 8).collect(), 6), (vec![0, 8, 40], 0)]
+            {
                 let mut c = KvCache::new(ty, 2, nctx, nkv, dk, dv).expect("cache").with_recent(recent).expect("copies");
                 let mut out = vec![0f32; nctx * n_heads * dv];
                 for w in splits.windows(2) {
@@ -949,7 +821,20 @@ fn attention_with_copies_is_the_same_batched_or_not() {
                         c.write_batch(layer, a, &ks[a * nkv * dk..b * nkv * dk], &vs[a * nkv * dv..b * nkv * dv]).expect("write");
                         for pos in a..b {
                             let o = &mut out[pos * n_heads * dv..(pos + 1) * n_heads * dv];
-                            attention(kernels, &c, layer, &q[pos * n_heads * dk..(pos + 1) * n_heads * dk], n_heads, 0, pos + 1, scale, None, b - a, o, &mut AttnScratch::default());
+                            attention(
+                                kernels,
+                                &c,
+                                layer,
+                                &q[pos * n_heads * dk..(pos + 1) * n_heads * dk],
+                                n_heads,
+                                0,
+                                pos + 1,
+                                scale,
+                                None,
+                                b - a,
+                                o,
+                                &mut AttnScratch::default(),
+                            );
                         }
                     }
                 }
@@ -976,11 +861,7 @@ fn attention_f16_cache_equals_f32_cache_of_same_values() {
             let (nl, nctx) = (1, 23);
             let mut c16 = KvCache::new(KvType::F16, nl, nctx, nkv, dk, dv).expect("cache");
             let mut c32 = KvCache::new(KvType::F32, nl, nctx, nkv, dk, dv).expect("cache");
-            let halve = |v: Vec<f32>| -> Vec<f32> {
-                v.into_iter()
-                    .map(|x| half::f16::from_f32(x * 4.0).to_f32())
-                    .collect()
-            };
+            let halve = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| half::f16::from_f32(x * 4.0).to_f32()).collect() };
             for p in 0..nctx {
                 let (k, v) = (halve(rng.vec(nkv * dk)), halve(rng.vec(nkv * dv)));
                 c16.write(0, p, &k, &v).expect("write");
@@ -995,12 +876,7 @@ fn attention_f16_cache_equals_f32_cache_of_same_values() {
                 attention(kernels, &c32, 0, &q, n_heads, start, end, 0.125, cap, BATCH, &mut o32, &mut s);
                 check_finite(&o16, "f16 cache");
                 for (i, (a, b)) in o16.iter().zip(&o32).enumerate() {
-                    assert_eq!(
-                        a.to_bits(),
-                        b.to_bits(),
-                        "{} {n_heads}/{nkv} {start}..{end}: output {i}: f16 cache {a}, f32 cache {b}",
-                        kernels.name()
-                    );
+                    assert_eq!(a.to_bits(), b.to_bits(), "{} {n_heads}/{nkv} {start}..{end}: output {i}: f16 cache {a}, f32 cache {b}", kernels.name());
                 }
             }
         }
@@ -1014,10 +890,7 @@ fn attention_exp_is_accurate() {
         let got = f64::from(attention::exp_nonpositive(x));
         let want = f64::from(x).exp();
         if x >= -87.0 {
-            assert!(
-                (got - want).abs() <= 3.0 * f64::from(f32::EPSILON) * want,
-                "exp({x}) = {got}, want {want}"
-            );
+            assert!((got - want).abs() <= 3.0 * f64::from(f32::EPSILON) * want, "exp({x}) = {got}, want {want}");
         } else {
             assert!(got <= 1.7e-38, "exp({x}) = {got}");
         }
@@ -1038,9 +911,7 @@ fn now_ms() -> f64 {
     #[cfg(not(target_arch = "wasm32"))]
     {
         use std::time::{SystemTime, UNIX_EPOCH};
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1e3)
     }
 }
 
@@ -1110,11 +981,7 @@ fn bench_matvec() {
         // Gw/s: weight-token products per second (a weight read once per token in decode)
         let mut line = format!("{:>5} {rows}x{cols} t={n_tokens}:", ty.name());
         for (i, &(label, _, _)) in variants.iter().enumerate() {
-            line += &format!(
-                "  {label} {:8.1} us {:5.2} Gw/s",
-                best[i] * 1e6,
-                (rows * cols * n_tokens) as f64 / best[i] / 1e9
-            );
+            line += &format!("  {label} {:8.1} us {:5.2} Gw/s", best[i] * 1e6, (rows * cols * n_tokens) as f64 / best[i] / 1e9);
         }
         report(&line);
     }
@@ -1131,8 +998,7 @@ fn bench_attention() {
         for ty in KV_TYPES {
             let mut c = KvCache::new(ty, 1, n, nkv, hd, hd).expect("cache");
             for p in 0..n {
-                c.write(0, p, &rng.vec(nkv * hd), &rng.vec(nkv * hd))
-                    .expect("write");
+                c.write(0, p, &rng.vec(nkv * hd), &rng.vec(nkv * hd)).expect("write");
             }
             let q = rng.vec(n_heads * hd);
             let mut out = vec![0f32; n_heads * hd];
@@ -1144,9 +1010,7 @@ fn bench_attention() {
                     let t0 = now_ms();
                     let mut iters = 0u32;
                     while now_ms() - t0 < 50.0 {
-                        attention(
-                            kernels, &c, 0, &q, n_heads, 0, n, 0.125, None, BATCH, &mut out, &mut s,
-                        );
+                        attention(kernels, &c, 0, &q, n_heads, 0, n, 0.125, None, BATCH, &mut out, &mut s);
                         iters += 1;
                     }
                     best = best.min((now_ms() - t0) / f64::from(iters));

@@ -69,7 +69,9 @@ pub enum Parsed {
     Header(Box<GgufHeader>),
     /// The prefix ends inside the header: supply at least `total` bytes from the file start
     /// (a lower bound; growing the prefix geometrically avoids re-parsing often).
-    NeedMore { total: u64 },
+    NeedMore {
+        total: u64,
+    },
 }
 
 /// Parses the header from `prefix`, the first bytes of a file of `file_size` bytes (None when
@@ -106,10 +108,7 @@ fn parse(buf: &[u8], file_size: Option<u64>, limits: &Limits) -> Result<GgufHead
         return Err(GgufError::TooManyKv { count: n_kv, limit: limits.max_kv }.into());
     }
     // Saturating: with permissive limits (up to u64::MAX) the product may not fit.
-    let min_bytes = c
-        .pos()
-        .saturating_add(n_kv.saturating_mul(MIN_KV_BYTES))
-        .saturating_add(n_tensors.saturating_mul(MIN_TENSOR_INFO_BYTES));
+    let min_bytes = c.pos().saturating_add(n_kv.saturating_mul(MIN_KV_BYTES)).saturating_add(n_tensors.saturating_mul(MIN_TENSOR_INFO_BYTES));
     if let Some(fs) = file_size {
         if min_bytes > fs {
             return Err(GgufError::CountsExceedFile { n_tensors, n_kv, min_bytes, file_size: fs }.into());
@@ -276,10 +275,8 @@ fn read_tensor_info(c: &mut Cursor, index: u64, alignment: u64, limits: &Limits)
     if row % block as u64 != 0 {
         return Err(GgufError::RowNotBlockMultiple { tensor: name, ty, row, block }.into());
     }
-    let n_bytes = ty
-        .row_bytes(n_elements)
-        .filter(|&b| b <= i64::MAX as u64)
-        .ok_or_else(|| GgufError::ByteSizeOverflow { tensor: name.clone(), n_elements, ty })?;
+    let n_bytes =
+        ty.row_bytes(n_elements).filter(|&b| b <= i64::MAX as u64).ok_or_else(|| GgufError::ByteSizeOverflow { tensor: name.clone(), n_elements, ty })?;
     if offset % alignment != 0 {
         return Err(GgufError::MisalignedOffset { tensor: name, offset, alignment }.into());
     }
@@ -303,11 +300,7 @@ impl GgufHeader {
         for (i, t) in order.iter().enumerate() {
             // The absolute end (data_offset + offset + bytes) must be representable too.
             let end = t.offset.checked_add(t.n_bytes).filter(|e| e.checked_add(self.data_offset).is_some());
-            let end = end.ok_or_else(|| GgufError::TensorPastEnd {
-                tensor: t.name.clone(),
-                end: u64::MAX,
-                data_size: data_size.unwrap_or(0),
-            })?;
+            let end = end.ok_or_else(|| GgufError::TensorPastEnd { tensor: t.name.clone(), end: u64::MAX, data_size: data_size.unwrap_or(0) })?;
             if let Some(next) = order.get(i + 1) {
                 if next.offset < end {
                     return Err(GgufError::OverlappingTensors {

@@ -53,9 +53,7 @@ impl Metadata {
     pub fn get_u64(&self, key: &str) -> Result<Option<u64>, GgufError> {
         let Some(v) = self.get(key) else { return Ok(None) };
         let i = v.as_i128().ok_or_else(|| wrong(key, "unsigned integer", v))?;
-        u64::try_from(i)
-            .map(Some)
-            .map_err(|_| GgufError::OutOfRange { key: key.to_owned(), value: i.to_string(), expected: "u64" })
+        u64::try_from(i).map(Some).map_err(|_| GgufError::OutOfRange { key: key.to_owned(), value: i.to_string(), expected: "u64" })
     }
 
     pub fn require_u64(&self, key: &str) -> Result<u64, GgufError> {
@@ -66,9 +64,7 @@ impl Metadata {
     pub fn get_u32(&self, key: &str) -> Result<Option<u32>, GgufError> {
         match self.get_u64(key)? {
             None => Ok(None),
-            Some(v) => u32::try_from(v)
-                .map(Some)
-                .map_err(|_| GgufError::OutOfRange { key: key.to_owned(), value: v.to_string(), expected: "u32" }),
+            Some(v) => u32::try_from(v).map(Some).map_err(|_| GgufError::OutOfRange { key: key.to_owned(), value: v.to_string(), expected: "u32" }),
         }
     }
 
@@ -141,8 +137,7 @@ impl Metadata {
     /// A per-layer integer (e.g. head_count_kv) given either as one integer or as an array of
     /// integers with one entry per layer; returns one value per layer.
     pub fn get_per_layer_u32(&self, key: &str, n_layers: usize) -> Result<Option<Vec<u32>>, GgufError> {
-        let out_of_range =
-            |v: i128| GgufError::OutOfRange { key: key.to_owned(), value: v.to_string(), expected: "u32" };
+        let out_of_range = |v: i128| GgufError::OutOfRange { key: key.to_owned(), value: v.to_string(), expected: "u32" };
         match self.get(key) {
             None => Ok(None),
             Some(Value::Array(a)) => {
@@ -154,11 +149,7 @@ impl Metadata {
                     _ => return Err(GgufError::WrongType { key: key.to_owned(), expected: "array of integers", found: a.type_name() }),
                 };
                 if vals.len() != n_layers {
-                    return Err(GgufError::OutOfRange {
-                        key: key.to_owned(),
-                        value: format!("{} entries", vals.len()),
-                        expected: "one entry per layer",
-                    });
+                    return Err(GgufError::OutOfRange { key: key.to_owned(), value: format!("{} entries", vals.len()), expected: "one entry per layer" });
                 }
                 vals.into_iter().map(|v| u32::try_from(v).map_err(|_| out_of_range(v))).collect::<Result<_, _>>().map(Some)
             }
@@ -210,9 +201,7 @@ impl Metadata {
         Ok(TokenizerMetadata {
             model: self.require_str("tokenizer.ggml.model")?,
             pre: self.get_str("tokenizer.ggml.pre")?,
-            tokens: self
-                .get_str_array("tokenizer.ggml.tokens")?
-                .ok_or_else(|| GgufError::MissingKey { key: "tokenizer.ggml.tokens".into() })?,
+            tokens: self.get_str_array("tokenizer.ggml.tokens")?.ok_or_else(|| GgufError::MissingKey { key: "tokenizer.ggml.tokens".into() })?,
             scores: self.get_f32_array("tokenizer.ggml.scores")?,
             token_types: self.get_i32_array("tokenizer.ggml.token_type")?,
             merges: self.get_str_array("tokenizer.ggml.merges")?,

@@ -17,21 +17,21 @@ mod cursor;
 mod header;
 mod limits;
 mod metadata;
-mod split;
-mod value;
-pub mod writer;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod partial_file;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod shard_writer;
+mod split;
+mod value;
+pub mod writer;
 
 pub use header::{parse_header, GgufHeader, Parsed, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC};
 pub use limits::{Limits, MAX_DIMS};
 pub use metadata::{Hyperparameters, Metadata, TokenizerMetadata};
-pub use split::{GgufModel, SplitInfo, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
-pub use value::{Array, Value, ValueType};
 #[cfg(not(target_arch = "wasm32"))]
 pub use shard_writer::{write_shards, ShardError};
+pub use split::{GgufModel, SplitInfo, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
+pub use value::{Array, Value, ValueType};
 
 use crate::error::GgufError;
 

@@ -22,9 +22,9 @@
 //! and renamed, so an interrupted run never leaves a partial file under a final name.
 
 use super::header::{GgufHeader, DEFAULT_ALIGNMENT};
+use super::partial_file::{PartialFile, WriteError};
 use super::split::{KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
 use super::value::Value;
-use super::partial_file::{PartialFile, WriteError};
 use super::writer::{data_layout, encode_header, TensorEntry};
 use super::{read_header_from_path, Limits, ReadHeaderError};
 use crate::error::GgufError;
@@ -172,12 +172,7 @@ pub fn write_shards(input: &Path, max_bytes: u64, out_dir: &Path) -> Result<Mani
 }
 
 /// [`write_shards`], calling `progress` after each shard is complete under its final name.
-pub fn write_shards_with_progress(
-    input: &Path,
-    max_bytes: u64,
-    out_dir: &Path,
-    progress: &mut dyn FnMut(ShardWritten<'_>),
-) -> Result<Manifest, ShardError> {
+pub fn write_shards_with_progress(input: &Path, max_bytes: u64, out_dir: &Path, progress: &mut dyn FnMut(ShardWritten<'_>)) -> Result<Manifest, ShardError> {
     if max_bytes == 0 {
         return Err(ShardError::ZeroMaxSize);
     }
@@ -191,8 +186,7 @@ pub fn write_shards_with_progress(
     if let Some(s) = split.filter(|s| s.count > 1) {
         return Err(ShardError::SplitInput { path: in_path, no: s.no, count: s.count });
     }
-    let total_tensors = i32::try_from(header.tensors.len())
-        .map_err(|_| ShardError::TooManyTensors { path: in_path.clone(), tensors: header.tensors.len() })?;
+    let total_tensors = i32::try_from(header.tensors.len()).map_err(|_| ShardError::TooManyTensors { path: in_path.clone(), tensors: header.tensors.len() })?;
 
     let sizes: Vec<u64> = header.tensors.iter().map(|t| t.n_bytes).collect();
     let plan = plan_shards(&sizes, max_bytes);
@@ -217,19 +211,10 @@ pub fn write_shards_with_progress(
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut shards = Vec::with_capacity(count);
     for (no, range) in plan.iter().enumerate() {
-        let split_keys = [
-            (KEY_SPLIT_NO, Value::U16(no as u16)),
-            (KEY_SPLIT_TENSORS_COUNT, Value::I32(total_tensors)),
-            (KEY_SPLIT_COUNT, Value::U16(count_u16)),
-        ];
-        let (bytes, sha256) = write_one(
-            &header,
-            &mut src,
-            &in_path,
-            ShardSpec { no, range: range.clone(), split_keys: &split_keys },
-            &out_dir.join(&names[no]),
-            &mut buf,
-        )?;
+        let split_keys =
+            [(KEY_SPLIT_NO, Value::U16(no as u16)), (KEY_SPLIT_TENSORS_COUNT, Value::I32(total_tensors)), (KEY_SPLIT_COUNT, Value::U16(count_u16))];
+        let (bytes, sha256) =
+            write_one(&header, &mut src, &in_path, ShardSpec { no, range: range.clone(), split_keys: &split_keys }, &out_dir.join(&names[no]), &mut buf)?;
         let shard = ManifestShard { file: names[no].clone(), bytes, sha256: Some(sha256) };
         progress(ShardWritten { no, count, tensors: range.len(), shard: &shard });
         shards.push(shard);
@@ -258,14 +243,7 @@ struct ShardSpec<'a> {
 }
 
 /// Writes one shard; returns its size and sha256 (hex).
-fn write_one(
-    header: &GgufHeader,
-    src: &mut File,
-    in_path: &str,
-    spec: ShardSpec<'_>,
-    path: &Path,
-    buf: &mut [u8],
-) -> Result<(u64, String), ShardError> {
+fn write_one(header: &GgufHeader, src: &mut File, in_path: &str, spec: ShardSpec<'_>, path: &Path, buf: &mut [u8]) -> Result<(u64, String), ShardError> {
     let tensors = &header.tensors[spec.range];
     let mut metadata: Vec<(&str, &Value)> = Vec::new();
     if spec.no == 0 {

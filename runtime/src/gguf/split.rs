@@ -24,10 +24,7 @@ fn int_key(h: &GgufHeader, key: &'static str, expected: &'static str) -> Result<
     match h.metadata.get(key) {
         None => Ok(None),
         // gguf-split writes u16/u16/i32; accept any integer type as llama.cpp's getters do.
-        Some(v) => v
-            .as_i128()
-            .map(Some)
-            .ok_or(GgufError::SplitWrongType { key, expected, found: v.type_name() }),
+        Some(v) => v.as_i128().map(Some).ok_or(GgufError::SplitWrongType { key, expected, found: v.type_name() }),
     }
 }
 
@@ -140,11 +137,7 @@ impl GgufModel {
 
     /// The split value of shard `no` in `count`, for writers (`split.no` etc. as gguf-split types).
     pub fn split_values(no: u16, count: u16, tensors_total: i32) -> [(&'static str, Value); 3] {
-        [
-            (KEY_SPLIT_NO, Value::U16(no)),
-            (KEY_SPLIT_COUNT, Value::U16(count)),
-            (KEY_SPLIT_TENSORS_COUNT, Value::I32(tensors_total)),
-        ]
+        [(KEY_SPLIT_NO, Value::U16(no)), (KEY_SPLIT_COUNT, Value::U16(count)), (KEY_SPLIT_TENSORS_COUNT, Value::I32(tensors_total))]
     }
 }
 

@@ -121,12 +121,8 @@ impl GgufBuilder {
         let sizes: Vec<u64> = self.tensor_bytes().into_iter().map(|b| b.unwrap_or(0)).collect();
         let (offsets, _) = data_layout(&sizes, align);
         let metadata: Vec<(&str, &Value)> = self.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let infos: Vec<TensorEntry<'_>> = self
-            .tensors
-            .iter()
-            .zip(&offsets)
-            .map(|(t, &offset)| TensorEntry { name: &t.name, shape: &t.shape, ty: t.ty, offset })
-            .collect();
+        let infos: Vec<TensorEntry<'_>> =
+            self.tensors.iter().zip(&offsets).map(|(t, &offset)| TensorEntry { name: &t.name, shape: &t.shape, ty: t.ty, offset }).collect();
         (encode_header(&metadata, &infos, align), offsets)
     }
 

@@ -46,8 +46,18 @@ pub struct WeightChunk {
 /// block layout, split into chunks no larger than the binding limit.
 pub enum GpuWeight {
     /// `[len]` f32, with a host copy (rope frequency factors are read on the host)
-    Vector { buf: wgpu::Buffer, len: usize, host: Vec<f32> },
-    Matrix { ty: GgmlType, rows: usize, cols: usize, row_words: usize, chunks: Vec<WeightChunk> },
+    Vector {
+        buf: wgpu::Buffer,
+        len: usize,
+        host: Vec<f32>,
+    },
+    Matrix {
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        row_words: usize,
+        chunks: Vec<WeightChunk>,
+    },
 }
 
 /// A weight seen as a matrix: a vector is one F32 row.
@@ -63,20 +73,12 @@ struct MatrixView<'a> {
 impl GpuWeight {
     fn view(&self) -> Result<MatrixView<'_>, GpuError> {
         Ok(match self {
-            GpuWeight::Vector { buf, len, .. } => MatrixView {
-                ty: GgmlType::F32,
-                rows: 1,
-                cols: *len,
-                row_words: layout::row_words(GgmlType::F32, *len)?,
-                chunks: vec![(buf, 0, 1)],
-            },
-            GpuWeight::Matrix { ty, rows, cols, row_words, chunks } => MatrixView {
-                ty: *ty,
-                rows: *rows,
-                cols: *cols,
-                row_words: *row_words,
-                chunks: chunks.iter().map(|c| (&c.buf, c.row0, c.rows)).collect(),
-            },
+            GpuWeight::Vector { buf, len, .. } => {
+                MatrixView { ty: GgmlType::F32, rows: 1, cols: *len, row_words: layout::row_words(GgmlType::F32, *len)?, chunks: vec![(buf, 0, 1)] }
+            }
+            GpuWeight::Matrix { ty, rows, cols, row_words, chunks } => {
+                MatrixView { ty: *ty, rows: *rows, cols: *cols, row_words: *row_words, chunks: chunks.iter().map(|c| (&c.buf, c.row0, c.rows)).collect() }
+            }
         })
     }
 }
@@ -164,7 +166,6 @@ impl GpuCache {
     }
 }
 
-
 fn kv_type_id(ty: KvType) -> u32 {
     ty.ggml_type().id()
 }
@@ -220,11 +221,7 @@ impl GpuBackend {
     pub fn new(dev: GpuDevice) -> GpuBackend {
         // Native wgpu enables subgroup operations through the device feature alone; browsers
         // would also need the directive, but wgpu's web backend never reports the feature.
-        let reduce = if dev.info.subgroups {
-            Reduce::Subgroup { directive: cfg!(target_arch = "wasm32") }
-        } else {
-            Reduce::Shared
-        };
+        let reduce = if dev.info.subgroups { Reduce::Subgroup { directive: cfg!(target_arch = "wasm32") } } else { Reduce::Shared };
         let params_buf = dev.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
             size: PARAM_SLOTS as u64 * PARAM_SLOT,
@@ -399,17 +396,10 @@ impl GpuBackend {
             bindings.iter().map(|&(b, buf)| wgpu::BindGroupEntry { binding: b, resource: buf.as_entire_binding() }).collect();
         entries.push(wgpu::BindGroupEntry {
             binding: param_binding,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &self.params_buf,
-                offset,
-                size: wgpu::BufferSize::new(PARAM_BIND),
-            }),
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &self.params_buf, offset, size: wgpu::BufferSize::new(PARAM_BIND) }),
         });
-        let bg = self.dev.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(entry),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
+        let bg =
+            self.dev.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(entry), layout: &pipeline.get_bind_group_layout(0), entries: &entries });
         let max_x = self.dev.info.max_compute_workgroups_per_dimension.max(1) as usize;
         let x = groups.min(max_x);
         let y = groups.div_ceil(x);
@@ -478,20 +468,20 @@ impl GpuBackend {
         for (buf, row0, rows) in m.chunks {
             let params = [rows as u32, m.cols as u32, x.n_tokens as u32, m.row_words as u32, m.rows as u32, row0 as u32];
             let groups = if tiled { rows.div_ceil(32) * x.n_tokens.div_ceil(32) } else { (rows * x.n_tokens).div_ceil(MATVEC_ROWS) };
-            self.dispatch(
-                Family::Matmul,
-                entry,
-                ("WTYPE", m.ty.id()),
-                &[(0, buf), (1, x.buf.get()), (2, y.buf.get())],
-                3,
-                bytes_of(&params),
-                groups,
-            )?;
+            self.dispatch(Family::Matmul, entry, ("WTYPE", m.ty.id()), &[(0, buf), (1, x.buf.get()), (2, y.buf.get())], 3, bytes_of(&params), groups)?;
         }
         Ok(())
     }
 
-    fn elementwise(&mut self, entry: &'static str, a: &wgpu::Buffer, b: Option<&wgpu::Buffer>, c: Option<&wgpu::Buffer>, params: &EwParams, count: usize) -> Result<(), GpuError> {
+    fn elementwise(
+        &mut self,
+        entry: &'static str,
+        a: &wgpu::Buffer,
+        b: Option<&wgpu::Buffer>,
+        c: Option<&wgpu::Buffer>,
+        params: &EwParams,
+        count: usize,
+    ) -> Result<(), GpuError> {
         let mut bindings = vec![(0, a)];
         if let Some(b) = b {
             bindings.push((1, b));
@@ -803,7 +793,18 @@ impl Backend for GpuBackend {
             if !ty.is_supported() {
                 return Err(unsupported());
             }
-            return Ok(PendingGpuWeight { name: name.to_owned(), ty, rows, cols, row_bytes, bytes, written: 0, row_words: 0, chunks: Vec::new(), carry: Vec::new() });
+            return Ok(PendingGpuWeight {
+                name: name.to_owned(),
+                ty,
+                rows,
+                cols,
+                row_bytes,
+                bytes,
+                written: 0,
+                row_words: 0,
+                chunks: Vec::new(),
+                carry: Vec::new(),
+            });
         }
         let row_words = layout::row_words(ty, cols).map_err(|_| unsupported())?;
         let limit = self.max_chunk_bytes.unwrap_or(self.dev.max_binding()).min(self.dev.max_binding());
@@ -906,15 +907,8 @@ impl Backend for GpuBackend {
             if !ids.iter().any(|&id| (c.row0..c.row0 + c.rows).contains(&(id as usize))) {
                 continue;
             }
-            let params: [u32; 7] = [
-                *cols as u32,
-                *row_words as u32,
-                ids.len() as u32,
-                c.row0 as u32,
-                c.rows as u32,
-                u32::from(scale.is_some()),
-                scale.unwrap_or(1.0).to_bits(),
-            ];
+            let params: [u32; 7] =
+                [*cols as u32, *row_words as u32, ids.len() as u32, c.row0 as u32, c.rows as u32, u32::from(scale.is_some()), scale.unwrap_or(1.0).to_bits()];
             self.dispatch(
                 Family::Embed,
                 "embed",
@@ -1059,7 +1053,16 @@ impl Backend for GpuBackend {
         Ok(out)
     }
 
-    fn attention(&mut self, cache: &mut GpuCache, cfg: &ModelConfig, layer: usize, q: &GpuAct, k: &GpuAct, v: &GpuAct, pos0: usize) -> Result<GpuAct, ModelError> {
+    fn attention(
+        &mut self,
+        cache: &mut GpuCache,
+        cfg: &ModelConfig,
+        layer: usize,
+        q: &GpuAct,
+        k: &GpuAct,
+        v: &GpuAct,
+        pos0: usize,
+    ) -> Result<GpuAct, ModelError> {
         let n = q.n_tokens;
         if pos0 + n > cache.n_ctx {
             return Err(ModelError::ContextFull { pos: pos0 + n, n_ctx: cache.n_ctx });
@@ -1097,7 +1100,8 @@ impl Backend for GpuBackend {
         // ([n][nkv][hdk / 2] then [n][nkv][hdv / 2] words; one placeholder word without copies)
         let copies = cache.copies.recent > 0;
         let (sink_n, (ring_lo, ring_hi)) = cache.copies.held(layer);
-        (p.sink, p.recent, p.sink_n, p.ring_lo, p.ring_hi) = (cache.copies.sink as u32, cache.copies.recent as u32, sink_n as u32, ring_lo as u32, ring_hi as u32);
+        (p.sink, p.recent, p.sink_n, p.ring_lo, p.ring_hi) =
+            (cache.copies.sink as u32, cache.copies.recent as u32, sink_n as u32, ring_lo as u32, ring_hi as u32);
         (p.copies_k, p.copies_v, p.stash_v) = (cache.copies_k_words() as u32, cache.copies_v_words() as u32, (n * nkv * hdk / 2) as u32);
         let stash = self.alloc(if copies { (n * nkv * (hdk + hdv) / 2 * 4) as u64 } else { 4 })?;
         if cache.ty.offsets_k() && pos0 == 0 {

@@ -8,9 +8,9 @@ pub mod layout;
 mod readback;
 
 pub use backend::{GpuAct, GpuBackend, GpuCache, GpuWeight};
-pub use device::{adapter_limits_async, AdapterLimits, DeviceLimits, GpuDevice, GpuInfo};
 #[cfg(not(target_arch = "wasm32"))]
 pub use device::adapter_limits;
+pub use device::{adapter_limits_async, AdapterLimits, DeviceLimits, GpuDevice, GpuInfo};
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests;

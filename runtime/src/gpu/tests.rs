@@ -7,9 +7,7 @@ use super::backend::SENTINEL;
 use super::*;
 use crate::cpu::tests::Rng;
 use crate::kv_cache::KvType;
-use crate::model::{
-    Activation, Backend, CpuAct, CpuBackend, CpuWeight, ModelConfig, RopeKind, RopeParams,
-};
+use crate::model::{Activation, Backend, CpuAct, CpuBackend, CpuWeight, ModelConfig, RopeKind, RopeParams};
 use crate::quant::{self, GgmlType};
 
 fn gpu() -> GpuBackend {
@@ -24,11 +22,7 @@ fn read_checked(g: &mut GpuBackend, x: &GpuAct, what: &str) -> Vec<f32> {
     let n = x.n_tokens * x.width;
     assert!(words.len() >= n + 16, "{what}: no room for sentinels");
     for (i, &w) in words[n..].iter().enumerate() {
-        assert_eq!(
-            w, SENTINEL,
-            "{what}: word {} past the output was overwritten",
-            i
-        );
+        assert_eq!(w, SENTINEL, "{what}: word {} past the output was overwritten", i);
     }
     let v: Vec<f32> = words[..n].iter().map(|&w| f32::from_bits(w)).collect();
     for (i, x) in v.iter().enumerate() {
@@ -40,16 +34,8 @@ fn read_checked(g: &mut GpuBackend, x: &GpuAct, what: &str) -> Vec<f32> {
 /// Normalized MSE of `got` against `want`.
 fn nmse(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len());
-    let num: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
-        .sum();
-    let den: f64 = want
-        .iter()
-        .map(|&b| f64::from(b).powi(2))
-        .sum::<f64>()
-        .max(1e-30);
+    let num: f64 = got.iter().zip(want).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum();
+    let den: f64 = want.iter().map(|&b| f64::from(b).powi(2)).sum::<f64>().max(1e-30);
     num / den
 }
 
@@ -79,28 +65,13 @@ fn weight_bytes(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8
     out
 }
 
-fn both(
-    g: &mut GpuBackend,
-    c: &mut CpuBackend,
-    name: &str,
-    ty: GgmlType,
-    shape: &[u64],
-    bytes: &[u8],
-) -> (GpuWeight, CpuWeight) {
-    (
-        g.load_weight(name, ty, shape, bytes).unwrap(),
-        c.load_weight(name, ty, shape, bytes).unwrap(),
-    )
+fn both(g: &mut GpuBackend, c: &mut CpuBackend, name: &str, ty: GgmlType, shape: &[u64], bytes: &[u8]) -> (GpuWeight, CpuWeight) {
+    (g.load_weight(name, ty, shape, bytes).unwrap(), c.load_weight(name, ty, shape, bytes).unwrap())
 }
 
 fn cpu_act(data: Vec<f32>, n_tokens: usize, width: usize) -> CpuAct {
-    CpuAct {
-        data,
-        n_tokens,
-        width,
-    }
+    CpuAct { data, n_tokens, width }
 }
-
 
 /// Matvec (1 and 4 tokens) and tiled matmul (37 tokens) for every type, 1 row and 37 rows
 /// (no multiple of the 32-row tile or the 64-wide workgroup), K not a multiple of 256 where the
@@ -126,12 +97,7 @@ fn matmul_every_type_matches_cpu() {
                 let gy = g.matmul(&gw, &gx).unwrap();
                 let got = read_checked(&mut g, &gy, &format!("{ty} {rows}x{cols} n={n}"));
                 let want = c.matmul(&cw, &cpu_act(x, n, cols)).unwrap().data;
-                assert_close(
-                    &got,
-                    &want,
-                    1e-10,
-                    &format!("matmul {ty} {rows}x{cols} n={n}"),
-                );
+                assert_close(&got, &want, 1e-10, &format!("matmul {ty} {rows}x{cols} n={n}"));
             }
         }
     }
@@ -148,19 +114,8 @@ fn chunked_weights_match_cpu() {
     for ty in [GgmlType::Q8_0, GgmlType::Q6_K] {
         let bytes = weight_bytes(&mut rng, ty, rows, cols);
         g.max_chunk_bytes = Some(7 * 1024);
-        let (gw, cw) = both(
-            &mut g,
-            &mut c,
-            "big",
-            ty,
-            &[cols as u64, rows as u64],
-            &bytes,
-        );
-        assert!(
-            GpuBackend::chunk_count(&gw) >= 3,
-            "{ty}: {} chunks",
-            GpuBackend::chunk_count(&gw)
-        );
+        let (gw, cw) = both(&mut g, &mut c, "big", ty, &[cols as u64, rows as u64], &bytes);
+        assert!(GpuBackend::chunk_count(&gw) >= 3, "{ty}: {} chunks", GpuBackend::chunk_count(&gw));
         for n in [1usize, 40] {
             let x = acts(&mut rng, n, cols);
             let gx = g.upload(&x, n, cols).unwrap();
@@ -174,10 +129,7 @@ fn chunked_weights_match_cpu() {
         let got = read_checked(&mut g, &ge, "chunked embed");
         let want = c.embed(&cw, &ids, Some(1.5)).unwrap().data;
         assert_eq!(got, want, "embedding rows are exact");
-        assert!(matches!(
-            g.embed(&gw, &[300], None),
-            Err(crate::ModelError::TokenOutOfRange { id: 300, .. })
-        ));
+        assert!(matches!(g.embed(&gw, &[300], None), Err(crate::ModelError::TokenOutOfRange { id: 300, .. })));
     }
 }
 
@@ -207,31 +159,14 @@ fn elementwise_ops_match_cpu() {
     let y = acts(&mut rng, n, width);
     let norm: Vec<f32> = (0..width).map(|_| 1.0 + rng.f()).collect();
     let head_norm: Vec<f32> = (0..32).map(|_| 1.0 + rng.f()).collect();
-    let (gn, cn) = both(
-        &mut g,
-        &mut c,
-        "n",
-        GgmlType::F32,
-        &[width as u64],
-        bytemuck::cast_slice(&norm),
-    );
-    let (ghn, chn) = both(
-        &mut g,
-        &mut c,
-        "hn",
-        GgmlType::F32,
-        &[32],
-        bytemuck::cast_slice(&head_norm),
-    );
+    let (gn, cn) = both(&mut g, &mut c, "n", GgmlType::F32, &[width as u64], bytemuck::cast_slice(&norm));
+    let (ghn, chn) = both(&mut g, &mut c, "hn", GgmlType::F32, &[32], bytemuck::cast_slice(&head_norm));
     let gx = g.upload(&x, n, width).unwrap();
     let gy = g.upload(&y, n, width).unwrap();
     let cx = cpu_act(x.clone(), n, width);
     let cy = cpu_act(y.clone(), n, width);
 
-    for (w_g, w_c, what) in [
-        (&gn, &cn, "rms_norm row"),
-        (&ghn, &chn, "rms_norm per head"),
-    ] {
+    for (w_g, w_c, what) in [(&gn, &cn, "rms_norm row"), (&ghn, &chn, "rms_norm per head")] {
         let o = g.rms_norm(&gx, w_g, 1e-6).unwrap();
         let got = read_checked(&mut g, &o, what);
         assert_close(&got, &c.rms_norm(&cx, w_c, 1e-6).unwrap().data, 1e-11, what);
@@ -239,12 +174,7 @@ fn elementwise_ops_match_cpu() {
     for act in [Activation::Silu, Activation::GeluTanh] {
         let o = g.glu(&gx, &gy, act).unwrap();
         let got = read_checked(&mut g, &o, "glu");
-        assert_close(
-            &got,
-            &c.glu(&cx, &cy, act).unwrap().data,
-            1e-10,
-            &format!("glu {act:?}"),
-        );
+        assert_close(&got, &c.glu(&cx, &cy, act).unwrap().data, 1e-10, &format!("glu {act:?}"));
     }
     {
         let mut a = g.upload(&x, n, width).unwrap();
@@ -258,39 +188,18 @@ fn elementwise_ops_match_cpu() {
         let got = read_checked(&mut g, &a, "add/bias/softcap");
         assert_close(&got, &b.data, 1e-12, "add/bias/softcap");
         let last = g.last_rows(&a, 1).unwrap();
-        assert_eq!(
-            read_checked(&mut g, &last, "last_rows"),
-            got[(n - 1) * width..],
-            "last_rows"
-        );
+        assert_eq!(read_checked(&mut g, &last, "last_rows"), got[(n - 1) * width..], "last_rows");
     }
     let factors: Vec<f32> = (0..16).map(|i| 1.0 + i as f32 * 0.25).collect();
-    let (gf, cf) = both(
-        &mut g,
-        &mut c,
-        "ff",
-        GgmlType::F32,
-        &[16],
-        bytemuck::cast_slice(&factors),
-    );
+    let (gf, cf) = both(&mut g, &mut c, "ff", GgmlType::F32, &[16], bytemuck::cast_slice(&factors));
     for kind in [RopeKind::Normal, RopeKind::Neox] {
         for (n_dims, ff) in [(32usize, false), (24, false), (32, true)] {
-            let rope = RopeParams {
-                kind,
-                n_dims,
-                freq_base: 10000.0,
-                freq_scale: 0.5,
-            };
+            let rope = RopeParams { kind, n_dims, freq_base: 10000.0, freq_scale: 0.5 };
             let mut a = g.upload(&x, n, width).unwrap();
             let mut b = cx.clone();
             g.rope(&mut a, 32, 1000, &rope, ff.then_some(&gf)).unwrap();
             c.rope(&mut b, 32, 1000, &rope, ff.then_some(&cf)).unwrap();
-            assert_close(
-                &read_checked(&mut g, &a, "rope"),
-                &b.data,
-                1e-9,
-                &format!("rope {kind:?} {n_dims} ff={ff}"),
-            );
+            assert_close(&read_checked(&mut g, &a, "rope"), &b.data, 1e-9, &format!("rope {kind:?} {n_dims} ff={ff}"));
         }
     }
 }
@@ -310,7 +219,6 @@ fn argmax_matches_cpu() {
         assert_eq!(got as usize, width / 2, "width {width}");
     }
 }
-
 
 /// Prefill of 6 tokens then 2 single-token steps, every cache type (the quantized ones without
 /// and with f16 copies of 4 sink positions and a query's last 3), grouped-query heads, a
@@ -338,9 +246,7 @@ fn attention_every_cache_type_matches_cpu() {
                     let gq = g.upload(&q, n, nh * hd).unwrap();
                     let gk = g.upload(&k, n, nkv * hd).unwrap();
                     let gv = g.upload(&v, n, nkv * hd).unwrap();
-                    let go = g
-                        .attention(&mut gc, &cfg, layer, &gq, &gk, &gv, pos)
-                        .unwrap();
+                    let go = g.attention(&mut gc, &cfg, layer, &gq, &gk, &gv, pos).unwrap();
                     let got = read_checked(&mut g, &go, "attention");
                     let want = c
                         .attention(
@@ -354,12 +260,7 @@ fn attention_every_cache_type_matches_cpu() {
                         )
                         .unwrap()
                         .data;
-                    assert_close(
-                        &got,
-                        &want,
-                        1e-9,
-                        &format!("attention {kv:?} recent {recent} hd {hd} layer {layer} pos {pos} n {n}"),
-                    );
+                    assert_close(&got, &want, 1e-9, &format!("attention {kv:?} recent {recent} hd {hd} layer {layer} pos {pos} n {n}"));
                 }
                 pos += n;
             }
@@ -368,7 +269,11 @@ fn attention_every_cache_type_matches_cpu() {
             for layer in 0..2 {
                 let offset = g.cache_k_offset(&gc, layer);
                 let want: Vec<f32> = (0..nkv).flat_map(|h| cc.k_offset(layer, h).to_vec()).collect();
-                assert_eq!(offset.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{kv:?} hd {hd} layer {layer}: K offset");
+                assert_eq!(
+                    offset.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{kv:?} hd {hd} layer {layer}: K offset"
+                );
                 assert_eq!(want.iter().any(|v| v.abs() > 0.5), kv.offsets_k(), "{kv:?}: an offset only where the type takes one");
                 let rows = g.cache_rows_as_ggml(&gc, layer);
                 let copies = g.cache_copies(&gc, layer);
@@ -392,10 +297,7 @@ fn attention_every_cache_type_matches_cpu() {
             let q = acts(&mut rng, 1, nh * hd);
             let gq = g.upload(&q, 1, nh * hd).unwrap();
             let full = g.attention(&mut gc, &cfg, 0, &gq, &gq, &gq, 16);
-            assert!(
-                matches!(full, Err(crate::ModelError::ContextFull { .. })),
-                "{kv:?}: position past the cache"
-            );
+            assert!(matches!(full, Err(crate::ModelError::ContextFull { .. })), "{kv:?}: position past the cache");
         }
     }
 }
@@ -404,17 +306,10 @@ fn attention_every_cache_type_matches_cpu() {
 fn unsupported_shapes_are_typed_errors() {
     let mut g = gpu();
     let cfg = ModelConfig::attention_test(2, 1, 48, None);
-    assert!(matches!(
-        g.new_cache(&cfg, KvType::F16, 8, 0),
-        Err(crate::ModelError::Gpu(crate::GpuError::Shape(_)))
-    ));
+    assert!(matches!(g.new_cache(&cfg, KvType::F16, 8, 0), Err(crate::ModelError::Gpu(crate::GpuError::Shape(_)))));
     // 6 columns: not a whole number of 4-value GPU blocks
     let r = g.load_weight("odd", GgmlType::F32, &[6, 2], &[0u8; 48]);
-    assert!(
-        matches!(r, Err(crate::ModelError::UnsupportedTensorType { .. })),
-        "{:?}",
-        r.err()
-    );
+    assert!(matches!(r, Err(crate::ModelError::UnsupportedTensorType { .. })), "{:?}", r.err());
     let r = g.load_weight("short", GgmlType::Q8_0, &[32, 2], &[0u8; 34]);
     assert!(r.is_err());
 }
@@ -434,9 +329,5 @@ fn lost_device_is_a_typed_error() {
         other => panic!("expected a GPU error after losing the device, got {other:?}"),
     }
     let again = g.load_weight("w", GgmlType::F32, &[4, 2], &[0u8; 32]);
-    assert!(
-        matches!(again, Err(crate::ModelError::Gpu(_))),
-        "{:?}",
-        again.err()
-    );
+    assert!(matches!(again, Err(crate::ModelError::Gpu(_))), "{:?}", again.err());
 }

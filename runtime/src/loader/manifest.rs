@@ -86,10 +86,7 @@ impl Manifest {
         }
         for (index, s) in self.shards.iter().enumerate() {
             // Names resolve against the manifest's URL or folder: keep them inside it.
-            let bad = s.file.is_empty()
-                || s.file == "."
-                || s.file.contains(['/', '\\', '?', '#', ':'])
-                || s.file.starts_with("..");
+            let bad = s.file.is_empty() || s.file == "." || s.file.contains(['/', '\\', '?', '#', ':']) || s.file.starts_with("..");
             if bad {
                 return Err(ManifestError::BadFileName { index, file: s.file.clone() });
             }

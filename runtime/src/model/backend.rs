@@ -58,14 +58,7 @@ pub trait Backend {
 
     /// Rotary embedding of every head (`head_dim` values) of every row; row t is at
     /// position `pos0 + t`. `freq_factors` divides each pair's frequency (llama3 scaling).
-    fn rope(
-        &mut self,
-        x: &mut Self::Act,
-        head_dim: usize,
-        pos0: usize,
-        rope: &RopeParams,
-        freq_factors: Option<&Self::Weight>,
-    ) -> Result<(), ModelError>;
+    fn rope(&mut self, x: &mut Self::Act, head_dim: usize, pos0: usize, rope: &RopeParams, freq_factors: Option<&Self::Weight>) -> Result<(), ModelError>;
 
     /// `act(gate) * up`, element-wise.
     fn glu(&mut self, gate: &Self::Act, up: &Self::Act, act: Activation) -> Result<Self::Act, ModelError>;

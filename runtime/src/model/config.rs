@@ -110,9 +110,8 @@ impl ModelConfig {
         if head_dim_k == 0 || head_dim_v == 0 || head_dim_k % 2 != 0 {
             return Err(bad("head dimension", format!("{head_dim_k}/{head_dim_v}")));
         }
-        let ffn_dim = hp.feed_forward_length.ok_or_else(|| ModelError::Gguf(crate::GgufError::MissingKey {
-            key: format!("{arch_name}.feed_forward_length"),
-        }))? as usize;
+        let ffn_dim =
+            hp.feed_forward_length.ok_or_else(|| ModelError::Gguf(crate::GgufError::MissingKey { key: format!("{arch_name}.feed_forward_length") }))? as usize;
         let n_vocab = match hp.vocab_size {
             Some(v) => v as usize,
             None => md.get_array("tokenizer.ggml.tokens")?.map(|a| a.len()).unwrap_or(0),

@@ -12,7 +12,12 @@ use crate::quant::GgmlType;
 pub enum CpuWeight {
     Vector(Vec<f32>),
     /// `rows` rows of `cols` elements of `ty`, row-major packed blocks.
-    Matrix { ty: GgmlType, rows: usize, cols: usize, data: Vec<u8> },
+    Matrix {
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    },
 }
 
 impl CpuWeight {
@@ -26,10 +31,9 @@ impl CpuWeight {
     fn vector(&self) -> Result<&[f32], ModelError> {
         match self {
             CpuWeight::Vector(v) => Ok(v),
-            CpuWeight::Matrix { rows, cols, .. } => Err(ModelError::BadHyperparameter {
-                what: "vector weight".into(),
-                value: format!("a {rows}×{cols} matrix"),
-            }),
+            CpuWeight::Matrix { rows, cols, .. } => {
+                Err(ModelError::BadHyperparameter { what: "vector weight".into(), value: format!("a {rows}×{cols} matrix") })
+            }
         }
     }
 }
@@ -261,7 +265,20 @@ impl Backend for CpuBackend {
             let pos = pos0 + t;
             let qr = &q.data[t * q.width..(t + 1) * q.width];
             let o = &mut out[t * width..(t + 1) * width];
-            cpu::attention::attention(self.kernels, cache, layer, qr, cfg.n_heads, cfg.attn_start(layer, pos), pos + 1, cfg.attn_scale, None, n, o, &mut self.attn);
+            cpu::attention::attention(
+                self.kernels,
+                cache,
+                layer,
+                qr,
+                cfg.n_heads,
+                cfg.attn_start(layer, pos),
+                pos + 1,
+                cfg.attn_scale,
+                None,
+                n,
+                o,
+                &mut self.attn,
+            );
         }
         Ok(CpuAct { data: out, n_tokens: n, width })
     }

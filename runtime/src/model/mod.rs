@@ -13,10 +13,8 @@ pub use cpu_backend::{tensor_bytes, CpuAct, CpuBackend, CpuWeight, PendingCpuWei
 pub use forward::Logits;
 pub use weights::{same_shape, LayerWeights, WeightProvider, Weights};
 
-
 /// A loaded model: its configuration and its weights on backend `B`.
 pub struct Model<B: Backend> {
     pub config: ModelConfig,
     pub weights: Weights<B::Weight>,
 }
-

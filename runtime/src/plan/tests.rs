@@ -220,9 +220,7 @@ fn a_kv_layer_over_the_binding_shortens_the_context() {
     let p = plan(&h, &target(Some(gpu), u64::MAX, DeviceRequest::Gpu)).unwrap();
     assert_eq!((p.device, p.kv, p.n_ctx), (Device::Gpu, KvType::F16, 1024));
     assert!(
-        p.reasons
-            .iter()
-            .any(|r| r.contains("f16 KV cache of 4096 positions does not fit (one layer of the f16 KV cache of 4096 positions is 8388608 bytes")),
+        p.reasons.iter().any(|r| r.contains("f16 KV cache of 4096 positions does not fit (one layer of the f16 KV cache of 4096 positions is 8388608 bytes")),
         "{:?}",
         p.reasons
     );

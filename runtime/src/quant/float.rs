@@ -32,12 +32,7 @@ pub fn ggml_fp16_to_fp32(h: f16) -> f32 {
     let denormalized_value = f32::from_bits((two_w >> 17) | MAGIC_MASK) - magic_bias;
 
     const DENORMALIZED_CUTOFF: u32 = 1 << 27;
-    let result = sign
-        | if two_w < DENORMALIZED_CUTOFF {
-            denormalized_value.to_bits()
-        } else {
-            normalized_value.to_bits()
-        };
+    let result = sign | if two_w < DENORMALIZED_CUTOFF { denormalized_value.to_bits() } else { normalized_value.to_bits() };
     f32::from_bits(result)
 }
 
@@ -217,11 +212,7 @@ mod tests {
             let hi = f64::from(f16::from_bits(bits + 1).to_f32());
             for v in [lo, (lo + hi) / 2.0] {
                 let f = v as f32; // exact: halves and their midpoints fit in f32
-                for g in [
-                    f,
-                    f32::from_bits(f.to_bits() + 1),
-                    f32::from_bits(f.to_bits().saturating_sub(1)),
-                ] {
+                for g in [f, f32::from_bits(f.to_bits() + 1), f32::from_bits(f.to_bits().saturating_sub(1))] {
                     check(g);
                     check(-g);
                 }
@@ -231,17 +222,7 @@ mod tests {
         for _ in 0..200_000 {
             check(f32::from_bits(rng.next() as u32));
         }
-        for f in [
-            0.0,
-            -0.0,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::MAX,
-            f32::MIN_POSITIVE,
-            65504.0,
-            65520.0,
-            65519.99,
-        ] {
+        for f in [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN_POSITIVE, 65504.0, 65520.0, 65519.99] {
             check(f);
         }
     }
@@ -258,25 +239,9 @@ mod tests {
         };
         let mut rng = SplitMix(2);
         let mut samples: Vec<f32> = (0..200_000).map(|_| f32::from_bits(rng.next() as u32)).collect();
-        samples.extend([
-            0.0,
-            -0.0,
-            f32::MAX,
-            -f32::MAX,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::from_bits(1),
-        ]);
-        samples.extend([
-            f32::from_bits(0x7F80_0001),
-            f32::from_bits(0xFFC1_2345),
-            f32::from_bits(0x3F80_8000),
-        ]);
-        samples.extend([
-            f32::from_bits(0x3F81_8000),
-            f32::from_bits(0x3F80_8001),
-            f32::from_bits(0x7F7F_FFFF),
-        ]);
+        samples.extend([0.0, -0.0, f32::MAX, -f32::MAX, f32::INFINITY, f32::NEG_INFINITY, f32::from_bits(1)]);
+        samples.extend([f32::from_bits(0x7F80_0001), f32::from_bits(0xFFC1_2345), f32::from_bits(0x3F80_8000)]);
+        samples.extend([f32::from_bits(0x3F81_8000), f32::from_bits(0x3F80_8001), f32::from_bits(0x7F7F_FFFF)]);
         for f in samples {
             let ours = ggml_fp32_to_bf16(f).to_bits();
             assert_eq!(ours, reference(f), "{:#010x}", f.to_bits());
@@ -296,20 +261,14 @@ mod tests {
 
     /// `0.1 + 2*cosf(i + offset)` from ggml's tests/test-quantize-fns.cpp.
     fn generate_data(offset: f32, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (0.1 + 2.0 * f64::from((i as f32 + offset).cos())) as f32)
-            .collect()
+        (0..n).map(|i| (0.1 + 2.0 * f64::from((i as f32 + offset).cos())) as f32).collect()
     }
 
     /// test-quantize-fns.cpp's `array_rmse` is sqrt(Σ diff²) / n, with its limits set for
     /// n = 4096. This is the same metric scaled to that size, sqrt(Σ diff² / n) / 64, so short
     /// rows get the same per-element budget (identical at n = 4096).
     fn array_rmse(a: &[f32], b: &[f32]) -> f32 {
-        let sum: f64 = a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-            .sum();
+        let sum: f64 = a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum();
         ((sum / a.len() as f64).sqrt() / 64.0) as f32
     }
 

@@ -155,10 +155,7 @@ impl GgmlType {
 
     /// Whether this runtime can dequantize (and so compute with) tensors of this type.
     pub fn is_supported(self) -> bool {
-        matches!(
-            self,
-            F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K
-        )
+        matches!(self, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K)
     }
 
     /// The activation type ggml quantizes the other operand to for a dot product with

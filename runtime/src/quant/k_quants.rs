@@ -1,8 +1,6 @@
 //! The 256-element "K-quant" super-block formats: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and the
 //! activation format Q8_K.
-use super::k_quants_helpers::{
-    get_scale_min_k4, make_q3_quants, make_qkx2_quants, make_qx_quants, nearest_int, q3_k_scales, GROUP_MAX_EPS,
-};
+use super::k_quants_helpers::{get_scale_min_k4, make_q3_quants, make_qkx2_quants, make_qx_quants, nearest_int, q3_k_scales, GROUP_MAX_EPS};
 use bytemuck::Zeroable;
 use half::f16;
 
@@ -13,41 +11,71 @@ pub const K_SCALE_SIZE: usize = 12;
 /// (`scales`: low nibble scale, high nibble min), scaled by `d` and `dmin`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ2K { pub scales: [u8; QK_K / 16], pub qs: [u8; QK_K / 4], pub d: f16, pub dmin: f16 }
+pub struct BlockQ2K {
+    pub scales: [u8; QK_K / 16],
+    pub qs: [u8; QK_K / 4],
+    pub d: f16,
+    pub dmin: f16,
+}
 const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
 
 /// Q3_K: 3.4375 bits/weight. Low 2 bits in `qs`, high bit in `hmask` (clear means −4);
 /// 16 signed 6-bit scales packed in 12 bytes, scaled by `d`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ3K { pub hmask: [u8; QK_K / 8], pub qs: [u8; QK_K / 4], pub scales: [u8; 12], pub d: f16 }
+pub struct BlockQ3K {
+    pub hmask: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 4],
+    pub scales: [u8; 12],
+    pub d: f16,
+}
 const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
 
 /// Q4_K: 4.5 bits/weight. 8 sub-blocks of 32 with 6-bit scale and min packed in 12 bytes
 /// (see `get_scale_min_k4`), scaled by `d` and `dmin`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ4K { pub d: f16, pub dmin: f16, pub scales: [u8; K_SCALE_SIZE], pub qs: [u8; QK_K / 2] }
+pub struct BlockQ4K {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; K_SCALE_SIZE],
+    pub qs: [u8; QK_K / 2],
+}
 const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
 
 /// Q5_K: 5.5 bits/weight. Q4_K plus a fifth bit per weight in `qh`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ5K { pub d: f16, pub dmin: f16, pub scales: [u8; K_SCALE_SIZE], pub qh: [u8; QK_K / 8], pub qs: [u8; QK_K / 2] }
+pub struct BlockQ5K {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; K_SCALE_SIZE],
+    pub qh: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 2],
+}
 const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
 
 /// Q6_K: 6.5625 bits/weight. Low 4 bits in `ql`, high 2 bits in `qh` (stored value − 32),
 /// 16 signed 8-bit scales, scaled by `d`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ6K { pub ql: [u8; QK_K / 2], pub qh: [u8; QK_K / 4], pub scales: [i8; QK_K / 16], pub d: f16 }
+pub struct BlockQ6K {
+    pub ql: [u8; QK_K / 2],
+    pub qh: [u8; QK_K / 4],
+    pub scales: [i8; QK_K / 16],
+    pub d: f16,
+}
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 
 /// Q8_K: the activation format of K-quant dot products. 8-bit quants, an `f32` scale and the
 /// sums of each 16 quants (`bsums`) that the min terms of Q2_K/Q4_K/Q5_K need.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ8K { pub d: f32, pub qs: [i8; QK_K], pub bsums: [i16; QK_K / 16] }
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; QK_K / 16],
+}
 const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
 
 // ---------------------------------------------------------------------------------------------
@@ -226,8 +254,7 @@ pub fn quantize_row_q2_k_ref(x: &[f32], y: &mut [BlockQ2K]) {
             for (w, &v) in weights.iter_mut().zip(xs) {
                 *w = v.abs();
             }
-            let (scale, min) =
-                make_qkx2_quants(3, xs, &weights, &mut l[16 * j..16 * j + 16], &mut laux, -0.5, 0.1, 15, true);
+            let (scale, min) = make_qkx2_quants(3, xs, &weights, &mut l[16 * j..16 * j + 16], &mut laux, -0.5, 0.1, 15, true);
             scales[j] = scale;
             mins[j] = min;
             if scale > max_scale {
@@ -355,14 +382,7 @@ fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8], scales: &mut [u8; K_SCALE_SIZE]
 /// and mins quantized to 6 bits against the block maxima and packed into `scales_out`, then
 /// every element re-quantized against its rounded scale and min into `l` (0..=`nmax`).
 /// Returns `(d, dmin)`.
-fn quantize_q4_q5_k_block(
-    x: &[f32],
-    nmax: i32,
-    rmin: f32,
-    nstep: i32,
-    scales_out: &mut [u8; K_SCALE_SIZE],
-    l: &mut [u8; QK_K],
-) -> (f16, f16) {
+fn quantize_q4_q5_k_block(x: &[f32], nmax: i32, rmin: f32, nstep: i32, scales_out: &mut [u8; K_SCALE_SIZE], l: &mut [u8; QK_K]) -> (f16, f16) {
     let mut laux = [0_u8; 32];
     let mut weights = [0_f32; 32];
     let mut mins = [0_f32; QK_K / 32];
@@ -379,8 +399,7 @@ fn quantize_q4_q5_k_block(
         for (w, &v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (scale, min) =
-            make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep, false);
+        let (scale, min) = make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep, false);
         scales[j] = scale;
         mins[j] = min;
         if scale > max_scale {
@@ -640,15 +659,7 @@ pub fn vec_dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
 /// `ggml_vec_dot_q5_K_q8_K_generic` for one block: lane sums into `sums`, min correction
 /// (`Σ bsums·min`) subtracted from `sumf`.
 #[inline]
-fn dot_q4_q5_k_block(
-    aux8: &[i8; QK_K],
-    scales: &[u8; K_SCALE_SIZE],
-    d: f16,
-    dmin: f16,
-    yb: &BlockQ8K,
-    sums: &mut [f32; 8],
-    sumf: &mut f32,
-) {
+fn dot_q4_q5_k_block(aux8: &[i8; QK_K], scales: &[u8; K_SCALE_SIZE], d: f16, dmin: f16, yb: &BlockQ8K, sums: &mut [f32; 8], sumf: &mut f32) {
     let mut sc = [0_u8; 8];
     let mut mins = [0_u8; 8];
     for j in 0..QK_K / 32 {
@@ -735,8 +746,7 @@ mod tests {
     use super::*;
     use crate::quant::{dequantize_row, quantize_row, vec_dot, GgmlType};
 
-    const K_TYPES: [GgmlType; 6] =
-        [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q8_K];
+    const K_TYPES: [GgmlType; 6] = [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q8_K];
 
     /// tests/test-quantize-fns.cpp `generate_data`: `0.1 + amplitude·cos(i + offset)`.
     fn generate_data(offset: f32, n: usize, amplitude: f32) -> Vec<f32> {
@@ -800,14 +810,9 @@ mod tests {
     fn round_trip_on_awkward_lengths() {
         // ggml's metric shrinks like 1/√n, so compare the per-element RMS against the RMS its
         // limits allow at n = 4096 (limit·64), and also against a tighter relative bound.
-        for (ty, max_rel) in [
-            (GgmlType::Q2_K, 0.30),
-            (GgmlType::Q3_K, 0.16),
-            (GgmlType::Q4_K, 0.065),
-            (GgmlType::Q5_K, 0.032),
-            (GgmlType::Q6_K, 0.016),
-            (GgmlType::Q8_K, 0.005),
-        ] {
+        for (ty, max_rel) in
+            [(GgmlType::Q2_K, 0.30), (GgmlType::Q3_K, 0.16), (GgmlType::Q4_K, 0.065), (GgmlType::Q5_K, 0.032), (GgmlType::Q6_K, 0.016), (GgmlType::Q8_K, 0.005)]
+        {
             for (blocks, seed) in [(1, 7), (3, 11)] {
                 let n = blocks * QK_K;
                 for x in [generate_data(0.5, n, 2.0), random_data(seed, n, 3.0)] {

@@ -400,8 +400,7 @@ pub fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
             sumi1 += v1 * i32::from(by.qs[j + QK8_1 / 2]);
         }
         let sumi = sumi0 + sumi1;
-        sumf += (ggml_fp16_to_fp32(bx.d) * ggml_fp16_to_fp32(by.d)) * sumi as f32
-            + ggml_fp16_to_fp32(bx.m) * ggml_fp16_to_fp32(by.s);
+        sumf += (ggml_fp16_to_fp32(bx.d) * ggml_fp16_to_fp32(by.d)) * sumi as f32 + ggml_fp16_to_fp32(bx.m) * ggml_fp16_to_fp32(by.s);
     }
     sumf
 }
@@ -445,8 +444,7 @@ pub fn vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
             sumi1 += x1 * i32::from(by.qs[j + QK8_1 / 2]);
         }
         let sumi = sumi0 + sumi1;
-        sumf += (ggml_fp16_to_fp32(bx.d) * ggml_fp16_to_fp32(by.d)) * sumi as f32
-            + ggml_fp16_to_fp32(bx.m) * ggml_fp16_to_fp32(by.s);
+        sumf += (ggml_fp16_to_fp32(bx.d) * ggml_fp16_to_fp32(by.d)) * sumi as f32 + ggml_fp16_to_fp32(bx.m) * ggml_fp16_to_fp32(by.s);
     }
     sumf
 }
@@ -470,20 +468,11 @@ mod tests {
     use super::*;
     use crate::quant::{dequantize_row, quantize_row, vec_dot, GgmlType};
 
-    const TYPES: [GgmlType; 6] = [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q8_1,
-    ];
+    const TYPES: [GgmlType; 6] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q8_1];
 
     /// `0.1 + 2*cosf(i + offset)` from ggml's tests/test-quantize-fns.cpp.
     fn generate_data(offset: f32, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (0.1 + 2.0 * f64::from((i as f32 + offset).cos())) as f32)
-            .collect()
+        (0..n).map(|i| (0.1 + 2.0 * f64::from((i as f32 + offset).cos())) as f32).collect()
     }
 
     /// test-quantize-fns.cpp's limits. Its `array_rmse` is sqrt(Σ diff²) / n, measured at
@@ -494,11 +483,7 @@ mod tests {
     const GGML_TEST_SIZE: f64 = 4096.0;
 
     fn rms(a: &[f32], b: &[f32]) -> f64 {
-        let sum: f64 = a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-            .sum();
+        let sum: f64 = a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum();
         (sum / a.len() as f64).sqrt()
     }
 
@@ -532,10 +517,7 @@ mod tests {
                 assert!(err < max, "{ty} n={n}: rms {err} >= {max}");
                 if n == 4096 {
                     // the file's own metric at the file's size
-                    assert!(
-                        err * (n as f64).sqrt() / n as f64 <= MAX_QUANTIZATION_TOTAL_ERROR,
-                        "{ty}"
-                    );
+                    assert!(err * (n as f64).sqrt() / n as f64 <= MAX_QUANTIZATION_TOTAL_ERROR, "{ty}");
                 }
             }
         }
@@ -570,16 +552,9 @@ mod tests {
                         _ => blocks_of::<BlockQ5_1>(&qa).iter().map(|b| b.m.to_f64()).collect(),
                     };
                     let sums = blocks_of::<BlockQ8_1>(&qb);
-                    slack += mins
-                        .iter()
-                        .zip(&sums)
-                        .map(|(m, s)| (m * s.s.to_f64()).abs() / 1024.0)
-                        .sum::<f64>();
+                    slack += mins.iter().zip(&sums).map(|(m, s)| (m * s.s.to_f64()).abs() / 1024.0).sum::<f64>();
                 }
-                assert!(
-                    (got - reference).abs() <= slack,
-                    "{ty} n={n}: {got} vs {reference} (slack {slack})"
-                );
+                assert!((got - reference).abs() <= slack, "{ty} n={n}: {got} vs {reference} (slack {slack})");
             }
         }
     }
@@ -591,40 +566,19 @@ mod tests {
     #[test]
     fn all_zero_blocks() {
         let x = [0f32; 64];
-        let mut q40 = [BlockQ4_0 {
-            d: f16::ONE,
-            qs: [0; 16],
-        }; 2];
+        let mut q40 = [BlockQ4_0 { d: f16::ONE, qs: [0; 16] }; 2];
         quantize_row_q4_0_ref(&x, &mut q40);
         // d = max / -8 with max = +0.0 is -0.0 (f16 0x8000), in ggml and gguf-py alike
         assert!(q40.iter().all(|b| b.d.to_bits() == 0x8000 && b.qs == [0x88; 16]));
-        let mut q50 = [BlockQ5_0 {
-            d: f16::ONE,
-            qh: [0; 4],
-            qs: [1; 16],
-        }; 2];
+        let mut q50 = [BlockQ5_0 { d: f16::ONE, qh: [0; 4], qs: [1; 16] }; 2];
         quantize_row_q5_0_ref(&x, &mut q50);
-        assert!(q50
-            .iter()
-            .all(|b| b.d.to_bits() == 0x8000 && b.qs == [0; 16] && b.qh == [0xFF; 4]));
-        let mut q41 = [BlockQ4_1 {
-            d: f16::ONE,
-            m: f16::ONE,
-            qs: [1; 16],
-        }; 2];
+        assert!(q50.iter().all(|b| b.d.to_bits() == 0x8000 && b.qs == [0; 16] && b.qh == [0xFF; 4]));
+        let mut q41 = [BlockQ4_1 { d: f16::ONE, m: f16::ONE, qs: [1; 16] }; 2];
         quantize_row_q4_1_ref(&x, &mut q41);
-        assert!(q41
-            .iter()
-            .all(|b| b.d.to_bits() == 0 && b.m.to_bits() == 0 && b.qs == [0; 16]));
-        let mut q81 = [BlockQ8_1 {
-            d: f16::ONE,
-            s: f16::ONE,
-            qs: [1; 32],
-        }; 2];
+        assert!(q41.iter().all(|b| b.d.to_bits() == 0 && b.m.to_bits() == 0 && b.qs == [0; 16]));
+        let mut q81 = [BlockQ8_1 { d: f16::ONE, s: f16::ONE, qs: [1; 32] }; 2];
         quantize_row_q8_1_ref(&x, &mut q81);
-        assert!(q81
-            .iter()
-            .all(|b| b.d.to_bits() == 0 && b.s.to_bits() == 0 && b.qs == [0; 32]));
+        assert!(q81.iter().all(|b| b.d.to_bits() == 0 && b.s.to_bits() == 0 && b.qs == [0; 32]));
         for ty in TYPES {
             assert_eq!(dequantize(ty, &quantize(ty, &x), 64), vec![0f32; 64], "{ty}");
         }
@@ -634,10 +588,7 @@ mod tests {
     fn exact_grids_round_trip_with_expected_bits() {
         // Q4_0: the signed max sets d = max / -8, so a block whose max magnitude is -8 has d = 1.
         let x: Vec<f32> = (0..32).map(|j| (j % 16) as f32 - 8.0).collect();
-        let mut b = [BlockQ4_0 {
-            d: f16::ZERO,
-            qs: [0; 16],
-        }];
+        let mut b = [BlockQ4_0 { d: f16::ZERO, qs: [0; 16] }];
         quantize_row_q4_0_ref(&x, &mut b);
         assert_eq!(b[0].d.to_f32(), 1.0);
         assert_eq!(b[0].qs, std::array::from_fn(|j| (j as u8) | ((j as u8) << 4)));
@@ -655,11 +606,7 @@ mod tests {
 
         // Q5_0: x = j - 16 gives d = 1 and q = j; bit 4 of q lands in bit j of qh
         let x: Vec<f32> = (0..32).map(|j| j as f32 - 16.0).collect();
-        let mut b = [BlockQ5_0 {
-            d: f16::ZERO,
-            qh: [0; 4],
-            qs: [0; 16],
-        }];
+        let mut b = [BlockQ5_0 { d: f16::ZERO, qh: [0; 4], qs: [0; 16] }];
         quantize_row_q5_0_ref(&x, &mut b);
         assert_eq!(b[0].d.to_f32(), 1.0);
         assert_eq!(u32::from_le_bytes(b[0].qh), 0xFFFF_0000);
@@ -669,11 +616,7 @@ mod tests {
 
         // Q4_1: min 1, max 8.5, d = 0.5
         let x: Vec<f32> = (0..32).map(|j| (j % 16) as f32 * 0.5 + 1.0).collect();
-        let mut b = [BlockQ4_1 {
-            d: f16::ZERO,
-            m: f16::ZERO,
-            qs: [0; 16],
-        }];
+        let mut b = [BlockQ4_1 { d: f16::ZERO, m: f16::ZERO, qs: [0; 16] }];
         quantize_row_q4_1_ref(&x, &mut b);
         assert_eq!((b[0].d.to_f32(), b[0].m.to_f32()), (0.5, 1.0));
         dequantize_row_q4_1(&b, &mut y);
@@ -681,12 +624,7 @@ mod tests {
 
         // Q5_1: min -2, max 5.75, d = 0.25, q = j
         let x: Vec<f32> = (0..32).map(|j| j as f32 * 0.25 - 2.0).collect();
-        let mut b = [BlockQ5_1 {
-            d: f16::ZERO,
-            m: f16::ZERO,
-            qh: [0; 4],
-            qs: [0; 16],
-        }];
+        let mut b = [BlockQ5_1 { d: f16::ZERO, m: f16::ZERO, qh: [0; 4], qs: [0; 16] }];
         quantize_row_q5_1_ref(&x, &mut b);
         assert_eq!((b[0].d.to_f32(), b[0].m.to_f32()), (0.25, -2.0));
         assert_eq!(u32::from_le_bytes(b[0].qh), 0xFFFF_0000);
@@ -699,18 +637,11 @@ mod tests {
         // amax 127 gives d = 1 and id = 1, so q = roundf(x)
         let mut x = [0f32; 32];
         x[..8].copy_from_slice(&[127.0, 2.5, -2.5, 0.5, -0.5, 1.49, -126.5, 3.0]);
-        let mut b0 = [BlockQ8_0 {
-            d: f16::ZERO,
-            qs: [0; 32],
-        }];
+        let mut b0 = [BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }];
         quantize_row_q8_0_ref(&x, &mut b0);
         assert_eq!(b0[0].d.to_f32(), 1.0);
         assert_eq!(&b0[0].qs[..8], &[127, 3, -3, 1, -1, 1, -127, 3]);
-        let mut b1 = [BlockQ8_1 {
-            d: f16::ZERO,
-            s: f16::ZERO,
-            qs: [0; 32],
-        }];
+        let mut b1 = [BlockQ8_1 { d: f16::ZERO, s: f16::ZERO, qs: [0; 32] }];
         quantize_row_q8_1_ref(&x, &mut b1);
         assert_eq!(b1[0].qs, b0[0].qs);
         assert_eq!(b1[0].s.to_f32(), 4.0); // 127 + 3 - 3 + 1 - 1 + 1 - 127 + 3
@@ -725,46 +656,20 @@ mod tests {
 
     #[test]
     fn dot_products_on_hand_built_blocks() {
-        let x = BlockQ8_0 {
-            d: f16::from_f32(0.5),
-            qs: std::array::from_fn(|j| j as i8 - 16),
-        };
-        let y = BlockQ8_0 {
-            d: f16::from_f32(2.0),
-            qs: [1; 32],
-        };
+        let x = BlockQ8_0 { d: f16::from_f32(0.5), qs: std::array::from_fn(|j| j as i8 - 16) };
+        let y = BlockQ8_0 { d: f16::from_f32(2.0), qs: [1; 32] };
         // Σ (j - 16) for j in 0..32 = -16
         assert_eq!(vec_dot_q8_0_q8_0(&[x, x, x], &[y, y, y]), -48.0);
-        let q4 = BlockQ4_0 {
-            d: f16::from_f32(0.25),
-            qs: [0xF0; 16],
-        }; // lows -8, highs +7
+        let q4 = BlockQ4_0 { d: f16::from_f32(0.25), qs: [0xF0; 16] }; // lows -8, highs +7
         assert_eq!(vec_dot_q4_0_q8_0(&[q4], &[y]), 0.25 * 2.0 * (16.0 * -8.0 + 16.0 * 7.0));
-        let q41 = BlockQ4_1 {
-            d: f16::from_f32(1.0),
-            m: f16::from_f32(-1.0),
-            qs: [0x21; 16],
-        };
-        let y1 = BlockQ8_1 {
-            d: f16::from_f32(1.0),
-            s: f16::from_f32(32.0),
-            qs: [1; 32],
-        };
+        let q41 = BlockQ4_1 { d: f16::from_f32(1.0), m: f16::from_f32(-1.0), qs: [0x21; 16] };
+        let y1 = BlockQ8_1 { d: f16::from_f32(1.0), s: f16::from_f32(32.0), qs: [1; 32] };
         // Σ q = 16*1 + 16*2 = 48, plus m * s = -32
         assert_eq!(vec_dot_q4_1_q8_1(&[q41], &[y1]), 16.0);
-        let q51 = BlockQ5_1 {
-            d: f16::from_f32(1.0),
-            m: f16::ZERO,
-            qh: [0, 0, 0, 0x80],
-            qs: [0; 16],
-        };
+        let q51 = BlockQ5_1 { d: f16::from_f32(1.0), m: f16::ZERO, qh: [0, 0, 0, 0x80], qs: [0; 16] };
         // only element 31 has its 5th bit: q = 16
         assert_eq!(vec_dot_q5_1_q8_1(&[q51], &[y1]), 16.0);
-        let q50 = BlockQ5_0 {
-            d: f16::from_f32(1.0),
-            qh: [1, 0, 0, 0],
-            qs: [0; 16],
-        };
+        let q50 = BlockQ5_0 { d: f16::from_f32(1.0), qh: [1, 0, 0, 0], qs: [0; 16] };
         // element 0 is 16 - 16 = 0, the other 31 are -16
         assert_eq!(vec_dot_q5_0_q8_0(&[q50], &[y]), 2.0 * (31.0 * -16.0));
         assert_eq!(vec_dot_q8_0_q8_0(&[], &[]), 0.0);

@@ -98,9 +98,7 @@ fn model_facts(h: &GgufHeader) -> Result<ModelFacts, GgufError> {
     let md = &h.metadata;
     let arch = md.architecture()?.to_owned();
     let n_layer = md.require_u32(&md.arch_key("block_count")?)? as usize;
-    let per_layer = |k: &str| -> Result<u32, GgufError> {
-        Ok(md.get_per_layer_u32(&md.arch_key(k)?, n_layer)?.and_then(|v| v.into_iter().max()).unwrap_or(0))
-    };
+    let per_layer = |k: &str| -> Result<u32, GgufError> { Ok(md.get_per_layer_u32(&md.arch_key(k)?, n_layer)?.and_then(|v| v.into_iter().max()).unwrap_or(0)) };
     let n_head = per_layer("attention.head_count")?;
     let n_head_kv = per_layer("attention.head_count_kv")?;
     let n_gqa = n_head.checked_div(n_head_kv).map_or(1, |g| g.max(1) as usize);
@@ -109,12 +107,7 @@ fn model_facts(h: &GgufHeader) -> Result<ModelFacts, GgufError> {
 }
 
 /// Converts `input` to `output` as `opts` says; `progress` sees each tensor once written.
-pub fn quantize_file(
-    input: &Path,
-    output: &Path,
-    opts: &QuantizeOptions,
-    progress: &mut dyn FnMut(&TensorReport),
-) -> Result<QuantizeReport, QuantizeError> {
+pub fn quantize_file(input: &Path, output: &Path, opts: &QuantizeOptions, progress: &mut dyn FnMut(&TensorReport)) -> Result<QuantizeReport, QuantizeError> {
     let in_path = input.display().to_string();
     let h = read_header_from_path(input, &Limits::default()).map_err(|e| match e {
         ReadHeaderError::Gguf(source) => QuantizeError::Malformed { path: in_path.clone(), source },
@@ -169,7 +162,12 @@ pub fn quantize_file(
     let out_bytes: Vec<u64> = tensors
         .iter()
         .zip(&choices)
-        .map(|(t, c)| out_size(t, c.ty).ok_or_else(|| QuantizeError::Quant { tensor: t.name.clone(), source: QuantError::NotBlockMultiple { ty: c.ty, n: t.row_len() as usize, block: c.ty.block_size() } }))
+        .map(|(t, c)| {
+            out_size(t, c.ty).ok_or_else(|| QuantizeError::Quant {
+                tensor: t.name.clone(),
+                source: QuantError::NotBlockMultiple { ty: c.ty, n: t.row_len() as usize, block: c.ty.block_size() },
+            })
+        })
         .collect::<Result<_, _>>()?;
     let (offsets, _) = data_layout(&out_bytes, h.alignment);
     let entries: Vec<TensorEntry<'_>> = tensors
@@ -188,7 +186,15 @@ pub fn quantize_file(
         src.seek(SeekFrom::Start(h.data_offset + t.offset)).map_err(|source| QuantizeError::Input { path: in_path.clone(), source })?;
         convert(&mut src, &in_path, t, *c, opts.threads.max(1), &mut out, &mut bufs)?;
         out.zeros((size.div_ceil(h.alignment) * h.alignment - size) as usize)?;
-        let r = TensorReport { name: t.name.clone(), from: t.ty, to: c.ty, fell_back_from: c.fell_back_from, elements: t.n_elements, bytes_in: t.n_bytes, bytes_out: size };
+        let r = TensorReport {
+            name: t.name.clone(),
+            from: t.ty,
+            to: c.ty,
+            fell_back_from: c.fell_back_from,
+            elements: t.n_elements,
+            bytes_in: t.n_bytes,
+            bytes_out: size,
+        };
         progress(&r);
         reports.push(r);
     }

@@ -142,12 +142,7 @@ pub fn allows_quantization(name: &str, shape: &[u64]) -> bool {
 /// then block by block, by name within each (`weight_name_comparer`). The counters of the
 /// `_M` rules depend on it.
 pub fn llama_order(names: &[&str]) -> Vec<usize> {
-    let layer = |n: &str| -> i64 {
-        n.strip_prefix("blk.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|d| d.parse::<i64>().ok())
-            .unwrap_or(-1)
-    };
+    let layer = |n: &str| -> i64 { n.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|d| d.parse::<i64>().ok()).unwrap_or(-1) };
     let mut idx: Vec<usize> = (0..names.len()).collect();
     idx.sort_by(|&a, &b| (layer(names[a]), names[a]).cmp(&(layer(names[b]), names[b])));
     idx

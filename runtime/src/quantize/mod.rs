@@ -9,12 +9,12 @@
 //! which is what llama-quantize runs when no importance matrix is given: from the same f32
 //! input the bytes are ggml's.
 
-mod ftype;
-pub mod mix;
 #[cfg(not(target_arch = "wasm32"))]
 mod file;
+mod ftype;
+pub mod mix;
 
-pub use ftype::FileType;
-pub use mix::{Choice, MixOptions, ModelFacts};
 #[cfg(not(target_arch = "wasm32"))]
 pub use file::{quantize_file, QuantizeError, QuantizeOptions, QuantizeReport, TensorReport};
+pub use ftype::FileType;
+pub use mix::{Choice, MixOptions, ModelFacts};

@@ -31,10 +31,17 @@ use crate::tokenizer::attr;
 pub enum RopeScaling {
     None,
     /// `{arch}.rope.scaling.type = linear` (Gemma-3-4B's global layers).
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.1+: per-frequency divisors stored as the `rope_freqs.weight` tensor, as
     /// llama.cpp's converter writes them (`LlamaModel.generate_extra_tensors`).
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_context: u32 },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_context: u32,
+    },
 }
 
 /// The hyperparameters of a synthetic model.
@@ -120,10 +127,9 @@ pub fn arch_name(arch: Arch) -> &'static str {
 impl SynthSpec {
     /// The preset `name`, or a typed error listing the presets.
     pub fn from_preset(name: &str) -> Result<SynthSpec, SynthError> {
-        preset(name).map(|p| p.spec).ok_or_else(|| SynthError::UnknownPreset {
-            name: name.to_owned(),
-            known: presets().iter().map(|p| p.name).collect::<Vec<_>>().join(", "),
-        })
+        preset(name)
+            .map(|p| p.spec)
+            .ok_or_else(|| SynthError::UnknownPreset { name: name.to_owned(), known: presets().iter().map(|p| p.name).collect::<Vec<_>>().join(", ") })
     }
 
     fn check(&self) -> Result<(), SynthError> {

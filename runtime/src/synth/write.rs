@@ -56,7 +56,11 @@ fn layout(spec: &SynthSpec, tokenizer_from: Option<&Metadata>, ftype: FileType, 
         .zip(&choices)
         .map(|(t, c)| {
             let size = c.ty.row_bytes(t.shape[0]).and_then(|b| b.checked_mul(t.shape[1..].iter().product()));
-            size.ok_or_else(|| SynthError::BadSpec { what: "tensor shape", rule: "whole blocks of its type", value: format!("{} {:?} as {}", t.name, t.shape, c.ty) })
+            size.ok_or_else(|| SynthError::BadSpec {
+                what: "tensor shape",
+                rule: "whole blocks of its type",
+                value: format!("{} {:?} as {}", t.name, t.shape, c.ty),
+            })
         })
         .collect::<Result<_, _>>()?;
     Ok(Layout { metadata, tensors, choices, out_bytes, spec })
@@ -106,7 +110,15 @@ pub fn synth_file(
         }
         out.zeros((size.div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT - size) as usize)?;
         let elements = t.shape.iter().product::<u64>();
-        let r = TensorReport { name: t.name.clone(), from: GgmlType::F32, to: c.ty, fell_back_from: c.fell_back_from, elements, bytes_in: elements * 4, bytes_out: size };
+        let r = TensorReport {
+            name: t.name.clone(),
+            from: GgmlType::F32,
+            to: c.ty,
+            fell_back_from: c.fell_back_from,
+            elements,
+            bytes_in: elements * 4,
+            bytes_out: size,
+        };
         progress(&r);
         reports.push(r);
     }

@@ -65,13 +65,7 @@ impl Bpe {
                 return Err(TokenizerError::MalformedMerge { index, merge: m.clone() });
             };
             let (first, second) = (&m[..pos], &m[pos + 1..]);
-            let id = |part: &str| {
-                vocab.text_to_token(part).ok_or_else(|| TokenizerError::MergeUnknownToken {
-                    index,
-                    merge: m.clone(),
-                    part: part.to_owned(),
-                })
-            };
+            let id = |part: &str| vocab.text_to_token(part).ok_or_else(|| TokenizerError::MergeUnknownToken { index, merge: m.clone(), part: part.to_owned() });
             let (l, r) = (id(first)?, id(second)?);
             buf.clear();
             buf.push_str(first);

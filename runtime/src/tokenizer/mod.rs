@@ -32,8 +32,7 @@ use special::Fragment;
 /// The words byte-level BPE cuts `text` into before merging, for the pre-tokenizer named by
 /// `tokenizer.ggml.pre` (`None`: llama.cpp's default). For inspection and tests.
 pub fn pre_tokenize<'t>(pre: Option<&str>, text: &'t str) -> Result<Vec<&'t str>, TokenizerError> {
-    let settings = vocab::pre_settings(pre)
-        .ok_or_else(|| TokenizerError::UnknownPreTokenizer { pre: pre.unwrap_or_default().to_owned() })?;
+    let settings = vocab::pre_settings(pre).ok_or_else(|| TokenizerError::UnknownPreTokenizer { pre: pre.unwrap_or_default().to_owned() })?;
     Ok(pretokenize::split(text, settings.rules))
 }
 

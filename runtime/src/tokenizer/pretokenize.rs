@@ -40,9 +40,7 @@ impl CharClass {
             CharClass::AsciiDigit => c.is_ascii_digit(),
             // In the collapsed text a non-ASCII white-space code point becomes \x0B, so it never
             // matches; P and white space are disjoint anyway.
-            CharClass::PunctOrOperator => {
-                f & PUNCTUATION != 0 || matches!(c, '$' | '+' | '<' | '=' | '>' | '^' | '~' | '|')
-            }
+            CharClass::PunctOrOperator => f & PUNCTUATION != 0 || matches!(c, '$' | '+' | '<' | '=' | '>' | '^' | '~' | '|'),
             CharClass::PunctOrOperatorOrBacktick => CharClass::PunctOrOperator.contains(c, f) || c == '`',
         }
     }
@@ -63,8 +61,7 @@ pub(crate) mod sets {
     pub const LLAMA3: &[SplitRule] = &[SplitRule::Llama3];
     pub const QWEN2: &[SplitRule] = &[SplitRule::Qwen2];
     /// starcoder, refact, command-r, smollm, codeshell, exaone, minerva, mellum2.
-    pub const STARCODER: &[SplitRule] =
-        &[SplitRule::Class { class: CharClass::Number, min: 1, max: 1 }, SplitRule::Gpt2];
+    pub const STARCODER: &[SplitRule] = &[SplitRule::Class { class: CharClass::Number, min: 1, max: 1 }, SplitRule::Gpt2];
     pub const FALCON: &[SplitRule] = &[
         SplitRule::Class { class: CharClass::PunctOrOperatorOrBacktick, min: 1, max: INF },
         SplitRule::Gpt2,

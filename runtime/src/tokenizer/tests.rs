@@ -20,9 +20,7 @@ fn md(entries: Vec<(&str, Value)>) -> Metadata {
 /// A SentencePiece vocabulary: <unk> <s> </s>, pieces with scores, byte tokens for 'x' and
 /// the bytes of "é", a user-defined "\n" and a control "<ctl>".
 fn spm_entries() -> Vec<(&'static str, Value)> {
-    let tokens = [
-        "<unk>", "<s>", "</s>", "▁", "a", "b", "ab", "▁ab", "c", "<0x78>", "<0xC3>", "<0xA9>", "\n", "<ctl>", "abc",
-    ];
+    let tokens = ["<unk>", "<s>", "</s>", "▁", "a", "b", "ab", "▁ab", "c", "<0x78>", "<0xC3>", "<0xA9>", "\n", "<ctl>", "abc"];
     let scores = [0.0, 0.0, 0.0, -1.0, -2.0, -2.0, -3.0, -1.5, -2.0, 0.0, 0.0, 0.0, 0.0, 0.0, -10.0];
     let types = [2, 3, 3, 1, 1, 1, 1, 1, 1, 6, 6, 6, 4, 3, 1];
     vec![
@@ -175,9 +173,7 @@ fn add_bos_needs_a_bos_token() {
 fn malformed_byte_tokens() {
     for bad in ["<0xZZ>", "<0x4>", "<0x041>", "0x41", "<0X41>"] {
         let mut e = spm_entries();
-        let Some((_, Value::Array(Array::String(t)))) = e.iter_mut().find(|(k, _)| *k == "tokenizer.ggml.tokens") else {
-            panic!("tokens")
-        };
+        let Some((_, Value::Array(Array::String(t)))) = e.iter_mut().find(|(k, _)| *k == "tokenizer.ggml.tokens") else { panic!("tokens") };
         t[9] = bad.to_string();
         assert_eq!(err(&md(e)), TokenizerError::MalformedByteToken { id: 9, text: bad.into() }, "{bad}");
     }
@@ -197,10 +193,7 @@ fn merges_rules() {
 
 #[test]
 fn spm_without_byte_tokens_reports_the_byte() {
-    let m = md(vec![
-        ("tokenizer.ggml.model", Value::String("llama".into())),
-        ("tokenizer.ggml.tokens", strings(&["<unk>", "<s>", "</s>", "▁", "a"])),
-    ]);
+    let m = md(vec![("tokenizer.ggml.model", Value::String("llama".into())), ("tokenizer.ggml.tokens", strings(&["<unk>", "<s>", "</s>", "▁", "a"]))]);
     let t = Tokenizer::from_metadata(&m).expect("valid");
     assert_eq!(t.tokenize("a", false, false), Ok(vec![3, 4]));
     assert_eq!(t.tokenize("é", false, false), Err(TokenizerError::NoByteToken { byte: 0xC3 }));

@@ -160,14 +160,15 @@ pub(crate) fn pre_settings(pre: Option<&str>) -> Option<PreSettings> {
     Some(match pre.unwrap_or("") {
         // A missing pre-tokenizer falls back to "default" (llama.cpp warns).
         "" | "default" => s(sets::DEFAULT, true),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
-        | "jina-v5-nano" => PreSettings { ignore_merges: true, add_bos: true, ..s(sets::LLAMA3, true) },
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "jina-v5-nano" => {
+            PreSettings { ignore_merges: true, add_bos: true, ..s(sets::LLAMA3, true) }
+        }
         "dbrx" | "smaug-bpe" => s(sets::LLAMA3, true),
         "chatglm-bpe" => PreSettings { no_bos: true, ..s(sets::LLAMA3, true) },
         "glm4" | "glm5" => PreSettings { no_bos: true, ignore_merges: true, ..s(sets::LLAMA3, true) },
         "falcon" => s(sets::FALCON, true),
-        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0" | "mellum"
-        | "modern-bert" | "mpt" | "olmo" | "jais" | "exaone4" => s(sets::GPT2, true),
+        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "mpt" | "olmo"
+        | "jais" | "exaone4" => s(sets::GPT2, true),
         "trillion" | "granite-docling" => s(sets::GPT2, false),
         "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "mellum2" => s(sets::STARCODER, true),
         "command-r" | "smollm" => s(sets::STARCODER, false),
@@ -278,9 +279,7 @@ impl Vocab {
         }
 
         // Tokens, scores, types.
-        let tokens = md
-            .get_str_array("tokenizer.ggml.tokens")?
-            .ok_or_else(|| crate::error::GgufError::MissingKey { key: "tokenizer.ggml.tokens".into() })?;
+        let tokens = md.get_str_array("tokenizer.ggml.tokens")?.ok_or_else(|| crate::error::GgufError::MissingKey { key: "tokenizer.ggml.tokens".into() })?;
         let n = tokens.len();
         if n == 0 {
             return Err(TokenizerError::EmptyVocabulary);
@@ -291,16 +290,9 @@ impl Vocab {
         let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
             None => vec![0.0; n],
             Some(Value::Array(Array::F32(v))) => check_len("tokenizer.ggml.scores", v.len(), n).map(|_| v.clone())?,
-            Some(Value::Array(Array::I32(v))) => {
-                check_len("tokenizer.ggml.scores", v.len(), n).map(|_| v.iter().map(|&x| x as f32).collect())?
-            }
+            Some(Value::Array(Array::I32(v))) => check_len("tokenizer.ggml.scores", v.len(), n).map(|_| v.iter().map(|&x| x as f32).collect())?,
             Some(v) => {
-                return Err(crate::error::GgufError::WrongType {
-                    key: "tokenizer.ggml.scores".into(),
-                    expected: "array[f32]",
-                    found: v.type_name(),
-                }
-                .into())
+                return Err(crate::error::GgufError::WrongType { key: "tokenizer.ggml.scores".into(), expected: "array[f32]", found: v.type_name() }.into())
             }
         };
         let types = md.get_i32_array("tokenizer.ggml.token_type")?;
@@ -315,11 +307,7 @@ impl Vocab {
             texts.push(if t.is_empty() { format!("[EMPTY_{i}]") } else { t.clone() });
             attrs.push(TokenAttr(types.map_or(attr::NORMAL, |ty| attr::from_token_type(ty[i]))));
         }
-        let index = TextIndex::build(&texts).map_err(|(first, again)| TokenizerError::DuplicateToken {
-            first,
-            again,
-            text: texts[again as usize].clone(),
-        })?;
+        let index = TextIndex::build(&texts).map_err(|(first, again)| TokenizerError::DuplicateToken { first, again, text: texts[again as usize].clone() })?;
         for (i, a) in attrs.iter().enumerate() {
             if a.has(attr::BYTE) && parse_byte_token(&texts[i]).is_none() {
                 return Err(TokenizerError::MalformedByteToken { id: i as u32, text: texts[i].clone() });
@@ -398,12 +386,9 @@ impl Vocab {
             "<end_of_utterance>",
         ];
         const EOM: &[&str] = &["<|eom_id|>"];
-        const FIM_PRE: &[&str] =
-            &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"];
-        const FIM_SUF: &[&str] =
-            &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"];
-        const FIM_MID: &[&str] =
-            &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"];
+        const FIM_PRE: &[&str] = &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"];
+        const FIM_SUF: &[&str] = &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"];
+        const FIM_MID: &[&str] = &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"];
         const FIM_PAD: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
         const FIM_REP: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
         const FIM_SEP: &[&str] = &["<|file_sep|>"];
@@ -511,9 +496,8 @@ impl Vocab {
     /// Tokens the special-token partition looks for, longest first (llama.cpp sorts by length
     /// with an unstable sort; ties are ordered by id here).
     fn build_special_cache(&mut self) {
-        let mut cache: Vec<u32> = (0..self.texts.len() as u32)
-            .filter(|&id| self.attrs[id as usize].has(attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN))
-            .collect();
+        let mut cache: Vec<u32> =
+            (0..self.texts.len() as u32).filter(|&id| self.attrs[id as usize].has(attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN)).collect();
         cache.sort_by_key(|&id| std::cmp::Reverse(self.texts[id as usize].len()));
         self.special_cache = cache;
     }
@@ -539,8 +523,7 @@ impl Vocab {
     /// The token of one byte for SentencePiece byte fallback (`llama_vocab::byte_to_token`):
     /// `<0xXX>`, else the byte itself as a one-character token.
     fn byte_to_token(&self, b: u8) -> Option<u32> {
-        self.text_to_token(&format!("<0x{b:02X}>"))
-            .or_else(|| if b.is_ascii() { self.text_to_token(&char::from(b).to_string()) } else { None })
+        self.text_to_token(&format!("<0x{b:02X}>")).or_else(|| if b.is_ascii() { self.text_to_token(&char::from(b).to_string()) } else { None })
     }
 }
 

@@ -31,7 +31,10 @@ pub(crate) enum Read {
 enum Reader {
     /// `buffer`: [CHUNK_BYTES] bytes, handed to each read and back with its result (None while
     /// a read holds it, or after a read was abandoned: the next read allocates another).
-    Byob { reader: web_sys::ReadableStreamByobReader, buffer: Option<ArrayBuffer> },
+    Byob {
+        reader: web_sys::ReadableStreamByobReader,
+        buffer: Option<ArrayBuffer>,
+    },
     Default(web_sys::ReadableStreamDefaultReader),
 }
 

@@ -15,9 +15,9 @@ use crate::engine::{Flow, Next, Session, SessionOptions, TextGen};
 use crate::error::{EngineError, GpuError, ModelError};
 use crate::gpu::{GpuBackend, GpuDevice, GpuInfo};
 use crate::kv_cache::KvType;
-use crate::plan::{plan, Device as PlanDevice, DeviceRequest, PlanTarget};
 use crate::loader::LoadError;
 use crate::model::{CpuBackend, Logits};
+use crate::plan::{plan, Device as PlanDevice, DeviceRequest, PlanTarget};
 use crate::sampler::{Sampler, SamplerConfig, StopConditions};
 use crate::tokenizer::Tokenizer;
 use serde::Serialize;
@@ -204,9 +204,15 @@ impl WasmEngine {
         let kv = KvType::from_name(kv).ok_or_else(|| JsError::new(&format!("unknown KV type {kv:?} (f32, f16, q8, q4)")))?;
         let mut backend = CpuBackend::new();
         let (gguf, model) = crate::loader::load_bytes(&[model_bytes], &mut backend).map_err(|e| JsError::new(&e.to_string()))?;
-        let session = Session::new(backend, model, SessionOptions { kv, n_ctx: n_ctx as usize, ..Default::default() }).map_err(|e| JsError::new(&e.to_string()))?;
-        WasmEngine::assemble(Device::Cpu(session), &gguf, DeviceReport { device: "cpu", adapter: None, kernels: Kernels::best().name().into(), fallback: None }, None)
-            .map_err(|e| JsError::new(&e.as_string().unwrap_or_default()))
+        let session =
+            Session::new(backend, model, SessionOptions { kv, n_ctx: n_ctx as usize, ..Default::default() }).map_err(|e| JsError::new(&e.to_string()))?;
+        WasmEngine::assemble(
+            Device::Cpu(session),
+            &gguf,
+            DeviceReport { device: "cpu", adapter: None, kernels: Kernels::best().name().into(), fallback: None },
+            None,
+        )
+        .map_err(|e| JsError::new(&e.as_string().unwrap_or_default()))
     }
 
     /// Plans a model from its first shard's header (at most the header + 1 MiB fetched, or
@@ -484,7 +490,14 @@ fn step_result(text: &str, gen: &TextGen) -> JsValue {
 
 /// The plan for the CPU after the GPU the plan chose failed.
 fn cpu_plan(planned: &Planned, req: PlanRequest) -> Result<crate::plan::Plan, crate::plan::PlanError> {
-    let target = PlanTarget { gpu: None, cpu_address_space: crate::plan::WASM32_ADDRESS_SPACE, device: DeviceRequest::Cpu, kv: req.kv, n_ctx: req.n_ctx, kv_recent: req.kv_recent };
+    let target = PlanTarget {
+        gpu: None,
+        cpu_address_space: crate::plan::WASM32_ADDRESS_SPACE,
+        device: DeviceRequest::Cpu,
+        kv: req.kv,
+        n_ctx: req.n_ctx,
+        kv_recent: req.kv_recent,
+    };
     plan(&planned.header.header, &target)
 }
 

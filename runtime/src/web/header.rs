@@ -213,7 +213,8 @@ async fn from_network(sc: &Scope, spec: &ShardSpec, opts: &LoadOptions) -> Resul
             let total = match status {
                 206 => {
                     let cr = header("content-range").unwrap_or_default();
-                    let (start, total) = content_range(&cr).ok_or_else(|| LoadError::Http { url: url.to_owned(), status, detail: format!(" with Content-Range {cr:?}") })?;
+                    let (start, total) =
+                        content_range(&cr).ok_or_else(|| LoadError::Http { url: url.to_owned(), status, detail: format!(" with Content-Range {cr:?}") })?;
                     if start != from {
                         return Err(LoadError::Length { url: url.to_owned(), what: "Content-Range start".into(), expected: from, found: start });
                     }

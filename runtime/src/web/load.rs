@@ -11,8 +11,8 @@
 
 use super::body::{BodyReader, Read};
 use super::cache::{CacheFailure, CommitRecord};
-use super::store::{Keep, Store, StoreKind};
 use super::platform::{get_f64, js_message, scope, Scope};
+use super::store::{Keep, Store, StoreKind};
 use crate::gguf::GgufModel;
 use crate::loader::manifest::{hex, Manifest, MAX_MANIFEST_BYTES};
 use crate::loader::{LoadError, ModelStream};
@@ -66,7 +66,16 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { use_cache: true, store: StoreKind::CacheStorage, max_attempts: 5, retry_delay_ms: 200, stall_timeout_ms: 30_000, signal: None, max_cache_bytes: None, require_cache: false }
+        LoadOptions {
+            use_cache: true,
+            store: StoreKind::CacheStorage,
+            max_attempts: 5,
+            retry_delay_ms: 200,
+            stall_timeout_ms: 30_000,
+            signal: None,
+            max_cache_bytes: None,
+            require_cache: false,
+        }
     }
 }
 
@@ -133,12 +142,7 @@ pub async fn resolve(source: &ModelSource, opts: &LoadOptions) -> Result<Vec<Sha
                 return Err(crate::loader::manifest::ManifestError::TooLarge(bytes.length() as usize).into());
             }
             let m = Manifest::parse(&bytes.to_vec())?;
-            m.shards
-                .iter()
-                .map(|s| {
-                    Ok(ShardSpec { url: absolute(&s.file, Some(url))?, bytes: Some(s.bytes), sha256: s.sha256.clone() })
-                })
-                .collect()
+            m.shards.iter().map(|s| Ok(ShardSpec { url: absolute(&s.file, Some(url))?, bytes: Some(s.bytes), sha256: s.sha256.clone() })).collect()
         }
     }
 }
@@ -508,7 +512,14 @@ impl<B: Backend> Run<'_, B> {
 
     /// Streams a committed cache entry, if there is one. A read error, a short entry or a hash
     /// mismatch deletes it and fails with `CorruptCache` (the load then restarts from the network).
-    async fn read_cached(&mut self, i: usize, spec: &ShardSpec, backend: &mut B, hash: &mut Option<Sha256>, progress: &mut dyn FnMut(&Progress)) -> Result<bool, ShardFailure> {
+    async fn read_cached(
+        &mut self,
+        i: usize,
+        spec: &ShardSpec,
+        backend: &mut B,
+        hash: &mut Option<Sha256>,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<bool, ShardFailure> {
         let Some(cache) = &self.cache else { return Ok(false) };
         let url = spec.url.as_str();
         let t = Instant::now();
@@ -648,8 +659,8 @@ impl<B: Backend> Run<'_, B> {
                 }
                 206 => {
                     let cr = header("content-range").unwrap_or_default();
-                    let (start, total) = content_range(&cr)
-                        .ok_or_else(|| LoadError::Http { url: url.to_owned(), status, detail: format!(" with Content-Range {cr:?}") })?;
+                    let (start, total) =
+                        content_range(&cr).ok_or_else(|| LoadError::Http { url: url.to_owned(), status, detail: format!(" with Content-Range {cr:?}") })?;
                     if start != pos {
                         return Err(LoadError::Length { url: url.to_owned(), what: "Content-Range start".into(), expected: pos, found: start });
                     }
@@ -669,7 +680,11 @@ impl<B: Backend> Run<'_, B> {
             if let Some(new) = header("etag") {
                 // Bytes of two versions of a file must not be spliced together.
                 if let Some(old) = etag.as_ref().filter(|old| **old != new) {
-                    return Err(LoadError::Http { url: url.to_owned(), status, detail: format!(": the file changed during the download (ETag {old} → {new})") });
+                    return Err(LoadError::Http {
+                        url: url.to_owned(),
+                        status,
+                        detail: format!(": the file changed during the download (ETag {old} → {new})"),
+                    });
                 }
                 etag = Some(new);
             }
