@@ -133,3 +133,18 @@ fn session_on<B: Backend>(mut backend: B, paths: &[PathBuf], options: SessionOpt
     let (gguf, model) = webgguf::loader::load_files(paths, &mut backend)?;
     Ok((gguf, Session::new(backend, model, options)?))
 }
+
+/// The header of `path`, or the exit code after printing why (2: malformed GGUF, 1: I/O).
+pub fn read_header_or_exit(path: &std::path::Path) -> Result<webgguf::gguf::GgufHeader, ExitCode> {
+    use webgguf::gguf::{read_header_from_path, Limits, ReadHeaderError};
+    read_header_from_path(path, &Limits::default()).map_err(|e| match e {
+        ReadHeaderError::Gguf(e) => {
+            eprintln!("error: {}: malformed GGUF: {e}", path.display());
+            ExitCode::from(2)
+        }
+        ReadHeaderError::Io(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            ExitCode::from(1)
+        }
+    })
+}

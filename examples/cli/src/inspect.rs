@@ -18,8 +18,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use webgguf::gguf::{self, Array, GgufHeader, Limits, ReadHeaderError, Value};
+use webgguf::gguf::{Array, GgufHeader, Value};
 use webgguf::kv_cache::KvType;
+use webgguf::plan::human_bytes;
 
 /// println! that ignores a closed stdout (e.g. piped into `head`) instead of panicking.
 macro_rules! out {
@@ -120,21 +121,6 @@ fn metadata_json(h: &GgufHeader, max: usize) -> Map<String, Json> {
         .collect()
 }
 
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
-}
-
 fn short_value(v: &Value) -> String {
     match v {
         Value::String(s) if s.chars().count() > 80 => {
@@ -153,16 +139,9 @@ fn short_value(v: &Value) -> String {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    let header = match gguf::read_header_from_path(&args.model, &Limits::default()) {
+    let header = match crate::common::read_header_or_exit(&args.model) {
         Ok(h) => h,
-        Err(ReadHeaderError::Gguf(e)) => {
-            eprintln!("error: {}: malformed GGUF: {e}", args.model.display());
-            return ExitCode::from(2);
-        }
-        Err(ReadHeaderError::Io(e)) => {
-            eprintln!("error: {}: {e}", args.model.display());
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let file_bytes = std::fs::metadata(&args.model).map(|m| m.len()).unwrap_or(0);
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();

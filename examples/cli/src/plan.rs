@@ -6,7 +6,6 @@ use crate::common::parse_kv;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use webgguf::gguf::{self, Limits, ReadHeaderError};
 use webgguf::kv_cache::KvType;
 use webgguf::plan::{self, DeviceRequest, GpuLimits, PlanTarget, WASM32_ADDRESS_SPACE};
 
@@ -81,16 +80,9 @@ fn gpu_limits(args: &Args) -> (Option<GpuLimits>, String) {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    let header = match gguf::read_header_from_path(&args.model, &Limits::default()) {
+    let header = match crate::common::read_header_or_exit(&args.model) {
         Ok(h) => h,
-        Err(ReadHeaderError::Gguf(e)) => {
-            eprintln!("error: {}: malformed GGUF: {e}", args.model.display());
-            return ExitCode::from(2);
-        }
-        Err(ReadHeaderError::Io(e)) => {
-            eprintln!("error: {}: {e}", args.model.display());
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let (gpu, source) = gpu_limits(&args);
     let cpu_address_space = if args.wasm32 { WASM32_ADDRESS_SPACE } else { args.address_space.unwrap_or_else(physical_memory) };
