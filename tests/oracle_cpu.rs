@@ -270,7 +270,7 @@ fn gemma3_full_logits_close_to_llama_cpp() {
 
 /// Quantized KV caches against the f32 cache on kernel family `kernels`: teacher-forced top-1
 /// agreement over the oracle sequences, over all positions and over those where the f32 run's
-/// top-2 margin is ≥ 0.1. The gates hold what we measured (README, "Results"). With llama.cpp's
+/// top-2 margin is ≥ 0.1. The gates hold what we measured (docs/results.md). With llama.cpp's
 /// arithmetic (the default kernels) any perturbation of K or V flips ~4 % of positions — two
 /// f32 runs differing only in rounding order do too — so the targets (q8 ≥ 98 %,
 /// q4 ≥ 95 %) are out of reach there, for llama.cpp as well (pkg-scripts/kv-agreement-llama-cpp.py);
