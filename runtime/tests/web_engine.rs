@@ -275,7 +275,11 @@ async fn plan_smollm2() {
         assert_eq!(field(&p, &["contextLength"]).as_f64(), Some(4096.0), "{fault}");
         let requests = stats_requests(&path).await - before;
         console_log!("{fault}: {requests} requests, header bytes {:?}", field(&p, &["headerBytes"]).as_f64());
-        assert_eq!(requests, if fault == "ignorerange" { 1 } else { 3 }, "{fault}");
+        // drop: the first range cut at half, its resume, the second step (3); Chromium may
+        // also retry a request on its own when a kept-alive connection closes under it (seen
+        // once on a loaded machine: 4).
+        let expected = if fault == "ignorerange" { 1..=1 } else { 3..=4 };
+        assert!(expected.contains(&requests), "{fault}: {requests} requests");
     }
 
     let html = model_url().replacen(server(), &format!("{}/f/html", server()), 1);
