@@ -30,6 +30,7 @@ import os from "node:os";
 import { execFileSync } from "node:child_process";
 import { chromium } from "playwright-core";
 import { CHROMIUM, LAUNCH } from "../test/chromium.mjs";
+import { peaks } from "./peaks.mjs";
 
 const env = (name, fallback) => {
   const v = process.env[name] ?? fallback;
@@ -49,32 +50,6 @@ const CPU_TIMEOUT_S = Number(env("CPU_TIMEOUT_S", "300"));
 const CORES = os.availableParallelism();
 const mib = (b) => (b == null ? "–" : (b / 2 ** 20).toFixed(0));
 const gb = (b) => (b / 1e9).toFixed(2);
-
-/** Peak RSS (VmHWM, bytes) of the browser's renderer and GPU processes, by walking its process tree. */
-function peaks(rootPid) {
-  const parent = new Map();
-  for (const pid of fs.readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
-    try {
-      const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-      parent.set(Number(pid), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
-    } catch { /* gone */ }
-  }
-  const out = { renderer: 0, gpu: 0 };
-  for (const pid of parent.keys()) {
-    let p = pid;
-    while (p && p !== rootPid) p = parent.get(p);
-    if (p !== rootPid || pid === rootPid) continue;
-    let cmd, status;
-    try {
-      cmd = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8");
-      status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
-    } catch { continue; }
-    const hwm = Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) * 1024;
-    if (cmd.includes("--type=renderer")) out.renderer = Math.max(out.renderer, hwm);
-    else if (cmd.includes("--type=gpu-process")) out.gpu = Math.max(out.gpu, hwm);
-  }
-  return out;
-}
 
 const server = async (what) => (await fetch(APP + what)).json();
 
