@@ -41,7 +41,7 @@ const OUT = env("BENCH_OUT");
 const PROMPT_FILE = env("BENCH_PROMPT_FILE"); // written here: the prompt for the native runs
 const CLI = env("WEBGGUF_CLI");
 const LLAMA_CPP_PYTHON = process.env.LLAMA_CPP_PYTHON || null;
-// the same llama.cpp built for AVX2 only (no AVX-512): the build ../shared/DESIGN.md's figures came from
+// the same llama.cpp built for AVX2 only (no AVX-512), as the oracle's llama.cpp was built
 const LLAMA_CPP_AVX2_PYTHON = process.env.LLAMA_CPP_AVX2_PYTHON || null;
 const ROUNDS = Number(env("ROUNDS", "5"));
 const GPU_ROUNDS = Number(env("GPU_ROUNDS", "2"));
