@@ -197,6 +197,11 @@ impl<B: Backend> Session<B> {
         Ok(id)
     }
 
+    /// The backend, for its counters (benchmarks, tests).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
     /// The compute device ("cpu", or the GPU adapter and its features).
     pub fn device(&self) -> String {
         self.backend.describe()

@@ -1,4 +1,4 @@
-// Activation rounding: X is replaced by the values ggml's CPU dot products see after quantizing
+// Activation rounding: Y = X as the values ggml's CPU dot products see after quantizing
 // it to the weight type's vec_dot_type (cpu/act_quant.rs), so GPU matmuls compute the same
 // products as the CPU backend up to summation order:
 //   mode 1 F16   per value, round to f16 (ggml_fp32_to_fp16, nearest even)
@@ -17,7 +17,8 @@ struct QuantParams {
     mode: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> X: array<f32>;
+@group(0) @binding(0) var<storage, read> X: array<f32>;            // [n]
+@group(0) @binding(3) var<storage, read_write> Y: array<f32>;      // [n], X rounded
 @group(0) @binding(1) var<uniform> P: QuantParams;
 @group(0) @binding(2) var<storage, read_write> Sfix: array<f32>;   // mode 5: [n / 32]
 
@@ -40,9 +41,9 @@ fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         let i = g * 64u + tid;
         if i < P.n {
             if P.mode == 1u {
-                X[i] = round_f16(X[i]);
+                Y[i] = round_f16(X[i]);
             } else {
-                X[i] = bf16_round(X[i]);
+                Y[i] = bf16_round(X[i]);
             }
         }
         return;
@@ -81,9 +82,9 @@ fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let imax = idx_buf[0];
     var vmax = 0.0;
     if amax != 0.0 {
-        vmax = X[base + imax];  // read before any invocation overwrites it
+        vmax = X[base + imax];
     }
-    workgroupBarrier();
+    workgroupBarrier();   // amax_buf is reused for mode 5's sums
     if P.mode == 3u || P.mode == 5u {
         let step = q8_0_step(amax);
         let d = step.x;
@@ -93,7 +94,7 @@ fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         for (var i = tid; i < bs; i += 64u) {
             let q = round_half_away(X[base + i] * id);
             qsum += q;
-            X[base + i] = q * dh;
+            Y[base + i] = q * dh;
         }
         if P.mode == 5u {
             // Σq is an integer below 2^13: exact in f32 in any order.
@@ -110,14 +111,14 @@ fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     } else {
         if amax == 0.0 {
             for (var i = tid; i < bs; i += 64u) {
-                X[base + i] = 0.0;
+                Y[base + i] = 0.0;
             }
             return;
         }
         let iscale = div_rn(-127.0, vmax);
         let d = div_rn(1.0, iscale);
         for (var i = tid; i < bs; i += 64u) {
-            X[base + i] = min(round(iscale * X[base + i]), 127.0) * d;
+            Y[base + i] = min(round(iscale * X[base + i]), 127.0) * d;
         }
     }
 }

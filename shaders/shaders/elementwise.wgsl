@@ -108,11 +108,14 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     A[i1] = x0 * s + x1 * c;
 }
 
-// Word copy C = A (bitwise), the bandwidth baseline of `webgguf bench --device gpu`.
+// The bandwidth baseline of `webgguf bench`: C4 = A4, one vec4 per invocation (count: vec4s).
+@group(0) @binding(4) var<storage, read> A4: array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read_write> C4: array<vec4<u32>>;
+
 @compute @workgroup_size(64)
-fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn copy4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = gid(wid, nwg, lid);
     if i < P.count {
-        C[i] = A[i];
+        C4[i] = A4[i];
     }
 }

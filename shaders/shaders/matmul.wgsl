@@ -1,14 +1,17 @@
 // Dequantize-matmul: Y[t, y_offset + r] = Σ_k W[r, k] · X[t, k] for weights in the GPU block
 // layout (dequant.wgsl), reading the quantized words directly. Two entry points:
 // - `matvec` (decode, few tokens): a workgroup computes MV_ROWS output values, MV_LANES
-//   invocations per value stride the row 4 values at a time, then a shared-memory tree sum
-//   over those lanes. Several values per workgroup keep the barriers per value low: software
-//   adapters (SwiftShader, lavapipe) pay dearly for each barrier, and a real GPU still reads each
-//   row in coalesced runs of MV_LANES vec4s;
+//   invocations per value; each invocation takes runs of 32 consecutive values (one quant block
+//   or sub-block: `dot32` reads its scales once and its quants a word at a time), then a
+//   shared-memory tree sum over the lanes. MV_LANES is an override constant chosen per adapter
+//   (runtime/src/gpu/ops.rs, `MatvecLayout`): 4 for software adapters (SwiftShader, lavapipe),
+//   which pay dearly for each barrier, so several values per workgroup keep the barriers per
+//   value low; 32 for hardware GPUs, so a row is read by many lanes in coalesced runs. Rows
+//   whose length is not a multiple of 32 (F32/F16/BF16 only) take 4 values a step;
 // - `matmul_tiled` (prefill): a workgroup computes a 32-row × 32-token tile; W and X tiles of
 //   32 values along k are staged in shared memory, each invocation accumulates 4 × 4 outputs.
 // X holds the activations as the CPU backend's dot products see them (already rounded to the
-// weight type's vec_dot_type by `act_round` in ops.wgsl). Workgroup ids are linearised over
+// weight type's vec_dot_type by `act_round` in act_quant.wgsl). Workgroup ids are linearised over
 // (x, y) so dispatches above 65,535 workgroups split into a second dimension.
 
 struct MatParams {
@@ -25,9 +28,124 @@ struct MatParams {
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;         // [n, y_stride]
 @group(0) @binding(3) var<uniform> P: MatParams;
 
-const MV_LANES: u32 = 8u;            // invocations per output value
-const MV_ROWS: u32 = 64u / MV_LANES; // output values per workgroup
+override MV_LANES: u32 = 8u;             // invocations per output value (a power of two ≤ 64)
+override MV_ROWS: u32 = 64u / MV_LANES;  // output values per workgroup
 var<workgroup> mv_part: array<f32, 64>;   // [MV_ROWS][MV_LANES] partial sums
+
+// Σ_{k0 ≤ k < k0+32} W[row, k] · X[k] for k0 a multiple of 32, with X's vec4 `x0` = k0 / 4:
+// per type the block's (or sub-block's) scales once, the quants a word (4 values) at a time,
+// and the scales applied to the run's sums (the same values as deq4's, summed in another order).
+fn dot32(row: u32, k0: u32, x0: u32) -> f32 {
+    switch WTYPE {
+        case 2u, 3u: {
+            // Q4_0 / Q4_1: qs word w holds values 4w.. in its low nibbles, 16 + 4w.. in its high
+            let b = row + (k0 / 32u) * 5u;
+            let qs = b + select(0u, 1u, WTYPE == 3u);
+            let off = select(0.0, 8.0, WTYPE == 2u);
+            var sq = 0.0;
+            var sx = 0.0;
+            for (var w = 0u; w < 4u; w++) {
+                let q = vec4<u32>(W[qs + w]) >> SHIFTS8;
+                let xl = X[x0 + w];
+                let xh = X[x0 + 4u + w];
+                sq += dot(vec4<f32>(q & vec4<u32>(0xFu)) - off, xl) + dot(vec4<f32>((q >> vec4<u32>(4u)) & vec4<u32>(0xFu)) - off, xh);
+                sx += dot(xl, vec4<f32>(1.0)) + dot(xh, vec4<f32>(1.0));
+            }
+            if WTYPE == 2u {
+                return lo_f16(W[b + 4u]) * sq;
+            }
+            let dm = unpack2x16float(W[b]);
+            return dm.x * sq + dm.y * sx;
+        }
+        case 6u, 7u: {
+            // Q5_0 / Q5_1: as Q4, the fifth bit of value j is bit j of qh
+            let b = row + (k0 / 32u) * 6u;
+            let qh = W[b + select(0u, 1u, WTYPE == 7u)];
+            let qs = b + select(1u, 2u, WTYPE == 7u);
+            let off = select(0.0, 16.0, WTYPE == 6u);
+            var sq = 0.0;
+            var sx = 0.0;
+            for (var w = 0u; w < 4u; w++) {
+                let q = vec4<u32>(W[qs + w]) >> SHIFTS8;
+                let hl = ((vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + 4u * w)) & vec4<u32>(1u)) << vec4<u32>(4u);
+                let hh = ((vec4<u32>(qh) >> (vec4<u32>(16u, 17u, 18u, 19u) + 4u * w)) & vec4<u32>(1u)) << vec4<u32>(4u);
+                let xl = X[x0 + w];
+                let xh = X[x0 + 4u + w];
+                sq += dot(vec4<f32>((q & vec4<u32>(0xFu)) | hl) - off, xl) + dot(vec4<f32>(((q >> vec4<u32>(4u)) & vec4<u32>(0xFu)) | hh) - off, xh);
+                sx += dot(xl, vec4<f32>(1.0)) + dot(xh, vec4<f32>(1.0));
+            }
+            if WTYPE == 6u {
+                return lo_f16(W[b + 5u]) * sq;
+            }
+            let dm = unpack2x16float(W[b]);
+            return dm.x * sq + dm.y * sx;
+        }
+        case 8u: {
+            // Q8_0
+            let b = row + (k0 / 32u) * 9u;
+            var sq = 0.0;
+            for (var w = 0u; w < 8u; w++) {
+                sq += dot(sbytes4(W[b + w]), X[x0 + w]);
+            }
+            return lo_f16(W[b + 8u]) * sq;
+        }
+        case 12u, 13u: {
+            // Q4_K / Q5_K: the run is sub-block 2j + hi of 64-value chunk j: one scale and min
+            let b = row + (k0 / 256u) * select(36u, 44u, WTYPE == 13u);
+            let e = k0 % 256u;
+            let j = e / 64u;
+            let hi = (e % 64u) / 32u;
+            let dm = unpack2x16float(W[b]);
+            let sm = scale_min_k4(b + 1u, 2u * j + hi);
+            let qs = b + select(4u, 12u, WTYPE == 13u) + 8u * j;
+            var sq = 0.0;
+            var sx = 0.0;
+            for (var w = 0u; w < 8u; w++) {
+                var q = (vec4<u32>(W[qs + w]) >> (SHIFTS8 + 4u * hi)) & vec4<u32>(0xFu);
+                if WTYPE == 13u {
+                    q |= ((vec4<u32>(W[b + 4u + w]) >> (SHIFTS8 + 2u * j + hi)) & vec4<u32>(1u)) << vec4<u32>(4u);
+                }
+                let xv = X[x0 + w];
+                sq += dot(vec4<f32>(q), xv);
+                sx += dot(xv, vec4<f32>(1.0));
+            }
+            return dm.x * sm.x * sq - dm.y * sm.y * sx;
+        }
+        case 14u: {
+            // Q6_K: the run is group g of 128-value half n: two scales of 16 values each
+            let b = row + (k0 / 256u) * 53u;
+            let e = k0 % 256u;
+            let n = e / 128u;
+            let g = (e % 128u) / 32u;
+            let lo = b + (64u * n + 32u * (g & 1u)) / 4u;
+            let hb = b + 32u + 8u * n;
+            var s0 = 0.0;
+            var s1 = 0.0;
+            for (var w = 0u; w < 8u; w++) {
+                let l4 = (vec4<u32>(W[lo + w]) >> (SHIFTS8 + 4u * (g / 2u))) & vec4<u32>(0xFu);
+                let h4 = (vec4<u32>(W[hb + w]) >> (SHIFTS8 + 2u * g)) & vec4<u32>(3u);
+                let q = vec4<f32>(bitcast<vec4<i32>>(l4 | (h4 << vec4<u32>(4u))) - vec4<i32>(32));
+                let d = dot(q, X[x0 + w]);
+                if w < 4u {
+                    s0 += d;
+                } else {
+                    s1 += d;
+                }
+            }
+            let sc0 = f32((i32(byte_at(b + 48u, 8u * n + 2u * g)) << 24u) >> 24u);
+            let sc1 = f32((i32(byte_at(b + 48u, 8u * n + 1u + 2u * g)) << 24u) >> 24u);
+            return lo_f16(W[b + 52u]) * (sc0 * s0 + sc1 * s1);
+        }
+        default: {
+            // F32, F16, BF16, Q2_K, Q3_K: value by value
+            var acc = 0.0;
+            for (var w = 0u; w < 8u; w++) {
+                acc += dot(deq4(row, k0 + 4u * w), X[x0 + w]);
+            }
+            return acc;
+        }
+    }
+}
 
 @compute @workgroup_size(64)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -42,8 +160,14 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         let row = r * P.row_words;
         let c4 = P.cols / 4u;
         let xb = t * c4;
-        for (var i = lane; i < c4; i += MV_LANES) {
-            acc += dot(deq4(row, 4u * i), X[xb + i]);
+        if P.cols % 32u == 0u {
+            for (var i = lane; i < P.cols / 32u; i += MV_LANES) {
+                acc += dot32(row, 32u * i, xb + 8u * i);
+            }
+        } else {
+            for (var i = lane; i < c4; i += MV_LANES) {
+                acc += dot(deq4(row, 4u * i), X[xb + i]);
+            }
         }
     }
     // Barriers stay in uniform control flow: every invocation takes part, live or not.

@@ -15,7 +15,7 @@ pub enum Family {
     Embed,
     /// `rms_norm`.
     Norm,
-    /// `add`, `add_bias`, `softcap`, `glu`, `rope`, `copy`.
+    /// `add`, `add_bias`, `softcap`, `glu`, `rope`, `copy4`.
     Elementwise,
     /// `act_round`.
     ActQuant,

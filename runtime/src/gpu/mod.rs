@@ -2,15 +2,21 @@
 //! negotiation, the GPU weight layout, and the [`Backend`](crate::model::Backend) implementation
 //! whose kernels live in the `webgguf-shaders` crate.
 
-pub(crate) mod backend;
 mod device;
+pub(crate) mod kv;
 pub mod layout;
+mod ops;
 mod readback;
+pub(crate) mod recorder;
+pub(crate) mod weights;
 
-pub use backend::{GpuAct, GpuBackend, GpuCache, GpuWeight};
 #[cfg(not(target_arch = "wasm32"))]
 pub use device::adapter_limits;
 pub use device::{adapter_limits_async, AdapterLimits, DeviceLimits, GpuDevice, GpuInfo};
+pub use kv::GpuCache;
+pub use ops::MatvecLayout;
+pub use recorder::{GpuAct, GpuBackend};
+pub use weights::{GpuWeight, PendingGpuWeight};
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests;

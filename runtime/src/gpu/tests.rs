@@ -3,7 +3,7 @@
 //! buffers are pre-filled with NaN sentinel words: every value must be written, finite, and no
 //! word past the output may change. No adapter is a failure, not a skip.
 
-use super::backend::SENTINEL;
+use super::recorder::SENTINEL;
 use super::*;
 use crate::cpu::tests::Rng;
 use crate::kv_cache::KvType;
@@ -76,7 +76,9 @@ fn cpu_act(data: Vec<f32>, n_tokens: usize, width: usize) -> CpuAct {
 /// Matvec (1 and 4 tokens) and tiled matmul (37 tokens) for every type, 1 row and 37 rows
 /// (no multiple of the 32-row tile or the 64-wide workgroup), K not a multiple of 256 where the
 /// type allows. The GPU rounds activations exactly as the CPU quantizes them (and adds Q8_1's
-/// f16 block-sum rounding for Q4_1/Q5_1), so the only difference is summation order.
+/// f16 block-sum rounding for Q4_1/Q5_1), so the only difference is summation order. The
+/// matvec runs in both layouts (narrow: software adapters; wide: hardware GPUs, whose runs of
+/// 8 vec4s overhang these rows).
 #[test]
 fn matmul_every_type_matches_cpu() {
     let mut g = gpu();
@@ -91,13 +93,17 @@ fn matmul_every_type_matches_cpu() {
         for rows in [1usize, 37] {
             let bytes = weight_bytes(&mut rng, ty, rows, cols);
             let (gw, cw) = both(&mut g, &mut c, "w", ty, &[cols as u64, rows as u64], &bytes);
-            for n in [1usize, 4, 37] {
+            for (n, layout) in
+                [(1usize, MatvecLayout::Narrow), (1, MatvecLayout::Wide), (4, MatvecLayout::Narrow), (4, MatvecLayout::Wide), (37, MatvecLayout::Narrow)]
+            {
+                g.matvec = layout;
                 let x = acts(&mut rng, n, cols);
                 let gx = g.upload(&x, n, cols).unwrap();
                 let gy = g.matmul(&gw, &gx).unwrap();
-                let got = read_checked(&mut g, &gy, &format!("{ty} {rows}x{cols} n={n}"));
+                let what = format!("matmul {ty} {rows}x{cols} n={n} {}", layout.name());
+                let got = read_checked(&mut g, &gy, &what);
                 let want = c.matmul(&cw, &cpu_act(x, n, cols)).unwrap().data;
-                assert_close(&got, &want, 1e-10, &format!("matmul {ty} {rows}x{cols} n={n}"));
+                assert_close(&got, &want, 1e-10, &what);
             }
         }
     }
@@ -116,7 +122,8 @@ fn chunked_weights_match_cpu() {
         g.max_chunk_bytes = Some(7 * 1024);
         let (gw, cw) = both(&mut g, &mut c, "big", ty, &[cols as u64, rows as u64], &bytes);
         assert!(GpuBackend::chunk_count(&gw) >= 3, "{ty}: {} chunks", GpuBackend::chunk_count(&gw));
-        for n in [1usize, 40] {
+        for (n, layout) in [(1usize, MatvecLayout::Narrow), (1, MatvecLayout::Wide), (40, MatvecLayout::Narrow)] {
+            g.matvec = layout;
             let x = acts(&mut rng, n, cols);
             let gx = g.upload(&x, n, cols).unwrap();
             let gy = g.matmul(&gw, &gx).unwrap();

@@ -50,6 +50,16 @@ pub trait Backend {
     /// `x · Wᵀ`: `[n, cols]` × weight `[rows, cols]` → `[n, rows]`.
     fn matmul(&mut self, w: &Self::Weight, x: &Self::Act) -> Result<Self::Act, ModelError>;
 
+    /// `x · Wᵀ` for each weight of `ws` (same input: q/k/v, gate/up); devices that round the
+    /// input per weight type override it to round once.
+    fn matmuls<const N: usize>(&mut self, ws: [&Self::Weight; N], x: &Self::Act) -> Result<[Self::Act; N], ModelError> {
+        let mut out = Vec::with_capacity(N);
+        for w in ws {
+            out.push(self.matmul(w, x)?);
+        }
+        outputs_array(out)
+    }
+
     /// Adds a bias vector to every row.
     fn add_bias(&mut self, x: &mut Self::Act, bias: &Self::Weight) -> Result<(), ModelError>;
 
@@ -104,4 +114,9 @@ pub trait Backend {
     fn describe(&self) -> String {
         "cpu".to_owned()
     }
+}
+
+/// The outputs of [`Backend::matmuls`] as an array (one per weight).
+pub(crate) fn outputs_array<T, const N: usize>(v: Vec<T>) -> Result<[T; N], ModelError> {
+    v.try_into().map_err(|v: Vec<T>| ModelError::BadHyperparameter { what: "matmul outputs".into(), value: format!("{} for {N} weights", v.len()) })
 }

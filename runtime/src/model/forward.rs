@@ -30,9 +30,7 @@ impl<B: Backend> Model<B> {
         for (il, l) in w.layers.iter().enumerate() {
             // attention block
             let h = b.rms_norm(&x, &l.attn_norm, c.rms_eps)?;
-            let mut q = b.matmul(&l.wq, &h)?;
-            let mut k = b.matmul(&l.wk, &h)?;
-            let mut v = b.matmul(&l.wv, &h)?;
+            let [mut q, mut k, mut v] = b.matmuls([&l.wq, &l.wk, &l.wv], &h)?;
             if let Some(bias) = &l.bq {
                 b.add_bias(&mut q, bias)?;
             }
@@ -62,8 +60,7 @@ impl<B: Backend> Model<B> {
 
             // feed-forward block
             let h = b.rms_norm(&x, &l.ffn_norm, c.rms_eps)?;
-            let gate = b.matmul(&l.ffn_gate, &h)?;
-            let up = b.matmul(&l.ffn_up, &h)?;
+            let [gate, up] = b.matmuls([&l.ffn_gate, &l.ffn_up], &h)?;
             let act = b.glu(&gate, &up, c.activation)?;
             let mut f = b.matmul(&l.ffn_down, &act)?;
             if let Some(n) = &l.post_ffn_norm {

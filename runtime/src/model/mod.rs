@@ -1,7 +1,7 @@
 //! Models: configuration from metadata, weights by name, and the one forward pass written
 //! against the [`Backend`] trait.
 
-mod backend;
+pub(crate) mod backend;
 mod config;
 mod cpu_backend;
 mod forward;

@@ -14,8 +14,9 @@
 use crate::engine::SessionOptions;
 use crate::error::{GgufError, GpuError, KvError, ModelError, TokenizerError};
 use crate::gguf::{GgufHeader, TensorInfo};
-use crate::gpu::backend::{SCORES_BUDGET, UPLOAD_PIECE};
+use crate::gpu::kv::SCORES_BUDGET;
 use crate::gpu::layout;
+use crate::gpu::weights::UPLOAD_PIECE;
 use crate::kv_cache::{self, KvType};
 use crate::model::{same_shape, Arch, ModelConfig, WeightProvider, Weights};
 use crate::quant::GgmlType;

@@ -1,0 +1,464 @@
+//! The ops of the forward pass on the GPU: the [`Backend`] implementation (weights and the KV
+//! cache delegate to `weights.rs` and `kv.rs`), activation rounding, matmuls, element-wise ops.
+//!
+//! Numerics follow the CPU backend: activations entering a weight matmul are first rounded to
+//! the weight type's `vec_dot_type` (Q8_0 / Q8_K / F16 / BF16, `act_quant.wgsl`), queries for
+//! quantized caches to Q8_0, GELU through the f16 table, rope angles built by repeated
+//! multiplication. The GPU then differs from the CPU only in summation order.
+
+use super::recorder::{bytes_of, GpuAct, GpuBackend, PooledBuffer, PARAM_BIND};
+use super::{GpuCache, GpuWeight, PendingGpuWeight};
+use crate::error::{GpuError, ModelError};
+use crate::kv_cache::KvType;
+use crate::model::{Activation, Backend, ModelConfig, RopeKind, RopeParams};
+use crate::quant::GgmlType;
+use webgguf_shaders::Family;
+use wgpu::util::DeviceExt;
+
+/// Matmuls with at most this many tokens use the matvec kernel.
+pub(super) const MATVEC_MAX_TOKENS: usize = 4;
+
+/// How activations are rounded before a matmul with a weight of type `ty` (act_quant.wgsl modes).
+pub(super) fn act_mode(ty: GgmlType) -> u32 {
+    match ty.vec_dot_type() {
+        GgmlType::F16 => 1,
+        GgmlType::BF16 => 2,
+        GgmlType::Q8_0 => 3,
+        GgmlType::Q8_K => 4,
+        GgmlType::Q8_1 => 5,
+        _ => 0,
+    }
+}
+
+/// How `matvec` shares a weight row among invocations (matmul.wgsl's MV_LANES):
+/// chosen per adapter, the same numbers either way (only the summation order differs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatvecLayout {
+    /// 4 invocations per row, 16 rows per workgroup: few barriers per value, for software
+    /// adapters.
+    Narrow,
+    /// 32 invocations per row, 2 rows per workgroup: a row read by many lanes at once, for
+    /// hardware GPUs.
+    Wide,
+}
+
+impl MatvecLayout {
+    /// Narrow on software adapters (device type Cpu), wide on hardware.
+    pub fn for_device(device_type: &str) -> MatvecLayout {
+        if device_type == "Cpu" {
+            MatvecLayout::Narrow
+        } else {
+            MatvecLayout::Wide
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<MatvecLayout> {
+        match s {
+            "narrow" => Some(MatvecLayout::Narrow),
+            "wide" => Some(MatvecLayout::Wide),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MatvecLayout::Narrow => "narrow",
+            MatvecLayout::Wide => "wide",
+        }
+    }
+
+    /// Invocations per output value (MV_LANES).
+    pub(super) fn lanes(self) -> u32 {
+        match self {
+            MatvecLayout::Narrow => 4,
+            MatvecLayout::Wide => 32,
+        }
+    }
+
+    /// Output values per workgroup (MV_ROWS).
+    pub(super) fn rows_per_group(self) -> usize {
+        64 / self.lanes() as usize
+    }
+}
+
+/// Uniforms of elementwise.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(super) struct EwParams {
+    pub(super) count: u32,
+    pub(super) width: u32,
+    pub(super) head_dim: u32,
+    pub(super) n_dims: u32,
+    pub(super) neox: u32,
+    pub(super) gelu: u32,
+    pub(super) f0: f32,
+}
+
+const _: () = assert!(std::mem::size_of::<EwParams>() as u64 <= PARAM_BIND);
+
+/// Runs a GPU future to completion natively; the browser cannot block.
+pub(super) fn block_on<T>(what: &'static str, f: impl std::future::Future<Output = Result<T, GpuError>>) -> Result<T, GpuError> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = what;
+        pollster::block_on(f)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        drop(f);
+        Err(GpuError::NeedsAsync(what))
+    }
+}
+
+pub(super) fn shape_err(what: &str, a: usize, b: usize) -> ModelError {
+    ModelError::BadHyperparameter { what: what.to_owned(), value: format!("{a} vs {b}") }
+}
+
+/// What a rope cos/sin table depends on (`factors`: the frequency-factor weight's address).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct RopeKey {
+    pub(super) pos0: usize,
+    pub(super) n_tokens: usize,
+    pub(super) n_dims: usize,
+    pub(super) freq_base: u32,
+    pub(super) freq_scale: u32,
+    pub(super) factors: Option<usize>,
+}
+
+/// Rope tables kept: a pass uses one per rope base (Gemma-3: local and global).
+pub(super) const ROPE_TABLES: usize = 4;
+
+impl GpuBackend {
+    /// `x` rounded as ggml rounds activations for `mode` (act_quant.wgsl), into a new buffer.
+    /// Mode 5 (Q8_1) also returns each block's sum correction (`[n_tokens, width / 32]`) for
+    /// `min_fix`.
+    pub(super) fn act_round(&mut self, x: &GpuAct, mode: u32) -> Result<(GpuAct, Option<PooledBuffer>), GpuError> {
+        let n = x.n_tokens * x.width;
+        let block = match mode {
+            3 | 5 => 32,
+            4 => 256,
+            _ => 64,
+        };
+        if mode >= 3 && x.width % block != 0 {
+            return Err(GpuError::Shape(format!("rows of {} values are not whole blocks of {block}", x.width)));
+        }
+        let out = self.new_act(x.n_tokens, x.width)?;
+        // Every mode binds the correction buffer (the entry point uses it in mode 5).
+        let sfix = self.alloc((n / 32 * 4) as u64)?;
+        let params = [n as u32, mode];
+        self.dispatch(Family::ActQuant, "act_round", &[], &[(0, x.buf.get()), (2, sfix.get()), (3, out.buf.get())], 1, bytes_of(&params), n.div_ceil(block))?;
+        Ok((out, (mode == 5).then_some(sfix)))
+    }
+
+    /// Adds the Q8_1 block-sum corrections of `act_round` mode 5 to `y = x · Wᵀ` (Q4_1, Q5_1).
+    pub(super) fn min_fix(&mut self, w: &GpuWeight, n_tokens: usize, sfix: &PooledBuffer, y: &GpuAct) -> Result<(), GpuError> {
+        let m = w.view()?;
+        for (buf, row0, rows) in m.chunks {
+            let params = [rows as u32, m.cols as u32, n_tokens as u32, m.row_words as u32, m.rows as u32, row0 as u32];
+            self.dispatch(
+                Family::Matmul,
+                "min_fix",
+                &[("WTYPE", m.ty.id())],
+                &[(0, buf), (2, y.buf.get()), (4, sfix.get())],
+                3,
+                bytes_of(&params),
+                (rows * n_tokens).div_ceil(64),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Records the matmul of `w` with activations `x` (already rounded) into `y`.
+    pub(super) fn matmul_into(&mut self, w: &GpuWeight, x: &GpuAct, y: &GpuAct) -> Result<(), GpuError> {
+        let m = w.view()?;
+        let (entry, tiled) = if x.n_tokens <= MATVEC_MAX_TOKENS { ("matvec", false) } else { ("matmul_tiled", true) };
+        let lanes = self.matvec.lanes();
+        let constants: &[(&'static str, u32)] = if tiled { &[("WTYPE", m.ty.id())] } else { &[("WTYPE", m.ty.id()), ("MV_LANES", lanes)] };
+        for (buf, row0, rows) in m.chunks {
+            let params = [rows as u32, m.cols as u32, x.n_tokens as u32, m.row_words as u32, m.rows as u32, row0 as u32];
+            let groups = if tiled { rows.div_ceil(32) * x.n_tokens.div_ceil(32) } else { (rows * x.n_tokens).div_ceil(self.matvec.rows_per_group()) };
+            self.dispatch(Family::Matmul, entry, constants, &[(0, buf), (1, x.buf.get()), (2, y.buf.get())], 3, bytes_of(&params), groups)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn elementwise(
+        &mut self,
+        entry: &'static str,
+        a: &wgpu::Buffer,
+        b: Option<&wgpu::Buffer>,
+        c: Option<&wgpu::Buffer>,
+        params: &EwParams,
+        count: usize,
+    ) -> Result<(), GpuError> {
+        let mut bindings = vec![(0, a)];
+        if let Some(b) = b {
+            bindings.push((1, b));
+        }
+        if let Some(c) = c {
+            bindings.push((2, c));
+        }
+        self.dispatch(Family::Elementwise, entry, &[], &bindings, 3, bytemuck::bytes_of(params), count.div_ceil(64))
+    }
+}
+
+impl Backend for GpuBackend {
+    type Weight = GpuWeight;
+    type Act = GpuAct;
+    type Cache = GpuCache;
+
+    type Pending = PendingGpuWeight;
+
+    fn begin_weight(&mut self, name: &str, ty: GgmlType, shape: &[u64]) -> Result<PendingGpuWeight, ModelError> {
+        self.begin_gpu_weight(name, ty, shape)
+    }
+
+    fn write_weight(&mut self, w: &mut PendingGpuWeight, bytes: &[u8]) -> Result<(), ModelError> {
+        self.write_gpu_weight(w, bytes)
+    }
+
+    fn finish_weight(&mut self, w: PendingGpuWeight) -> Result<GpuWeight, ModelError> {
+        self.finish_gpu_weight(w)
+    }
+
+    fn new_cache(&mut self, cfg: &ModelConfig, kv: KvType, n_ctx: usize, recent: usize) -> Result<GpuCache, ModelError> {
+        self.new_gpu_cache(cfg, kv, n_ctx, recent)
+    }
+
+    fn embed(&mut self, table: &GpuWeight, ids: &[u32], scale: Option<f32>) -> Result<GpuAct, ModelError> {
+        let GpuWeight::Matrix { ty, rows, cols, row_words, chunks } = table else {
+            return Err(GpuError::Shape("embedding table is a vector".into()).into());
+        };
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= *rows) {
+            return Err(ModelError::TokenOutOfRange { id, n_vocab: *rows });
+        }
+        let out = self.new_act(ids.len(), *cols)?;
+        let ids_buf = self.dev.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("ids"),
+            contents: bytes_of(ids),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        for c in chunks {
+            if !ids.iter().any(|&id| (c.row0..c.row0 + c.rows).contains(&(id as usize))) {
+                continue;
+            }
+            let params: [u32; 7] =
+                [*cols as u32, *row_words as u32, ids.len() as u32, c.row0 as u32, c.rows as u32, u32::from(scale.is_some()), scale.unwrap_or(1.0).to_bits()];
+            self.dispatch(
+                Family::Embed,
+                "embed",
+                &[("WTYPE", ty.id())],
+                &[(0, &c.buf), (1, &ids_buf), (2, out.buf.get())],
+                3,
+                bytes_of(&params),
+                (ids.len() * cols / 4).div_ceil(64),
+            )?;
+        }
+        Ok(out)
+    }
+
+    fn rms_norm(&mut self, x: &GpuAct, weight: &GpuWeight, eps: f32) -> Result<GpuAct, ModelError> {
+        let GpuWeight::Vector { buf, len, .. } = weight else {
+            return Err(GpuError::Shape("rms_norm weight is a matrix".into()).into());
+        };
+        if *len == 0 || x.width % len != 0 {
+            return Err(shape_err("rms_norm width", x.width, *len));
+        }
+        let out = self.new_act(x.n_tokens, x.width)?;
+        let groups = x.n_tokens * x.width / len;
+        let params = [*len as u32, groups as u32, eps.to_bits()];
+        let buf = buf.clone();
+        self.dispatch(Family::Norm, "rms_norm", &[], &[(0, x.buf.get()), (1, &buf), (2, out.buf.get())], 3, bytes_of(&params), groups)?;
+        Ok(out)
+    }
+
+    fn matmul(&mut self, w: &GpuWeight, x: &GpuAct) -> Result<GpuAct, ModelError> {
+        let [y] = self.matmuls([w], x)?;
+        Ok(y)
+    }
+
+    fn matmuls<const N: usize>(&mut self, ws: [&GpuWeight; N], x: &GpuAct) -> Result<[GpuAct; N], ModelError> {
+        let mut shapes = Vec::with_capacity(ws.len());
+        for w in ws {
+            let m = w.view()?;
+            if m.cols != x.width {
+                return Err(shape_err("matmul inner dimension", m.cols, x.width));
+            }
+            shapes.push((act_mode(m.ty), m.rows));
+        }
+        // Weights that round their input the same way share one rounded copy (q/k/v, gate/up).
+        let mut rounded: Vec<(u32, GpuAct, Option<PooledBuffer>)> = Vec::new();
+        let mut out = Vec::with_capacity(ws.len());
+        for (w, &(mode, rows)) in ws.iter().zip(&shapes) {
+            let y = self.new_act(x.n_tokens, rows)?;
+            if mode == 0 {
+                self.matmul_into(w, x, &y)?;
+            } else {
+                if !rounded.iter().any(|r| r.0 == mode) {
+                    let (xr, sfix) = self.act_round(x, mode)?;
+                    rounded.push((mode, xr, sfix));
+                }
+                let (_, xr, sfix) = rounded.iter().find(|r| r.0 == mode).expect("rounded above");
+                self.matmul_into(w, xr, &y)?;
+                if let Some(sfix) = sfix {
+                    self.min_fix(w, x.n_tokens, sfix, &y)?;
+                }
+            }
+            out.push(y);
+        }
+        crate::model::backend::outputs_array(out)
+    }
+
+    fn add_bias(&mut self, x: &mut GpuAct, bias: &GpuWeight) -> Result<(), ModelError> {
+        let GpuWeight::Vector { buf, len, .. } = bias else {
+            return Err(GpuError::Shape("bias is a matrix".into()).into());
+        };
+        if *len != x.width {
+            return Err(shape_err("bias width", *len, x.width));
+        }
+        let n = x.n_tokens * x.width;
+        let p = EwParams { count: n as u32, width: x.width as u32, ..EwParams::default() };
+        let buf = buf.clone();
+        self.elementwise("add_bias", x.buf.get(), Some(&buf), None, &p, n)?;
+        Ok(())
+    }
+
+    fn add(&mut self, x: &mut GpuAct, y: &GpuAct) -> Result<(), ModelError> {
+        if x.n_tokens * x.width != y.n_tokens * y.width {
+            return Err(shape_err("add", x.n_tokens * x.width, y.n_tokens * y.width));
+        }
+        let n = x.n_tokens * x.width;
+        let p = EwParams { count: n as u32, ..EwParams::default() };
+        self.elementwise("add", x.buf.get(), Some(y.buf.get()), None, &p, n)?;
+        Ok(())
+    }
+
+    fn rope(&mut self, x: &mut GpuAct, head_dim: usize, pos0: usize, rope: &RopeParams, factors: Option<&GpuWeight>) -> Result<(), ModelError> {
+        if head_dim == 0 || x.width % head_dim != 0 || rope.n_dims % 2 != 0 || rope.n_dims > head_dim {
+            return Err(shape_err("rope head_dim", x.width, head_dim));
+        }
+        let freq_factors = match factors {
+            Some(GpuWeight::Vector { host, .. }) if host.len() >= rope.n_dims / 2 => Some(host),
+            Some(_) => return Err(GpuError::Shape("rope frequency factors".into()).into()),
+            None => None,
+        };
+        let key = RopeKey {
+            pos0,
+            n_tokens: x.n_tokens,
+            n_dims: rope.n_dims,
+            freq_base: rope.freq_base.to_bits(),
+            freq_scale: rope.freq_scale.to_bits(),
+            factors: freq_factors.map(|f| f.as_ptr() as usize),
+        };
+        // Every layer ropes q and k at the same positions: one table per (positions, params).
+        let b = match self.rope_tables.iter().find(|(k, _)| *k == key) {
+            Some((_, b)) => b.clone(),
+            None => {
+                // cos/sin of every (row, pair) by the CPU's own code: bit-identical angles everywhere.
+                let cpu_rope = crate::cpu::ops::Rope {
+                    n_dims: rope.n_dims,
+                    freq_base: rope.freq_base,
+                    freq_scale: rope.freq_scale,
+                    mode: crate::cpu::ops::RopeMode::Normal,
+                    freq_factors: freq_factors.cloned(),
+                };
+                let mut table = Vec::with_capacity(x.n_tokens * rope.n_dims); // [n_tokens, n_dims/2, 2]
+                for t in 0..x.n_tokens {
+                    cpu_rope.for_each_angle(pos0 + t, |_, c, s| table.extend_from_slice(&[c, s]));
+                }
+                let b = self.dev.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("rope cos/sin"),
+                    contents: bytes_of(&table),
+                    usage: wgpu::BufferUsages::STORAGE,
+                });
+                if self.rope_tables.len() >= ROPE_TABLES {
+                    self.rope_tables.remove(0);
+                }
+                self.rope_tables.push((key, b.clone()));
+                b
+            }
+        };
+        let count = x.n_tokens * (x.width / head_dim) * (rope.n_dims / 2);
+        let p = EwParams {
+            count: count as u32,
+            width: x.width as u32,
+            head_dim: head_dim as u32,
+            n_dims: rope.n_dims as u32,
+            neox: u32::from(rope.kind == RopeKind::Neox),
+            ..EwParams::default()
+        };
+        self.elementwise("rope", x.buf.get(), Some(&b), None, &p, count)?;
+        Ok(())
+    }
+
+    fn glu(&mut self, gate: &GpuAct, up: &GpuAct, act: Activation) -> Result<GpuAct, ModelError> {
+        if gate.n_tokens * gate.width != up.n_tokens * up.width {
+            return Err(shape_err("glu", gate.n_tokens * gate.width, up.n_tokens * up.width));
+        }
+        let out = self.new_act(gate.n_tokens, gate.width)?;
+        let n = gate.n_tokens * gate.width;
+        let p = EwParams { count: n as u32, gelu: u32::from(act == Activation::GeluTanh), ..EwParams::default() };
+        self.elementwise("glu", gate.buf.get(), Some(up.buf.get()), Some(out.buf.get()), &p, n)?;
+        Ok(out)
+    }
+
+    fn attention(
+        &mut self,
+        cache: &mut GpuCache,
+        cfg: &ModelConfig,
+        layer: usize,
+        q: &GpuAct,
+        k: &GpuAct,
+        v: &GpuAct,
+        pos0: usize,
+    ) -> Result<GpuAct, ModelError> {
+        self.gpu_attention(cache, cfg, layer, q, k, v, pos0)
+    }
+
+    fn last_rows(&mut self, x: &GpuAct, n: usize) -> Result<GpuAct, ModelError> {
+        let n = n.min(x.n_tokens);
+        let out = self.new_act(n, x.width)?;
+        let off = ((x.n_tokens - n) * x.width * 4) as u64;
+        let bytes = out.bytes();
+        self.encoder().copy_buffer_to_buffer(x.buf.get(), off, out.buf.get(), 0, bytes);
+        Ok(out)
+    }
+
+    fn softcap(&mut self, x: &mut GpuAct, cap: f32) -> Result<(), ModelError> {
+        let n = x.n_tokens * x.width;
+        let p = EwParams { count: n as u32, f0: cap, ..EwParams::default() };
+        self.elementwise("softcap", x.buf.get(), None, None, &p, n)?;
+        Ok(())
+    }
+
+    fn read_host(&mut self, x: GpuAct) -> Result<Vec<f32>, ModelError> {
+        let buf = x.buf.get().clone();
+        let bytes = x.bytes();
+        let out = block_on("reading logits", self.read_async(&buf, bytes))?;
+        Ok(bytemuck::pod_collect_to_vec(&out))
+    }
+
+    fn argmax(&mut self, x: GpuAct) -> Result<u32, ModelError> {
+        Ok(block_on("greedy argmax", self.argmax_async(&x))?)
+    }
+
+    fn argmax_on_device(&self) -> bool {
+        true
+    }
+
+    fn describe(&self) -> String {
+        let i = &self.dev.info;
+        format!(
+            "gpu: {} ({}, {}), shader-f16 {}, subgroups {}, {} matvec, max binding {} MiB, max buffer {} MiB, workgroup storage {} KiB",
+            i.adapter,
+            i.backend,
+            i.device_type,
+            i.shader_f16,
+            i.subgroups,
+            self.matvec.name(),
+            i.max_storage_buffer_binding_size >> 20,
+            i.max_buffer_size >> 20,
+            i.max_compute_workgroup_storage_size >> 10
+        )
+    }
+}
