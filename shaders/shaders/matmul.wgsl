@@ -30,6 +30,7 @@ struct MatParams {
 
 override MV_LANES: u32 = 8u;             // invocations per output value (a power of two ≤ 64)
 override MV_ROWS: u32 = 64u / MV_LANES;  // output values per workgroup
+override ACCUMULATE: u32 = 0u;           // 1: Y += X · Wᵀ (the residual add fused in), 0: Y =
 var<workgroup> mv_part: array<f32, 64>;   // [MV_ROWS][MV_LANES] partial sums
 
 // Σ_{k0 ≤ k < k0+32} W[row, k] · X[k] for k0 a multiple of 32, with X's vec4 `x0` = k0 / 4:
@@ -161,8 +162,14 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         let c4 = P.cols / 4u;
         let xb = t * c4;
         if P.cols % 32u == 0u {
-            for (var i = lane; i < P.cols / 32u; i += MV_LANES) {
+            let nb = P.cols / 32u;
+            let q8_1 = WTYPE == 3u || WTYPE == 7u;
+            for (var i = lane; i < nb; i += MV_LANES) {
                 acc += dot32(row, 32u * i, xb + 8u * i);
+                if q8_1 {
+                    // Q4_1 / Q5_1: the block's min times its Q8_1 sum correction (min_fix)
+                    acc += hi_f16(W[row + i * block_words()]) * Sfix[t * nb + i];
+                }
             }
         } else {
             for (var i = lane; i < c4; i += MV_LANES) {
@@ -180,14 +187,20 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         workgroupBarrier();
     }
     if live && lane == 0u {
-        Y[t * P.y_stride + P.y_offset + r] = mv_part[tid];
+        let i = t * P.y_stride + P.y_offset + r;
+        if ACCUMULATE == 1u {
+            Y[i] = Y[i] + mv_part[tid];
+        } else {
+            Y[i] = mv_part[tid];
+        }
     }
 }
 
 // Q4_1 / Q5_1 only: Y[t, y_offset + r] += Σ_b m[r, b] · Sfix[t, b], the difference between
 // ggml's Q8_1 block sums (f16-rounded) and the rounded activations' sums (act_quant.wgsl mode
-// 5), so these types match the CPU to summation order too. One invocation per output value: a
-// row has only cols / 32 blocks, too few to share out (and no barriers, see matvec).
+// 5), so these types match the CPU to summation order too. `matvec` adds it per block itself;
+// this entry follows `matmul_tiled`. One invocation per output value: a row has only cols / 32
+// blocks, too few to share out (and no barriers, see matvec).
 @group(0) @binding(4) var<storage, read> Sfix: array<f32>;             // [n, cols / 32]
 
 @compute @workgroup_size(64)
@@ -259,7 +272,12 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         for (var i = 0u; i < 4u; i++) {
             let r = r0 + tr + i;
             if t < P.n && r < P.rows {
-                Y[t * P.y_stride + P.y_offset + r] = acc[j][i];
+                let o = t * P.y_stride + P.y_offset + r;
+                if ACCUMULATE == 1u {
+                    Y[o] = Y[o] + acc[j][i];
+                } else {
+                    Y[o] = acc[j][i];
+                }
             }
         }
     }

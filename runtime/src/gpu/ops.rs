@@ -168,16 +168,32 @@ impl GpuBackend {
         Ok(())
     }
 
-    /// Records the matmul of `w` with activations `x` (already rounded) into `y`.
-    pub(super) fn matmul_into(&mut self, w: &GpuWeight, x: &GpuAct, y: &GpuAct) -> Result<(), GpuError> {
+    /// Records `y = x · Wᵀ` (or `y += x · Wᵀ` with `accumulate`) for activations `x` already
+    /// rounded; `sfix`: the Q8_1 corrections of Q4_1/Q5_1 (`act_round` mode 5).
+    pub(super) fn matmul_into(&mut self, w: &GpuWeight, x: &GpuAct, y: &GpuAct, sfix: Option<&PooledBuffer>, accumulate: bool) -> Result<(), GpuError> {
         let m = w.view()?;
-        let (entry, tiled) = if x.n_tokens <= MATVEC_MAX_TOKENS { ("matvec", false) } else { ("matmul_tiled", true) };
-        let lanes = self.matvec.lanes();
-        let constants: &[(&'static str, u32)] = if tiled { &[("WTYPE", m.ty.id())] } else { &[("WTYPE", m.ty.id()), ("MV_LANES", lanes)] };
-        for (buf, row0, rows) in m.chunks {
+        let tiled = x.n_tokens > MATVEC_MAX_TOKENS;
+        if tiled && accumulate && sfix.is_some() {
+            return Err(GpuError::Shape("a tiled Q4_1/Q5_1 matmul cannot accumulate (min_fix follows it)".into()));
+        }
+        let acc = u32::from(accumulate);
+        let wtype = m.ty.id();
+        let placeholder = self.placeholder.clone();
+        for &(buf, row0, rows) in &m.chunks {
             let params = [rows as u32, m.cols as u32, x.n_tokens as u32, m.row_words as u32, m.rows as u32, row0 as u32];
-            let groups = if tiled { rows.div_ceil(32) * x.n_tokens.div_ceil(32) } else { (rows * x.n_tokens).div_ceil(self.matvec.rows_per_group()) };
-            self.dispatch(Family::Matmul, entry, constants, &[(0, buf), (1, x.buf.get()), (2, y.buf.get())], 3, bytes_of(&params), groups)?;
+            if tiled {
+                let groups = rows.div_ceil(32) * x.n_tokens.div_ceil(32);
+                let constants = [("WTYPE", wtype), ("ACCUMULATE", acc)];
+                self.dispatch(Family::Matmul, "matmul_tiled", &constants, &[(0, buf), (1, x.buf.get()), (2, y.buf.get())], 3, bytes_of(&params), groups)?;
+            } else {
+                let groups = (rows * x.n_tokens).div_ceil(self.matvec.rows_per_group());
+                let constants = [("WTYPE", wtype), ("MV_LANES", self.matvec.lanes()), ("ACCUMULATE", acc)];
+                let s = sfix.map_or(&placeholder, |s| s.get());
+                self.dispatch(Family::Matmul, "matvec", &constants, &[(0, buf), (1, x.buf.get()), (2, y.buf.get()), (4, s)], 3, bytes_of(&params), groups)?;
+            }
+        }
+        if let (true, Some(sfix)) = (tiled, sfix) {
+            self.min_fix(w, x.n_tokens, sfix, y)?;
         }
         Ok(())
     }
@@ -292,21 +308,41 @@ impl Backend for GpuBackend {
         for (w, &(mode, rows)) in ws.iter().zip(&shapes) {
             let y = self.new_act(x.n_tokens, rows)?;
             if mode == 0 {
-                self.matmul_into(w, x, &y)?;
+                self.matmul_into(w, x, &y, None, false)?;
             } else {
                 if !rounded.iter().any(|r| r.0 == mode) {
                     let (xr, sfix) = self.act_round(x, mode)?;
                     rounded.push((mode, xr, sfix));
                 }
                 let (_, xr, sfix) = rounded.iter().find(|r| r.0 == mode).expect("rounded above");
-                self.matmul_into(w, xr, &y)?;
-                if let Some(sfix) = sfix {
-                    self.min_fix(w, x.n_tokens, sfix, &y)?;
-                }
+                self.matmul_into(w, xr, &y, sfix.as_ref(), false)?;
             }
             out.push(y);
         }
         crate::model::backend::outputs_array(out)
+    }
+
+    fn matmul_add(&mut self, w: &GpuWeight, x: &GpuAct, acc: &mut GpuAct) -> Result<(), ModelError> {
+        let (ty, rows, cols) = {
+            let m = w.view()?;
+            (m.ty, m.rows, m.cols)
+        };
+        let mode = act_mode(ty);
+        if mode == 5 && x.n_tokens > MATVEC_MAX_TOKENS {
+            // the tiled Q4_1/Q5_1 matmul is followed by min_fix: add afterwards
+            let [y] = self.matmuls([w], x)?;
+            return self.add(acc, &y);
+        }
+        if cols != x.width || rows != acc.width || x.n_tokens != acc.n_tokens {
+            return Err(shape_err("matmul_add shapes", rows * x.n_tokens, acc.width * acc.n_tokens));
+        }
+        if mode == 0 {
+            self.matmul_into(w, x, acc, None, true)?;
+        } else {
+            let (xr, sfix) = self.act_round(x, mode)?;
+            self.matmul_into(w, &xr, acc, sfix.as_ref(), true)?;
+        }
+        Ok(())
     }
 
     fn add_bias(&mut self, x: &mut GpuAct, bias: &GpuWeight) -> Result<(), ModelError> {

@@ -91,6 +91,8 @@ pub struct GpuBackend {
     pub(super) params_buf: wgpu::Buffer,
     pub(super) pool: Rc<RefCell<Pool>>,
     pub(super) staging: Option<wgpu::Buffer>,
+    /// `[4]` f32, bound where a kernel declares a buffer the dispatch does not use
+    pub(super) placeholder: wgpu::Buffer,
     /// `[1]` u32, the argmax result
     pub(super) argmax_out: wgpu::Buffer,
     pub(super) dispatches: u64,
@@ -134,7 +136,14 @@ impl GpuBackend {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
+        let placeholder = dev.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("placeholder"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         GpuBackend {
+            placeholder,
             dev,
             reduce,
             modules: HashMap::new(),

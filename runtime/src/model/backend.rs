@@ -60,6 +60,12 @@ pub trait Backend {
         outputs_array(out)
     }
 
+    /// `acc += x · Wᵀ` (a residual add after a projection); devices fuse the add into the matmul.
+    fn matmul_add(&mut self, w: &Self::Weight, x: &Self::Act, acc: &mut Self::Act) -> Result<(), ModelError> {
+        let y = self.matmul(w, x)?;
+        self.add(acc, &y)
+    }
+
     /// Adds a bias vector to every row.
     fn add_bias(&mut self, x: &mut Self::Act, bias: &Self::Weight) -> Result<(), ModelError>;
 

@@ -49,24 +49,30 @@ impl<B: Backend> Model<B> {
             b.rope(&mut q, c.head_dim_k, pos0, rope, factors)?;
             b.rope(&mut k, c.head_dim_k, pos0, rope, factors)?;
             let att = b.attention(cache, c, il, &q, &k, &v, pos0)?;
-            let mut o = b.matmul(&l.wo, &att)?;
-            if let Some(bias) = &l.bo {
-                b.add_bias(&mut o, bias)?;
+            if l.bo.is_none() && l.post_attn_norm.is_none() {
+                b.matmul_add(&l.wo, &att, &mut x)?;
+            } else {
+                let mut o = b.matmul(&l.wo, &att)?;
+                if let Some(bias) = &l.bo {
+                    b.add_bias(&mut o, bias)?;
+                }
+                if let Some(n) = &l.post_attn_norm {
+                    o = b.rms_norm(&o, n, c.rms_eps)?;
+                }
+                b.add(&mut x, &o)?;
             }
-            if let Some(n) = &l.post_attn_norm {
-                o = b.rms_norm(&o, n, c.rms_eps)?;
-            }
-            b.add(&mut x, &o)?;
 
             // feed-forward block
             let h = b.rms_norm(&x, &l.ffn_norm, c.rms_eps)?;
             let [gate, up] = b.matmuls([&l.ffn_gate, &l.ffn_up], &h)?;
             let act = b.glu(&gate, &up, c.activation)?;
-            let mut f = b.matmul(&l.ffn_down, &act)?;
             if let Some(n) = &l.post_ffn_norm {
-                f = b.rms_norm(&f, n, c.rms_eps)?;
+                let f = b.matmul(&l.ffn_down, &act)?;
+                let f = b.rms_norm(&f, n, c.rms_eps)?;
+                b.add(&mut x, &f)?;
+            } else {
+                b.matmul_add(&l.ffn_down, &act, &mut x)?;
             }
-            b.add(&mut x, &f)?;
         }
         if which == Logits::Last && ids.len() > 1 {
             x = b.last_rows(&x, 1)?;
