@@ -110,6 +110,7 @@ impl GpuBackend {
         Ok(GpuCache { ty: kv, n_ctx, n_kv_heads: cfg.n_kv_heads, head_dim_k: hdk, head_dim_v: hdv, k_row_words, v_row_words, layers, copies })
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn gpu_attention(
         &mut self,
         cache: &mut GpuCache,
