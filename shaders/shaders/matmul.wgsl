@@ -10,8 +10,8 @@
 //   whose length is not a multiple of 32 (F32/F16/BF16 only) take 4 values a step;
 // - `matmul_tiled` (prefill): a workgroup computes a 32-row × 32-token tile; W and X tiles of
 //   32 values along k are staged in shared memory, each invocation accumulates 4 × 4 outputs.
-// X holds the activations as the CPU backend's dot products see them (already rounded to the
-// weight type's vec_dot_type by `act_round` in act_quant.wgsl). Workgroup ids are linearised over
+// X holds the activations as the CPU backend's dot products see them: rounded to the weight
+// type's vec_dot_type by `act_round` in act_quant.wgsl (the exact family), or unrounded (fast). Workgroup ids are linearised over
 // (x, y) so dispatches above 65,535 workgroups split into a second dimension.
 
 struct MatParams {
@@ -31,6 +31,7 @@ struct MatParams {
 override MV_LANES: u32 = 8u;             // invocations per output value (a power of two ≤ 64)
 override MV_ROWS: u32 = 64u / MV_LANES;  // output values per workgroup
 override ACCUMULATE: u32 = 0u;           // 1: Y += X · Wᵀ (the residual add fused in), 0: Y =
+override MIN_FIX: u32 = 0u;              // 1: Q4_1 / Q5_1 with X rounded as Q8_1: add Sfix
 var<workgroup> mv_part: array<f32, 64>;   // [MV_ROWS][MV_LANES] partial sums
 
 // Σ_{k0 ≤ k < k0+32} W[row, k] · X[k] for k0 a multiple of 32, with X's vec4 `x0` = k0 / 4:
@@ -163,7 +164,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         let xb = t * c4;
         if P.cols % 32u == 0u {
             let nb = P.cols / 32u;
-            let q8_1 = WTYPE == 3u || WTYPE == 7u;
+            let q8_1 = MIN_FIX == 1u && (WTYPE == 3u || WTYPE == 7u);
             for (var i = lane; i < nb; i += MV_LANES) {
                 acc += dot32(row, 32u * i, xb + 8u * i);
                 if q8_1 {

@@ -46,6 +46,10 @@ pub struct Args {
     /// adapter's.
     #[arg(long, value_parser = ["narrow", "wide"])]
     matvec: Option<String>,
+    /// GPU kernel family: exact (activations rounded as ggml's) or fast (unrounded); default:
+    /// the adapter's (fast on hardware).
+    #[arg(long, value_parser = ["exact", "fast"])]
+    gpu_kernels: Option<String>,
     /// KV cache type of the model runs.
     #[arg(long, default_value = "q8", value_parser = crate::common::parse_kv)]
     kv: KvType,
@@ -261,6 +265,9 @@ pub fn run(args: Args) -> ExitCode {
             Ok(mut g) => {
                 if let Some(m) = args.matvec.as_deref().and_then(webgguf::gpu::MatvecLayout::from_name) {
                     g.matvec = m;
+                }
+                if let Some(k) = args.gpu_kernels.as_deref().and_then(webgguf::gpu::GpuKernels::from_name) {
+                    g.kernels = k;
                 }
                 let d = g.describe();
                 run_on(g, &args, d)

@@ -42,6 +42,11 @@ pub struct ModelArgs {
     /// not rounded to 8 bits: slow, a reference for measuring e.g. a quantized KV cache).
     #[arg(long, default_value = "auto", value_parser = ["auto", "avx2", "simd", "scalar", "float"])]
     pub kernels: String,
+    /// GPU kernel family: `exact` (activations rounded as ggml's dot products round them: the
+    /// `simd` CPU family's numbers), `fast` (unrounded: the `float` family's, fewer dispatches);
+    /// default: fast on hardware GPUs, exact on software adapters.
+    #[arg(long, value_parser = ["exact", "fast"])]
+    pub gpu_kernels: Option<String>,
 }
 
 /// A CPU backend on the `--kernels` family (an error when this CPU lacks it).
@@ -99,18 +104,23 @@ pub fn load(args: &ModelArgs) -> Result<Loaded, ExitCode> {
     let options = SessionOptions { kv: args.kv, n_ctx: args.ctx, kv_recent: args.kv_recent };
     if args.device != "cpu" {
         match GpuBackend::open() {
-            Ok(gpu) if args.device == "gpu" || gpu.device().info.device_type != "Cpu" => match session_on(gpu, &args.model, options) {
-                Ok((gguf, s)) => {
-                    eprintln!("[device: {}]", s.device());
-                    let tokenizer = Tokenizer::from_metadata(gguf.metadata()).map_err(|e| fail(e, true))?;
-                    return Ok(Loaded { session: AnySession::Gpu(s), tokenizer, gguf });
+            Ok(mut gpu) if args.device == "gpu" || gpu.device().info.device_type != "Cpu" => {
+                if let Some(k) = args.gpu_kernels.as_deref().and_then(webgguf::gpu::GpuKernels::from_name) {
+                    gpu.kernels = k;
                 }
-                Err(e) if args.device == "gpu" || malformed(&e) => {
-                    let m = malformed(&e);
-                    return Err(fail(e, m));
+                match session_on(gpu, &args.model, options) {
+                    Ok((gguf, s)) => {
+                        eprintln!("[device: {}]", s.device());
+                        let tokenizer = Tokenizer::from_metadata(gguf.metadata()).map_err(|e| fail(e, true))?;
+                        return Ok(Loaded { session: AnySession::Gpu(s), tokenizer, gguf });
+                    }
+                    Err(e) if args.device == "gpu" || malformed(&e) => {
+                        let m = malformed(&e);
+                        return Err(fail(e, m));
+                    }
+                    Err(e) => eprintln!("[the model does not run on the GPU ({e}); using the CPU]"),
                 }
-                Err(e) => eprintln!("[the model does not run on the GPU ({e}); using the CPU]"),
-            },
+            }
             Ok(gpu) => eprintln!("[{} is a software adapter; using the CPU (--device gpu to use it)]", gpu.device().info.adapter),
             Err(e) if args.device == "gpu" => return Err(fail(e, false)),
             Err(e) => eprintln!("[{e}; using the CPU]"),

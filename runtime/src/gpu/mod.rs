@@ -14,7 +14,7 @@ pub(crate) mod weights;
 pub use device::adapter_limits;
 pub use device::{adapter_limits_async, AdapterLimits, DeviceLimits, GpuDevice, GpuInfo};
 pub use kv::GpuCache;
-pub use ops::MatvecLayout;
+pub use ops::{GpuKernels, MatvecLayout};
 pub use recorder::{GpuAct, GpuBackend};
 pub use weights::{GpuWeight, PendingGpuWeight};
 

@@ -30,6 +30,50 @@ pub(super) fn act_mode(ty: GgmlType) -> u32 {
     }
 }
 
+/// Which arithmetic the weight products follow, chosen per adapter ([`GpuKernels::for_device`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuKernels {
+    /// Activations rounded to the weight type's `vec_dot_type` before each product, as ggml's
+    /// quantized dot products see them: the CPU's 128-bit kernels ([`Kernels::Simd`]) up to
+    /// summation order (tests/gpu_vs_cpu.rs holds the whole model to them).
+    ///
+    /// [`Kernels::Simd`]: crate::cpu::Kernels::Simd
+    Exact,
+    /// Activations unrounded (no `act_round` dispatch): dequantized weights times f32
+    /// activations, the CPU's [`Kernels::Float`] up to summation order. Fewer dispatches, and
+    /// closer to the unquantized model than ggml's own arithmetic.
+    ///
+    /// [`Kernels::Float`]: crate::cpu::Kernels::Float
+    Fast,
+}
+
+impl GpuKernels {
+    /// Fast on hardware GPUs; exact on software adapters (the CI's lavapipe and SwiftShader),
+    /// where tests hold the GPU to the CPU's kernels (both families are tested on every adapter).
+    pub fn for_device(device_type: &str) -> GpuKernels {
+        if device_type == "Cpu" {
+            GpuKernels::Exact
+        } else {
+            GpuKernels::Fast
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<GpuKernels> {
+        match s {
+            "exact" => Some(GpuKernels::Exact),
+            "fast" => Some(GpuKernels::Fast),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuKernels::Exact => "exact",
+            GpuKernels::Fast => "fast",
+        }
+    }
+}
+
 /// How `matvec` shares a weight row among invocations (matmul.wgsl's MV_LANES):
 /// chosen per adapter, the same numbers either way (only the summation order differs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +176,15 @@ impl GpuBackend {
     /// `x` rounded as ggml rounds activations for `mode` (act_quant.wgsl), into a new buffer.
     /// Mode 5 (Q8_1) also returns each block's sum correction (`[n_tokens, width / 32]`) for
     /// `min_fix`.
+    /// How activations entering a product with a `ty` weight are rounded: `act_mode(ty)`, or
+    /// not at all (0) in the fast family.
+    pub(super) fn act_mode_for(&self, ty: GgmlType) -> u32 {
+        match self.kernels {
+            GpuKernels::Exact => act_mode(ty),
+            GpuKernels::Fast => 0,
+        }
+    }
+
     pub(super) fn act_round(&mut self, x: &GpuAct, mode: u32) -> Result<(GpuAct, Option<PooledBuffer>), GpuError> {
         let n = x.n_tokens * x.width;
         let block = match mode {
@@ -187,7 +240,7 @@ impl GpuBackend {
                 self.dispatch(Family::Matmul, "matmul_tiled", &constants, &[(0, buf), (1, x.buf.get()), (2, y.buf.get())], 3, bytes_of(&params), groups)?;
             } else {
                 let groups = (rows * x.n_tokens).div_ceil(self.matvec.rows_per_group());
-                let constants = [("WTYPE", wtype), ("MV_LANES", self.matvec.lanes()), ("ACCUMULATE", acc)];
+                let constants = [("WTYPE", wtype), ("MV_LANES", self.matvec.lanes()), ("ACCUMULATE", acc), ("MIN_FIX", u32::from(sfix.is_some()))];
                 let s = sfix.map_or(&placeholder, |s| s.get());
                 self.dispatch(Family::Matmul, "matvec", &constants, &[(0, buf), (1, x.buf.get()), (2, y.buf.get()), (4, s)], 3, bytes_of(&params), groups)?;
             }
@@ -300,7 +353,7 @@ impl Backend for GpuBackend {
             if m.cols != x.width {
                 return Err(shape_err("matmul inner dimension", m.cols, x.width));
             }
-            shapes.push((act_mode(m.ty), m.rows));
+            shapes.push((self.act_mode_for(m.ty), m.rows));
         }
         // Weights that round their input the same way share one rounded copy (q/k/v, gate/up).
         let mut rounded: Vec<(u32, GpuAct, Option<PooledBuffer>)> = Vec::new();
@@ -327,7 +380,7 @@ impl Backend for GpuBackend {
             let m = w.view()?;
             (m.ty, m.rows, m.cols)
         };
-        let mode = act_mode(ty);
+        let mode = self.act_mode_for(ty);
         if mode == 5 && x.n_tokens > MATVEC_MAX_TOKENS {
             // the tiled Q4_1/Q5_1 matmul is followed by min_fix: add afterwards
             let [y] = self.matmuls([w], x)?;
@@ -485,12 +538,13 @@ impl Backend for GpuBackend {
     fn describe(&self) -> String {
         let i = &self.dev.info;
         format!(
-            "gpu: {} ({}, {}), shader-f16 {}, subgroups {}, {} matvec, max binding {} MiB, max buffer {} MiB, workgroup storage {} KiB",
+            "gpu: {} ({}, {}), shader-f16 {}, subgroups {}, {} kernels, {} matvec, max binding {} MiB, max buffer {} MiB, workgroup storage {} KiB",
             i.adapter,
             i.backend,
             i.device_type,
             i.shader_f16,
             i.subgroups,
+            self.kernels.name(),
             self.matvec.name(),
             i.max_storage_buffer_binding_size >> 20,
             i.max_buffer_size >> 20,

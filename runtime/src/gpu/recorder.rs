@@ -5,7 +5,7 @@
 //! (logits, or the 4-byte argmax), so a decode step is one submission and one compute pass.
 
 use super::device::GpuDevice;
-use super::ops::{EwParams, MatvecLayout, RopeKey};
+use super::ops::{EwParams, GpuKernels, MatvecLayout, RopeKey};
 use super::readback::MapFuture;
 use crate::error::GpuError;
 use std::cell::RefCell;
@@ -62,8 +62,8 @@ impl GpuAct {
     }
 }
 
-/// Override constants of a pipeline: up to three (name, value) pairs, unused ones `&[]`.
-pub(super) type Constants = [(&'static str, u32); 3];
+/// Override constants of a pipeline: up to four (name, value) pairs, unused ones `("", 0)`.
+pub(super) type Constants = [(&'static str, u32); 4];
 pub(super) type PipelineKey = (Family, &'static str, Constants);
 
 /// A bind group's identity: pipeline, (binding, buffer) pairs, uniform offset.
@@ -99,6 +99,8 @@ pub struct GpuBackend {
     pub(super) passes: u64,
     /// The `matvec` shape used ([`MatvecLayout::for_device`] unless set).
     pub matvec: MatvecLayout,
+    /// The weight products' arithmetic ([`GpuKernels::for_device`] unless set).
+    pub kernels: GpuKernels,
     /// Tests: fill every new activation buffer with [`SENTINEL`] words (checked after each op).
     pub(crate) sentinel: bool,
     /// Tests: a smaller binding limit, so weights split into several chunks.
@@ -121,6 +123,7 @@ pub(super) fn bytes_of<T: bytemuck::NoUninit>(v: &[T]) -> &[u8] {
 impl GpuBackend {
     pub fn new(dev: GpuDevice) -> GpuBackend {
         let matvec = MatvecLayout::for_device(&dev.info.device_type);
+        let kernels = GpuKernels::for_device(&dev.info.device_type);
         // Native wgpu enables subgroup operations through the device feature alone; browsers
         // would also need the directive, but wgpu's web backend never reports the feature.
         let reduce = if dev.info.subgroups { Reduce::Subgroup { directive: cfg!(target_arch = "wasm32") } } else { Reduce::Shared };
@@ -159,6 +162,7 @@ impl GpuBackend {
             dispatches: 0,
             passes: 0,
             matvec,
+            kernels,
             sentinel: false,
             max_chunk_bytes: None,
             upload_staged: Vec::new(),
@@ -188,7 +192,7 @@ impl GpuBackend {
     }
 
     pub(super) fn pipeline(&mut self, family: Family, entry: &'static str, constants: &[(&'static str, u32)]) -> Result<wgpu::ComputePipeline, GpuError> {
-        let mut fixed: Constants = [("", 0); 3];
+        let mut fixed: Constants = [("", 0); 4];
         if constants.len() > fixed.len() {
             return Err(GpuError::Shape(format!("{entry}: {} override constants", constants.len())));
         }

@@ -45,6 +45,11 @@ fn cpu() -> CpuBackend {
     CpuBackend::with_kernels(crate::cpu::Kernels::Simd).expect("the 128-bit CPU kernels")
 }
 
+/// The CPU's unrounded family, which the GPU's fast kernels follow.
+fn cpu_float() -> CpuBackend {
+    CpuBackend::with_kernels(crate::cpu::Kernels::Float).expect("the float CPU kernels")
+}
+
 fn assert_close(got: &[f32], want: &[f32], tol: f64, what: &str) {
     let e = nmse(got, want);
     assert!(e <= tol, "{what}: nmse {e:e} > {tol:e}");
@@ -75,35 +80,38 @@ fn cpu_act(data: Vec<f32>, n_tokens: usize, width: usize) -> CpuAct {
 
 /// Matvec (1 and 4 tokens) and tiled matmul (37 tokens) for every type, 1 row and 37 rows
 /// (no multiple of the 32-row tile or the 64-wide workgroup), K not a multiple of 256 where the
-/// type allows. The GPU rounds activations exactly as the CPU quantizes them (and adds Q8_1's
-/// f16 block-sum rounding for Q4_1/Q5_1), so the only difference is summation order. The
-/// matvec runs in both layouts (narrow: software adapters; wide: hardware GPUs, whose runs of
-/// 8 vec4s overhang these rows).
+/// type allows, in both kernel families. Exact: the GPU rounds activations exactly as the CPU's
+/// 128-bit kernels quantize them (and adds Q8_1's f16 block-sum rounding for Q4_1/Q5_1); fast:
+/// unrounded activations, as the CPU's `Kernels::Float`. Either way the only difference is
+/// summation order. The matvec runs in both layouts (narrow: software adapters; wide: hardware
+/// GPUs, whose runs of 8 vec4s overhang these rows).
 #[test]
 fn matmul_every_type_matches_cpu() {
     let mut g = gpu();
-    let mut c = cpu();
     let mut rng = Rng::new(1);
-    for ty in GgmlType::WEIGHT_TYPES {
-        let cols = match ty.block_size() {
-            256 => 512,
-            32 => 160,
-            _ => 132,
-        };
-        for rows in [1usize, 37] {
-            let bytes = weight_bytes(&mut rng, ty, rows, cols);
-            let (gw, cw) = both(&mut g, &mut c, "w", ty, &[cols as u64, rows as u64], &bytes);
-            for (n, layout) in
-                [(1usize, MatvecLayout::Narrow), (1, MatvecLayout::Wide), (4, MatvecLayout::Narrow), (4, MatvecLayout::Wide), (37, MatvecLayout::Narrow)]
-            {
-                g.matvec = layout;
-                let x = acts(&mut rng, n, cols);
-                let gx = g.upload(&x, n, cols).unwrap();
-                let gy = g.matmul(&gw, &gx).unwrap();
-                let what = format!("matmul {ty} {rows}x{cols} n={n} {}", layout.name());
-                let got = read_checked(&mut g, &gy, &what);
-                let want = c.matmul(&cw, &cpu_act(x, n, cols)).unwrap().data;
-                assert_close(&got, &want, 1e-10, &what);
+    for (kernels, mut c) in [(GpuKernels::Exact, cpu()), (GpuKernels::Fast, cpu_float())] {
+        g.kernels = kernels;
+        for ty in GgmlType::WEIGHT_TYPES {
+            let cols = match ty.block_size() {
+                256 => 512,
+                32 => 160,
+                _ => 132,
+            };
+            for rows in [1usize, 37] {
+                let bytes = weight_bytes(&mut rng, ty, rows, cols);
+                let (gw, cw) = both(&mut g, &mut c, "w", ty, &[cols as u64, rows as u64], &bytes);
+                for (n, layout) in
+                    [(1usize, MatvecLayout::Narrow), (1, MatvecLayout::Wide), (4, MatvecLayout::Narrow), (4, MatvecLayout::Wide), (37, MatvecLayout::Narrow)]
+                {
+                    g.matvec = layout;
+                    let x = acts(&mut rng, n, cols);
+                    let gx = g.upload(&x, n, cols).unwrap();
+                    let gy = g.matmul(&gw, &gx).unwrap();
+                    let what = format!("{} matmul {ty} {rows}x{cols} n={n} {}", kernels.name(), layout.name());
+                    let got = read_checked(&mut g, &gy, &what);
+                    let want = c.matmul(&cw, &cpu_act(x, n, cols)).unwrap().data;
+                    assert_close(&got, &want, 1e-10, &what);
+                }
             }
         }
     }
