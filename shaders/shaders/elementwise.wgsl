@@ -48,34 +48,12 @@ fn softcap(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
 }
 
-const SQRT_2_OVER_PI: f32 = 0.79788456080286535587989211986876;
-const GELU_COEF_A: f32 = 0.044715;
-
-// ggml's GELU with GGML_GELU_FP16: the input rounded to f16, the f16-rounded tanh GELU of it.
-fn gelu_f16_table(x: f32) -> f32 {
-    if x <= -10.0 {
-        return 0.0;
-    }
-    if x >= 10.0 {
-        return x;
-    }
-    let h = round_f16(x);
-    return round_f16(0.5 * h * (1.0 + tanh(SQRT_2_OVER_PI * h * (1.0 + GELU_COEF_A * h * h))));
-}
-
-// C = act(A) · B  (SwiGLU: silu(a) = a / (1 + e^-a); GeGLU: gelu_f16_table)
+// C = act(A) · B  (f16.wgsl's glu_value)
 @compute @workgroup_size(64)
 fn glu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = gid(wid, nwg, lid);
     if i < P.count {
-        let a = A[i];
-        var g: f32;
-        if P.gelu == 1u {
-            g = gelu_f16_table(a);
-        } else {
-            g = a / (1.0 + exp(-a));
-        }
-        C[i] = g * B[i];
+        C[i] = glu_value(A[i], B[i], P.gelu == 1u);
     }
 }
 

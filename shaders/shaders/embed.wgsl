@@ -10,9 +10,10 @@ struct EmbedParams {
     rows: u32,
     has_scale: u32,
     scale: f32,
+    w_base: u32,   // word of the chunk's first row in W
 }
 
-@group(0) @binding(0) var<storage, read> W: array<u32>;               // [rows, row_words]
+@group(0) @binding(0) var<storage, read> W: array<u32>;               // [w_base + rows · row_words]
 @group(0) @binding(1) var<storage, read> ids: array<u32>;             // [n]
 @group(0) @binding(2) var<storage, read_write> Y: array<vec4<f32>>;   // [n, cols / 4]
 @group(0) @binding(3) var<uniform> P: EmbedParams;
@@ -31,7 +32,7 @@ fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if id < P.row0 || id >= P.row0 + P.rows {
         return;
     }
-    var v = deq4((id - P.row0) * P.row_words, 4u * c);
+    var v = deq4(P.w_base + (id - P.row0) * P.row_words, 4u * c);
     if P.has_scale == 1u {
         v = v * P.scale;
     }

@@ -88,3 +88,30 @@ fn q8_0_step(amax: f32) -> vec2<f32> {
     }
     return vec2<f32>(d, id);
 }
+
+const SQRT_2_OVER_PI: f32 = 0.79788456080286535587989211986876;
+const GELU_COEF_A: f32 = 0.044715;
+
+// ggml's GELU with GGML_GELU_FP16: the input rounded to f16, the f16-rounded tanh GELU of it.
+fn gelu_f16_table(x: f32) -> f32 {
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    let h = round_f16(x);
+    return round_f16(0.5 * h * (1.0 + tanh(SQRT_2_OVER_PI * h * (1.0 + GELU_COEF_A * h * h))));
+}
+
+// act(a) · b: SwiGLU (silu(a) = a / (1 + e^-a)) or GeGLU (gelu_f16_table), the elementwise
+// `glu` and the matmul's fused gate/up (`matvec_glu`) alike.
+fn glu_value(a: f32, b: f32, gelu: bool) -> f32 {
+    var g: f32;
+    if gelu {
+        g = gelu_f16_table(a);
+    } else {
+        g = a / (1.0 + exp(-a));
+    }
+    return g * b;
+}

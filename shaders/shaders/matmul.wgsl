@@ -21,17 +21,25 @@ struct MatParams {
     row_words: u32,   // u32 words per weight row
     y_stride: u32,    // floats per output row (all chunks)
     y_offset: u32,    // first output column of this chunk
+    w_base: u32,      // word of the chunk's first row in W
+    rows1: u32,       // matvec3: rows of the second weight (0: none), from word w_base1, into Y1
+    w_base1: u32,     //   (matvec_glu: the up weight, `rows` rows)
+    rows2: u32,       // matvec3: rows of the third weight (0: none), from word w_base2, into Y2
+    w_base2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> W: array<u32>;               // [rows, row_words]
+@group(0) @binding(0) var<storage, read> W: array<u32>;               // [w_base + rows · row_words] (and the other parts)
 @group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;         // [n, cols / 4]
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;         // [n, y_stride]
 @group(0) @binding(3) var<uniform> P: MatParams;
+@group(0) @binding(5) var<storage, read_write> Y1: array<f32>;        // matvec3: [n, rows1]
+@group(0) @binding(6) var<storage, read_write> Y2: array<f32>;        // matvec3: [n, rows2]
 
 override MV_LANES: u32 = 8u;             // invocations per output value (a power of two ≤ 64)
 override MV_ROWS: u32 = 64u / MV_LANES;  // output values per workgroup
 override ACCUMULATE: u32 = 0u;           // 1: Y += X · Wᵀ (the residual add fused in), 0: Y =
 override MIN_FIX: u32 = 0u;              // 1: Q4_1 / Q5_1 with X rounded as Q8_1: add Sfix
+override GELU: u32 = 0u;                 // matvec_glu: 1 GeGLU, 0 SwiGLU
 var<workgroup> mv_part: array<f32, 64>;   // [MV_ROWS][MV_LANES] partial sums
 
 // Σ_{k0 ≤ k < k0+32} W[row, k] · X[k] for k0 a multiple of 32, with X's vec4 `x0` = k0 / 4:
@@ -149,6 +157,44 @@ fn dot32(row: u32, k0: u32, x0: u32) -> f32 {
     }
 }
 
+// This invocation's share of Σ_k W[row, k] · X[t, k] (`row`: the row's first word in W): the
+// runs of 32 values lane, lane + MV_LANES, …
+fn row_dot(row: u32, t: u32, lane: u32) -> f32 {
+    var acc = 0.0;
+    let c4 = P.cols / 4u;
+    let xb = t * c4;
+    if P.cols % 32u == 0u {
+        let nb = P.cols / 32u;
+        let q8_1 = MIN_FIX == 1u && (WTYPE == 3u || WTYPE == 7u);
+        for (var i = lane; i < nb; i += MV_LANES) {
+            acc += dot32(row, 32u * i, xb + 8u * i);
+            if q8_1 {
+                // Q4_1 / Q5_1: the block's min times its Q8_1 sum correction (min_fix)
+                acc += hi_f16(W[row + i * block_words()]) * Sfix[t * nb + i];
+            }
+        }
+    } else {
+        for (var i = lane; i < c4; i += MV_LANES) {
+            acc += dot(deq4(row, 4u * i), X[xb + i]);
+        }
+    }
+    return acc;
+}
+
+// The sum of `acc` over the MV_LANES lanes of each output value, valid in lane 0. Called in
+// uniform control flow (every invocation, live or not: it holds barriers).
+fn lanes_sum(tid: u32, lane: u32, acc: f32) -> f32 {
+    mv_part[tid] = acc;
+    workgroupBarrier();
+    for (var s = MV_LANES / 2u; s > 0u; s = s / 2u) {
+        if lane < s {
+            mv_part[tid] += mv_part[tid + s];
+        }
+        workgroupBarrier();
+    }
+    return mv_part[tid];
+}
+
 @compute @workgroup_size(64)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) tid: u32) {
@@ -159,41 +205,80 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let t = o / P.rows;
     var acc = 0.0;
     if live {
-        let row = r * P.row_words;
-        let c4 = P.cols / 4u;
-        let xb = t * c4;
-        if P.cols % 32u == 0u {
-            let nb = P.cols / 32u;
-            let q8_1 = MIN_FIX == 1u && (WTYPE == 3u || WTYPE == 7u);
-            for (var i = lane; i < nb; i += MV_LANES) {
-                acc += dot32(row, 32u * i, xb + 8u * i);
-                if q8_1 {
-                    // Q4_1 / Q5_1: the block's min times its Q8_1 sum correction (min_fix)
-                    acc += hi_f16(W[row + i * block_words()]) * Sfix[t * nb + i];
-                }
-            }
-        } else {
-            for (var i = lane; i < c4; i += MV_LANES) {
-                acc += dot(deq4(row, 4u * i), X[xb + i]);
-            }
-        }
+        acc = row_dot(P.w_base + r * P.row_words, t, lane);
     }
-    // Barriers stay in uniform control flow: every invocation takes part, live or not.
-    mv_part[tid] = acc;
-    workgroupBarrier();
-    for (var s = MV_LANES / 2u; s > 0u; s = s / 2u) {
-        if lane < s {
-            mv_part[tid] += mv_part[tid + s];
-        }
-        workgroupBarrier();
-    }
+    let sum = lanes_sum(tid, lane, acc);
     if live && lane == 0u {
         let i = t * P.y_stride + P.y_offset + r;
         if ACCUMULATE == 1u {
-            Y[i] = Y[i] + mv_part[tid];
+            Y[i] = Y[i] + sum;
         } else {
-            Y[i] = mv_part[tid];
+            Y[i] = sum;
         }
+    }
+}
+
+// Up to three weights of one type and width, stored in one buffer, times the same X in one
+// dispatch (q, k and v): rows [0, rows) from w_base into Y, then rows1 from w_base1 into Y1, then
+// rows2 from w_base2 into Y2 (each output [n, its rows]).
+@compute @workgroup_size(64)
+fn matvec3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) tid: u32) {
+    let lane = tid % MV_LANES;
+    let all = P.rows + P.rows1 + P.rows2;
+    let o = (wid.x + wid.y * nwg.x) * MV_ROWS + tid / MV_LANES;   // output index over (t, row of all)
+    let live = o < all * P.n;
+    let ra = o % all;
+    let t = o / all;
+    var part = 0u;
+    var r = ra;
+    var base = P.w_base;
+    if ra >= P.rows + P.rows1 {
+        part = 2u;
+        r = ra - P.rows - P.rows1;
+        base = P.w_base2;
+    } else if ra >= P.rows {
+        part = 1u;
+        r = ra - P.rows;
+        base = P.w_base1;
+    }
+    var acc = 0.0;
+    if live {
+        acc = row_dot(base + r * P.row_words, t, lane);
+    }
+    let sum = lanes_sum(tid, lane, acc);
+    if live && lane == 0u {
+        if part == 0u {
+            Y[t * P.rows + r] = sum;
+        } else if part == 1u {
+            Y1[t * P.rows1 + r] = sum;
+        } else {
+            Y2[t * P.rows2 + r] = sum;
+        }
+    }
+}
+
+// Gate and up weights of one type and shape, stored in one buffer (gate rows from w_base, up
+// rows from w_base1), times the same X, with the GLU applied: Y[t, r] = act(gate · x) · (up · x)
+// (f16.wgsl's glu_value, as the elementwise `glu`).
+@compute @workgroup_size(64)
+fn matvec_glu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) tid: u32) {
+    let lane = tid % MV_LANES;
+    let o = (wid.x + wid.y * nwg.x) * MV_ROWS + tid / MV_LANES;   // output index over (t, r)
+    let live = o < P.rows * P.n;
+    let r = o % P.rows;
+    let t = o / P.rows;
+    var acc_gate = 0.0;
+    var acc_up = 0.0;
+    if live {
+        acc_gate = row_dot(P.w_base + r * P.row_words, t, lane);
+        acc_up = row_dot(P.w_base1 + r * P.row_words, t, lane);
+    }
+    let gate = lanes_sum(tid, lane, acc_gate);
+    let up = lanes_sum(tid, lane, acc_up);
+    if live && lane == 0u {
+        Y[t * P.rows + r] = glu_value(gate, up, GELU == 1u);
     }
 }
 
@@ -216,7 +301,7 @@ fn min_fix(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let nb = P.cols / 32u;
     var acc = 0.0;
     for (var b = 0u; b < nb; b++) {
-        acc += hi_f16(W[r * P.row_words + b * block_words()]) * Sfix[t * nb + b];
+        acc += hi_f16(W[P.w_base + r * P.row_words + b * block_words()]) * Sfix[t * nb + b];
     }
     let i = t * P.y_stride + P.y_offset + r;
     Y[i] = Y[i] + acc;
@@ -246,7 +331,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
             let kk = k0 + (i % 8u) * 4u;
             var wv = vec4<f32>(0.0);
             if r0 + rr < P.rows && kk < P.cols {
-                wv = deq4((r0 + rr) * P.row_words, kk);
+                wv = deq4(P.w_base + (r0 + rr) * P.row_words, kk);
             }
             w_tile[i] = wv;
             var xv = vec4<f32>(0.0);

@@ -1,6 +1,7 @@
 //! WGSL kernels of webgguf. One `.wgsl` file per kernel family lives in `shaders/`; a family's
 //! module is its file with the helper files it uses prepended (WGSL has no includes):
-//! `dequant.wgsl` (weight block layout → values), `f16.wgsl` (exact f16 and quantizer rounding)
+//! `dequant.wgsl` (weight block layout → values), `f16.wgsl` (exact f16 and quantizer rounding,
+//! the GLU activations)
 //! and one of the two workgroup-sum variants,
 //! `reduce_shared.wgsl` (every adapter) or `reduce_subgroup.wgsl` (adapters with subgroups).
 //! Sizes that vary per call are uniforms; per-pipeline choices (weight type, KV type) are WGSL
@@ -9,7 +10,8 @@
 /// A kernel family: one WGSL module with one or more entry points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
-    /// `matvec`, `matmul_tiled` (override `WTYPE`).
+    /// `matvec`, `matvec3` (up to three weights of one buffer: q/k/v), `matvec_glu` (gate and
+    /// up with the GLU applied), `matmul_tiled`, `min_fix` (override `WTYPE`).
     Matmul,
     /// `embed` (override `WTYPE`).
     Embed,
@@ -57,7 +59,7 @@ impl Family {
     }
 
     fn uses_f16_rounding(self) -> bool {
-        matches!(self, Family::Elementwise | Family::ActQuant | Family::Attention)
+        matches!(self, Family::Matmul | Family::Elementwise | Family::ActQuant | Family::Attention)
     }
 
     fn uses_reduce(self) -> bool {

@@ -7,6 +7,7 @@
 //! multiplication. The GPU then differs from the CPU only in summation order.
 
 use super::recorder::{bytes_of, GpuAct, GpuBackend, PooledBuffer, PARAM_BIND};
+use super::weights::{ChunkView, MatrixView};
 use super::{GpuCache, GpuWeight, PendingGpuWeight};
 use crate::error::{GpuError, ModelError};
 use crate::kv_cache::KvType;
@@ -125,6 +126,71 @@ impl MatvecLayout {
     }
 }
 
+/// Uniforms of matmul.wgsl (`MatParams`).
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(super) struct MatParams {
+    pub(super) rows: u32,
+    pub(super) cols: u32,
+    pub(super) n: u32,
+    pub(super) row_words: u32,
+    pub(super) y_stride: u32,
+    pub(super) y_offset: u32,
+    pub(super) w_base: u32,
+    pub(super) rows1: u32,
+    pub(super) w_base1: u32,
+    pub(super) rows2: u32,
+    pub(super) w_base2: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<MatParams>() as u64 <= PARAM_BIND);
+
+impl MatParams {
+    /// A chunk of `m` times `n` tokens.
+    fn chunk(m: &MatrixView<'_>, c: &ChunkView<'_>, n: usize) -> MatParams {
+        MatParams {
+            rows: c.rows as u32,
+            cols: m.cols as u32,
+            n: n as u32,
+            row_words: m.row_words as u32,
+            y_stride: m.rows as u32,
+            y_offset: c.row0 as u32,
+            w_base: c.word0 as u32,
+            ..MatParams::default()
+        }
+    }
+}
+
+/// Weights one `matvec3` / `matvec_glu` dispatch can read: each one chunk, all in the same
+/// buffer, of one type and width. Their buffer, words of their first rows, rows.
+struct SharedBuffer<'a> {
+    buf: &'a wgpu::Buffer,
+    ty: GgmlType,
+    cols: usize,
+    row_words: usize,
+    parts: Vec<(usize, usize)>,
+}
+
+/// Whether `ws` can be read by one fused dispatch (tests).
+#[cfg(all(test, not(target_arch = "wasm32")))]
+pub(super) fn shares_buffer(ws: &[&GpuWeight]) -> bool {
+    shared_buffer(ws).is_some()
+}
+
+fn shared_buffer<'a>(ws: &[&'a GpuWeight]) -> Option<SharedBuffer<'a>> {
+    let mut out: Option<SharedBuffer<'a>> = None;
+    for w in ws {
+        let GpuWeight::Matrix { ty, rows, cols, row_words, chunks } = w else { return None };
+        let [c] = chunks.as_slice() else { return None };
+        match &mut out {
+            None => out = Some(SharedBuffer { buf: &c.buf, ty: *ty, cols: *cols, row_words: *row_words, parts: vec![(c.word0, *rows)] }),
+            Some(s) if s.buf == &c.buf && s.ty == *ty && s.cols == *cols => s.parts.push((c.word0, *rows)),
+            Some(_) => return None,
+        }
+    }
+    out
+}
+
 /// Uniforms of elementwise.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -206,16 +272,16 @@ impl GpuBackend {
     /// Adds the Q8_1 block-sum corrections of `act_round` mode 5 to `y = x · Wᵀ` (Q4_1, Q5_1).
     pub(super) fn min_fix(&mut self, w: &GpuWeight, n_tokens: usize, sfix: &PooledBuffer, y: &GpuAct) -> Result<(), GpuError> {
         let m = w.view()?;
-        for (buf, row0, rows) in m.chunks {
-            let params = [rows as u32, m.cols as u32, n_tokens as u32, m.row_words as u32, m.rows as u32, row0 as u32];
+        for c in &m.chunks {
+            let params = MatParams::chunk(&m, c, n_tokens);
             self.dispatch(
                 Family::Matmul,
                 "min_fix",
                 &[("WTYPE", m.ty.id())],
-                &[(0, buf), (2, y.buf.get()), (4, sfix.get())],
+                &[(0, c.buf), (2, y.buf.get()), (4, sfix.get())],
                 3,
-                bytes_of(&params),
-                (rows * n_tokens).div_ceil(64),
+                bytemuck::bytes_of(&params),
+                (c.rows * n_tokens).div_ceil(64),
             )?;
         }
         Ok(())
@@ -232,23 +298,52 @@ impl GpuBackend {
         let acc = u32::from(accumulate);
         let wtype = m.ty.id();
         let placeholder = self.placeholder.clone();
-        for &(buf, row0, rows) in &m.chunks {
-            let params = [rows as u32, m.cols as u32, x.n_tokens as u32, m.row_words as u32, m.rows as u32, row0 as u32];
+        for c in &m.chunks {
+            let params = MatParams::chunk(&m, c, x.n_tokens);
+            let (buf, rows) = (c.buf, c.rows);
             if tiled {
                 let groups = rows.div_ceil(32) * x.n_tokens.div_ceil(32);
                 let constants = [("WTYPE", wtype), ("ACCUMULATE", acc)];
-                self.dispatch(Family::Matmul, "matmul_tiled", &constants, &[(0, buf), (1, x.buf.get()), (2, y.buf.get())], 3, bytes_of(&params), groups)?;
+                self.dispatch(Family::Matmul, "matmul_tiled", &constants, &[(0, buf), (1, x.buf.get()), (2, y.buf.get())], 3, bytemuck::bytes_of(&params), groups)?;
             } else {
                 let groups = (rows * x.n_tokens).div_ceil(self.matvec.rows_per_group());
                 let constants = [("WTYPE", wtype), ("MV_LANES", self.matvec.lanes()), ("ACCUMULATE", acc), ("MIN_FIX", u32::from(sfix.is_some()))];
                 let s = sfix.map_or(&placeholder, |s| s.get());
-                self.dispatch(Family::Matmul, "matvec", &constants, &[(0, buf), (1, x.buf.get()), (2, y.buf.get()), (4, s)], 3, bytes_of(&params), groups)?;
+                self.dispatch(Family::Matmul, "matvec", &constants, &[(0, buf), (1, x.buf.get()), (2, y.buf.get()), (4, s)], 3, bytemuck::bytes_of(&params), groups)?;
             }
         }
         if let (true, Some(sfix)) = (tiled, sfix) {
             self.min_fix(w, x.n_tokens, sfix, y)?;
         }
         Ok(())
+    }
+
+    /// `matvec3`: up to three weights of one shared buffer times `x` (rounded for their type),
+    /// one dispatch; `ys[i]` receives part `i`.
+    fn matvec_shared(&mut self, s: &SharedBuffer<'_>, x: &GpuAct, ys: &[&GpuAct], sfix: Option<&PooledBuffer>) -> Result<(), GpuError> {
+        let part = |i: usize| s.parts.get(i).copied().unwrap_or((0, 0));
+        let (p0, p1, p2) = (part(0), part(1), part(2));
+        let params = MatParams {
+            rows: p0.1 as u32,
+            cols: s.cols as u32,
+            n: x.n_tokens as u32,
+            row_words: s.row_words as u32,
+            y_stride: p0.1 as u32,
+            w_base: p0.0 as u32,
+            rows1: p1.1 as u32,
+            w_base1: p1.0 as u32,
+            rows2: p2.1 as u32,
+            w_base2: p2.0 as u32,
+            ..MatParams::default()
+        };
+        let (placeholder, placeholder_out) = (self.placeholder.clone(), self.placeholder_out.clone());
+        let y = |i: usize| ys.get(i).map_or(&placeholder_out, |y| y.buf.get());
+        let all: usize = s.parts.iter().map(|p| p.1).sum();
+        let groups = (all * x.n_tokens).div_ceil(self.matvec.rows_per_group());
+        let constants = [("WTYPE", s.ty.id()), ("MV_LANES", self.matvec.lanes()), ("MIN_FIX", u32::from(sfix.is_some()))];
+        let sf = sfix.map_or(&placeholder, |s| s.get());
+        let bindings = [(0, s.buf), (1, x.buf.get()), (2, y(0)), (4, sf), (5, y(1)), (6, y(2))];
+        self.dispatch(Family::Matmul, "matvec3", &constants, &bindings, 3, bytemuck::bytes_of(&params), groups)
     }
 
     pub(super) fn elementwise(
@@ -277,6 +372,10 @@ impl Backend for GpuBackend {
     type Cache = GpuCache;
 
     type Pending = PendingGpuWeight;
+
+    fn expect_weights(&mut self, tensors: &[(&str, GgmlType, &[u64])]) -> Result<(), ModelError> {
+        self.expect_gpu_weights(tensors)
+    }
 
     fn begin_weight(&mut self, name: &str, ty: GgmlType, shape: &[u64]) -> Result<PendingGpuWeight, ModelError> {
         self.begin_gpu_weight(name, ty, shape)
@@ -311,8 +410,16 @@ impl Backend for GpuBackend {
             if !ids.iter().any(|&id| (c.row0..c.row0 + c.rows).contains(&(id as usize))) {
                 continue;
             }
-            let params: [u32; 7] =
-                [*cols as u32, *row_words as u32, ids.len() as u32, c.row0 as u32, c.rows as u32, u32::from(scale.is_some()), scale.unwrap_or(1.0).to_bits()];
+            let params: [u32; 8] = [
+                *cols as u32,
+                *row_words as u32,
+                ids.len() as u32,
+                c.row0 as u32,
+                c.rows as u32,
+                u32::from(scale.is_some()),
+                scale.unwrap_or(1.0).to_bits(),
+                c.word0 as u32,
+            ];
             self.dispatch(
                 Family::Embed,
                 "embed",
@@ -357,22 +464,74 @@ impl Backend for GpuBackend {
         }
         // Weights that round their input the same way share one rounded copy (q/k/v, gate/up).
         let mut rounded: Vec<(u32, GpuAct, Option<PooledBuffer>)> = Vec::new();
-        let mut out = Vec::with_capacity(ws.len());
-        for (w, &(mode, rows)) in ws.iter().zip(&shapes) {
-            let y = self.new_act(x.n_tokens, rows)?;
-            if mode == 0 {
-                self.matmul_into(w, x, &y, None, false)?;
-            } else {
-                if !rounded.iter().any(|r| r.0 == mode) {
-                    let (xr, sfix) = self.act_round(x, mode)?;
-                    rounded.push((mode, xr, sfix));
-                }
-                let (_, xr, sfix) = rounded.iter().find(|r| r.0 == mode).expect("rounded above");
-                self.matmul_into(w, xr, &y, sfix.as_ref(), false)?;
+        for &(mode, _) in &shapes {
+            if mode != 0 && !rounded.iter().any(|r| r.0 == mode) {
+                let (xr, sfix) = self.act_round(x, mode)?;
+                rounded.push((mode, xr, sfix));
             }
-            out.push(y);
+        }
+        let input = |mode: u32| match rounded.iter().find(|r| r.0 == mode) {
+            Some((_, xr, sfix)) => (xr, sfix.as_ref()),
+            None => (x, None),
+        };
+        let mut out = Vec::with_capacity(ws.len());
+        for &(_, rows) in &shapes {
+            out.push(self.new_act(x.n_tokens, rows)?);
+        }
+        // Runs of consecutive weights in one shared buffer (q/k/v placed together at load) are
+        // one `matvec3` dispatch in decode; the rest one matmul each.
+        let mut i = 0;
+        while i < N {
+            let mut j = i + 1;
+            if x.n_tokens <= MATVEC_MAX_TOKENS {
+                while j < N && j - i < 3 && shared_buffer(&ws[i..=j]).is_some() {
+                    j += 1;
+                }
+            }
+            let (xi, sfix) = input(shapes[i].0);
+            match shared_buffer(&ws[i..j]) {
+                Some(s) if j - i > 1 => {
+                    let ys: Vec<&GpuAct> = out[i..j].iter().collect();
+                    self.matvec_shared(&s, xi, &ys, sfix)?;
+                }
+                _ => self.matmul_into(ws[i], xi, &out[i], sfix, false)?,
+            }
+            i = j;
         }
         crate::model::backend::outputs_array(out)
+    }
+
+    fn gate_up_glu(&mut self, gate: &GpuWeight, up: &GpuWeight, x: &GpuAct, act: Activation) -> Result<GpuAct, ModelError> {
+        let fused = match shared_buffer(&[gate, up]) {
+            Some(s) if x.n_tokens <= MATVEC_MAX_TOKENS && s.parts[0].1 == s.parts[1].1 && s.cols == x.width => Some(s),
+            _ => None,
+        };
+        let Some(s) = fused else {
+            let [g, u] = self.matmuls([gate, up], x)?;
+            return self.glu(&g, &u, act);
+        };
+        let mode = self.act_mode_for(s.ty);
+        let rounded = if mode == 0 { None } else { Some(self.act_round(x, mode)?) };
+        let (xi, sfix) = rounded.as_ref().map_or((x, None), |(xr, sf)| (xr, sf.as_ref()));
+        let rows = s.parts[0].1;
+        let y = self.new_act(x.n_tokens, rows)?;
+        let params = MatParams {
+            rows: rows as u32,
+            cols: s.cols as u32,
+            n: x.n_tokens as u32,
+            row_words: s.row_words as u32,
+            y_stride: rows as u32,
+            w_base: s.parts[0].0 as u32,
+            w_base1: s.parts[1].0 as u32,
+            ..MatParams::default()
+        };
+        let placeholder = self.placeholder.clone();
+        let sf = sfix.map_or(&placeholder, |s| s.get());
+        let constants =
+            [("WTYPE", s.ty.id()), ("MV_LANES", self.matvec.lanes()), ("MIN_FIX", u32::from(sfix.is_some())), ("GELU", u32::from(act == Activation::GeluTanh))];
+        let groups = (rows * x.n_tokens).div_ceil(self.matvec.rows_per_group());
+        self.dispatch(Family::Matmul, "matvec_glu", &constants, &[(0, s.buf), (1, xi.buf.get()), (2, y.buf.get()), (4, sf)], 3, bytemuck::bytes_of(&params), groups)?;
+        Ok(y)
     }
 
     fn matmul_add(&mut self, w: &GpuWeight, x: &GpuAct, acc: &mut GpuAct) -> Result<(), ModelError> {

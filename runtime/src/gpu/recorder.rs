@@ -91,8 +91,11 @@ pub struct GpuBackend {
     pub(super) params_buf: wgpu::Buffer,
     pub(super) pool: Rc<RefCell<Pool>>,
     pub(super) staging: Option<wgpu::Buffer>,
-    /// `[4]` f32, bound where a kernel declares a buffer the dispatch does not use
+    /// `[4]` f32, bound where a kernel declares a buffer the dispatch does not read
     pub(super) placeholder: wgpu::Buffer,
+    /// `[4]` f32, bound where a kernel declares an output the dispatch does not write (one
+    /// buffer may not be bound read-only and writable in one dispatch)
+    pub(super) placeholder_out: wgpu::Buffer,
     /// `[1]` u32, the argmax result
     pub(super) argmax_out: wgpu::Buffer,
     pub(super) dispatches: u64,
@@ -109,6 +112,9 @@ pub struct GpuBackend {
     pub(super) upload_staged: Vec<u8>,
     /// Bytes written to weight buffers since the last submission.
     pub(super) unsubmitted_upload: u64,
+    /// Places reserved for expected weights in buffers shared with the weights they are read
+    /// with, by tensor name (`expect_gpu_weights`).
+    pub(super) slab_places: HashMap<String, super::weights::SlabPlace>,
     /// The latest rope cos/sin tables (`[n_tokens, n_dims/2, 2]` f32), oldest first.
     pub(super) rope_tables: Vec<(RopeKey, wgpu::Buffer)>,
 }
@@ -145,8 +151,15 @@ impl GpuBackend {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        let placeholder_out = dev.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("placeholder out"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         GpuBackend {
             placeholder,
+            placeholder_out,
             dev,
             reduce,
             modules: HashMap::new(),
@@ -168,6 +181,7 @@ impl GpuBackend {
             upload_staged: Vec::new(),
             unsubmitted_upload: 0,
             rope_tables: Vec::new(),
+            slab_places: HashMap::new(),
         }
     }
 

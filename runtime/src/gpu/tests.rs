@@ -346,3 +346,67 @@ fn lost_device_is_a_typed_error() {
     let again = g.load_weight("w", GgmlType::F32, &[4, 2], &[0u8; 32]);
     assert!(matches!(again, Err(crate::ModelError::Gpu(_))), "{:?}", again.err());
 }
+
+/// Weights placed in one buffer at load (`expect_weights`: a layer's q/k/v, its gate/up) are
+/// read by one dispatch in decode (`matvec3`, `matvec_glu`): the same bits as one dispatch
+/// per weight (the same per-row code and summation order), in both kernel families and
+/// layouts, the GLU fused too; prefill (37 tokens) takes the tiled path per weight. Against
+/// the CPU's matching family within the matmul tolerance (the GELU's f16 rounding may flip
+/// where the two differ by summation order: a looser bound there).
+#[test]
+fn fused_products_match_one_dispatch_per_weight() {
+    let mut g = gpu();
+    let mut rng = Rng::new(11);
+    for (kernels, mut c) in [(GpuKernels::Exact, cpu()), (GpuKernels::Fast, cpu_float())] {
+        g.kernels = kernels;
+        for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
+            let cols = match ty.block_size() {
+                256 => 512,
+                32 => 160,
+                _ => 132,
+            };
+            let shape = |rows: usize| [cols as u64, rows as u64];
+            let names = ["blk.3.attn_q.weight", "blk.3.attn_k.weight", "blk.3.attn_v.weight", "blk.3.ffn_gate.weight", "blk.3.ffn_up.weight"];
+            let rows = [37usize, 5, 5, 21, 21];
+            let shapes: Vec<[u64; 2]> = rows.iter().map(|&r| shape(r)).collect();
+            let expected: Vec<(&str, GgmlType, &[u64])> = names.iter().zip(&shapes).map(|(n, s)| (*n, ty, s.as_slice())).collect();
+            g.expect_weights(&expected).unwrap();
+            let bytes: Vec<Vec<u8>> = rows.iter().map(|&r| weight_bytes(&mut rng, ty, r, cols)).collect();
+            let fused: Vec<GpuWeight> = names.iter().zip(&rows).zip(&bytes).map(|((n, &r), b)| g.load_weight(n, ty, &shape(r), b).unwrap()).collect();
+            let apart: Vec<GpuWeight> = names.iter().zip(&rows).zip(&bytes).map(|((n, &r), b)| g.load_weight(n, ty, &shape(r), b).unwrap()).collect();
+            let cw: Vec<CpuWeight> = names.iter().zip(&rows).zip(&bytes).map(|((n, &r), b)| c.load_weight(n, ty, &shape(r), b).unwrap()).collect();
+            assert!(super::ops::shares_buffer(&[&fused[0], &fused[1], &fused[2]]) && super::ops::shares_buffer(&[&fused[3], &fused[4]]), "{ty}: not placed together");
+            assert!(!super::ops::shares_buffer(&[&apart[0], &apart[1]]), "{ty}: weights loaded without expect_weights share a buffer");
+            for (n, layout) in [(1usize, MatvecLayout::Narrow), (1, MatvecLayout::Wide), (4, MatvecLayout::Narrow), (4, MatvecLayout::Wide), (37, MatvecLayout::Narrow)] {
+                g.matvec = layout;
+                let what = format!("{} {ty} n={n} {}", kernels.name(), layout.name());
+                let x = acts(&mut rng, n, cols);
+                let gx = g.upload(&x, n, cols).unwrap();
+                let cx = cpu_act(x, n, cols);
+                let d0 = g.dispatch_count();
+                let qkv = g.matmuls([&fused[0], &fused[1], &fused[2]], &gx).unwrap();
+                let d1 = g.dispatch_count();
+                let one = g.matmuls([&apart[0], &apart[1], &apart[2]], &gx).unwrap();
+                let d2 = g.dispatch_count();
+                if n <= 4 {
+                    assert!(d1 - d0 < d2 - d1, "{what}: q/k/v fused in {} dispatches, apart in {}", d1 - d0, d2 - d1);
+                }
+                let want = c.matmuls([&cw[0], &cw[1], &cw[2]], &cx).unwrap();
+                for i in 0..3 {
+                    let got = read_checked(&mut g, &qkv[i], &what);
+                    assert_eq!(got, read_checked(&mut g, &one[i], &what), "{what}: q/k/v part {i} fused differs");
+                    assert_close(&got, &want[i].data, 1e-10, &format!("{what} part {i}"));
+                }
+                for act in [Activation::Silu, Activation::GeluTanh] {
+                    let got = g.gate_up_glu(&fused[3], &fused[4], &gx, act).unwrap();
+                    let one = g.gate_up_glu(&apart[3], &apart[4], &gx, act).unwrap();
+                    let got = read_checked(&mut g, &got, &what);
+                    assert_eq!(got, read_checked(&mut g, &one, &what), "{what} {act:?}: gate/up/glu fused differs");
+                    let want = c.gate_up_glu(&cw[3], &cw[4], &cx, act).unwrap();
+                    let tol = if act == Activation::GeluTanh { 1e-6 } else { 1e-10 };
+                    assert_close(&got, &want.data, tol, &format!("{what} {act:?}"));
+                }
+            }
+        }
+    }
+}

@@ -10,12 +10,28 @@ use wgpu::util::DeviceExt;
 /// Host staging when uploading a weight: repacked in pieces of about this many bytes.
 pub(crate) const UPLOAD_PIECE: usize = 8 << 20;
 
-/// A row-aligned piece of a weight matrix in one buffer (`[rows, row_words]` u32).
+/// A row-aligned piece of a weight matrix in one buffer (`[rows, row_words]` u32 from word
+/// `word0`: weights read by one kernel share a buffer, see [`GpuBackend::expect_gpu_weights`]).
 pub struct WeightChunk {
     pub(super) buf: wgpu::Buffer,
+    pub(super) word0: usize,
     pub(super) row0: usize,
     pub(super) rows: usize,
 }
+
+/// Where an expected weight will live: its place in a buffer shared with the weights it is
+/// read with, reserved before its bytes arrive.
+pub(super) struct SlabPlace {
+    buf: wgpu::Buffer,
+    word0: usize,
+    ty: GgmlType,
+    rows: usize,
+    row_words: usize,
+}
+
+/// Weights one kernel reads together (`matvec3`, `matvec_glu`), by tensor-name suffix within
+/// a layer; members after the first join only with the first's type and width.
+const FUSED_GROUPS: [&[&str]; 2] = [&[".attn_q.weight", ".attn_k.weight", ".attn_v.weight"], &[".ffn_gate.weight", ".ffn_up.weight"]];
 
 /// A weight on the device: 1-D tensors (norms, biases, rope factors) as f32, matrices in the GPU
 /// block layout, split into chunks no larger than the binding limit.
@@ -41,18 +57,28 @@ pub(super) struct MatrixView<'a> {
     pub(super) rows: usize,
     pub(super) cols: usize,
     pub(super) row_words: usize,
-    /// (buffer, first row, rows)
-    pub(super) chunks: Vec<(&'a wgpu::Buffer, usize, usize)>,
+    pub(super) chunks: Vec<ChunkView<'a>>,
+}
+
+/// One chunk of a [`MatrixView`]: rows `row0..row0 + rows` from word `word0` of `buf`.
+#[derive(Clone, Copy)]
+pub(super) struct ChunkView<'a> {
+    pub(super) buf: &'a wgpu::Buffer,
+    pub(super) word0: usize,
+    pub(super) row0: usize,
+    pub(super) rows: usize,
 }
 
 impl GpuWeight {
     pub(super) fn view(&self) -> Result<MatrixView<'_>, GpuError> {
         Ok(match self {
             GpuWeight::Vector { buf, len, .. } => {
-                MatrixView { ty: GgmlType::F32, rows: 1, cols: *len, row_words: layout::row_words(GgmlType::F32, *len)?, chunks: vec![(buf, 0, 1)] }
+                let chunks = vec![ChunkView { buf, word0: 0, row0: 0, rows: 1 }];
+                MatrixView { ty: GgmlType::F32, rows: 1, cols: *len, row_words: layout::row_words(GgmlType::F32, *len)?, chunks }
             }
             GpuWeight::Matrix { ty, rows, cols, row_words, chunks } => {
-                MatrixView { ty: *ty, rows: *rows, cols: *cols, row_words: *row_words, chunks: chunks.iter().map(|c| (&c.buf, c.row0, c.rows)).collect() }
+                let chunks = chunks.iter().map(|c| ChunkView { buf: &c.buf, word0: c.word0, row0: c.row0, rows: c.rows }).collect();
+                MatrixView { ty: *ty, rows: *rows, cols: *cols, row_words: *row_words, chunks }
             }
         })
     }
@@ -94,7 +120,7 @@ impl GpuBackend {
             let (piece, rest) = src.split_at(n * w.row_bytes);
             self.upload_staged.clear();
             layout::repack(w.ty, piece, &mut self.upload_staged)?;
-            self.dev.queue.write_buffer(&chunk.buf, ((row - chunk.row0) * w.row_words * 4) as u64, &self.upload_staged);
+            self.dev.queue.write_buffer(&chunk.buf, ((chunk.word0 + (row - chunk.row0) * w.row_words) * 4) as u64, &self.upload_staged);
             self.unsubmitted_upload += self.upload_staged.len() as u64;
             if self.unsubmitted_upload > UNSUBMITTED_UPLOAD_LIMIT {
                 self.dev.queue.submit(std::iter::empty());
@@ -123,6 +149,47 @@ impl GpuBackend {
             GpuWeight::Vector { .. } => 1,
             GpuWeight::Matrix { chunks, .. } => chunks.len(),
         }
+    }
+
+    /// Reserves one buffer for each group of expected weights a kernel reads together (a
+    /// layer's q/k/v of one type, its gate/up), when the group fits one binding; the others get
+    /// their own buffers as they arrive.
+    pub(crate) fn expect_gpu_weights(&mut self, tensors: &[(&str, GgmlType, &[u64])]) -> Result<(), ModelError> {
+        let limit = self.max_chunk_bytes.unwrap_or(self.dev.max_binding()).min(self.dev.max_binding());
+        let find = |name: &str| tensors.iter().find(|t| t.0 == name);
+        for (name, ..) in tensors {
+            for group in FUSED_GROUPS {
+                let Some(prefix) = name.strip_suffix(group[0]) else { continue };
+                let Some(&(_, ty, shape)) = find(name) else { continue };
+                let Ok(row_words) = layout::row_words(ty, shape[0] as usize) else { continue };
+                // (name, rows) of the members that match the first's type and width
+                let members: Vec<(String, usize)> = group
+                    .iter()
+                    .filter_map(|suffix| {
+                        let n = format!("{prefix}{suffix}");
+                        let &(_, t, sh) = find(&n)?;
+                        (t == ty && sh.len() == 2 && sh[0] == shape[0] && sh[1] > 1).then_some((n, sh[1] as usize))
+                    })
+                    .collect();
+                let words: usize = members.iter().map(|m| m.1 * row_words).sum();
+                if members.len() < 2 || !members.first().is_some_and(|m| m.0 == *name) || (words * 4) as u64 > limit {
+                    continue;
+                }
+                let buf = self.dev.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(name),
+                    size: (words * 4) as u64,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let mut word0 = 0;
+                for (n, rows) in members {
+                    self.slab_places.insert(n, SlabPlace { buf: buf.clone(), word0, ty, rows, row_words });
+                    word0 += rows * row_words;
+                }
+            }
+        }
+        self.dev.check()?;
+        Ok(())
     }
 
     pub(super) fn begin_gpu_weight(&mut self, name: &str, ty: GgmlType, shape: &[u64]) -> Result<PendingGpuWeight, ModelError> {
@@ -156,6 +223,12 @@ impl GpuBackend {
         let row_words = layout::row_words(ty, cols).map_err(|_| unsupported())?;
         let limit = self.max_chunk_bytes.unwrap_or(self.dev.max_binding()).min(self.dev.max_binding());
         let rows_per_chunk = layout::rows_per_chunk(name, row_words, rows, limit)?;
+        if let Some(place) = self.slab_places.remove(name) {
+            if place.ty == ty && place.rows == rows && place.row_words == row_words {
+                let chunks = vec![WeightChunk { buf: place.buf, word0: place.word0, row0: 0, rows }];
+                return Ok(PendingGpuWeight { name: name.to_owned(), ty, rows, cols, row_bytes, bytes, written: 0, row_words, chunks, carry: Vec::new() });
+            }
+        }
         let mut chunks = Vec::new();
         let mut row0 = 0;
         while row0 < rows {
@@ -166,7 +239,7 @@ impl GpuBackend {
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
-            chunks.push(WeightChunk { buf, row0, rows: n });
+            chunks.push(WeightChunk { buf, word0: 0, row0, rows: n });
             row0 += n;
         }
         // An allocation the device refused shows here rather than at the first op.

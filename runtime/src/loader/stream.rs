@@ -169,6 +169,8 @@ impl<B: Backend> ModelStream<B> {
             Parsed::Header(h) => {
                 let prefix = std::mem::take(prefix);
                 let plan = self.plan(&shard.name, shard.index, *h)?;
+                let expected: Vec<(&str, GgmlType, &[u64])> = plan.iter().filter(|p| p.wanted).map(|p| (p.name.as_str(), p.ty, p.shape.as_slice())).collect();
+                backend.expect_weights(&expected)?;
                 shard.feed = Feed::Body { plan, next: 0, pending: None };
                 // The prefix holds the header and maybe the first tensors' bytes.
                 body(shard, backend, &mut self.received, 0, &prefix)

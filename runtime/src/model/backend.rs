@@ -29,6 +29,13 @@ pub trait Backend {
     /// Completes a tensor; every byte must have been written.
     fn finish_weight(&mut self, w: Self::Pending) -> Result<Self::Weight, ModelError>;
 
+    /// The tensors about to arrive (name, type, ggml shape), before the first `begin_weight`
+    /// of them: a device may place weights one kernel reads together (q/k/v, gate/up) in one
+    /// buffer. Weights loaded without it work the same, unfused.
+    fn expect_weights(&mut self, _tensors: &[(&str, GgmlType, &[u64])]) -> Result<(), ModelError> {
+        Ok(())
+    }
+
     /// A whole tensor at once.
     fn load_weight(&mut self, name: &str, ty: GgmlType, shape: &[u64], bytes: &[u8]) -> Result<Self::Weight, ModelError> {
         let mut w = self.begin_weight(name, ty, shape)?;
@@ -58,6 +65,12 @@ pub trait Backend {
             out.push(self.matmul(w, x)?);
         }
         outputs_array(out)
+    }
+
+    /// `act(x · gateᵀ) * (x · upᵀ)`: the feed-forward's two products and GLU; devices fuse them.
+    fn gate_up_glu(&mut self, gate: &Self::Weight, up: &Self::Weight, x: &Self::Act, act: Activation) -> Result<Self::Act, ModelError> {
+        let [g, u] = self.matmuls([gate, up], x)?;
+        self.glu(&g, &u, act)
     }
 
     /// `acc += x · Wᵀ` (a residual add after a projection); devices fuse the add into the matmul.

@@ -64,8 +64,7 @@ impl<B: Backend> Model<B> {
 
             // feed-forward block
             let h = b.rms_norm(&x, &l.ffn_norm, c.rms_eps)?;
-            let [gate, up] = b.matmuls([&l.ffn_gate, &l.ffn_up], &h)?;
-            let act = b.glu(&gate, &up, c.activation)?;
+            let act = b.gate_up_glu(&l.ffn_gate, &l.ffn_up, &h, c.activation)?;
             if let Some(n) = &l.post_ffn_norm {
                 let f = b.matmul(&l.ffn_down, &act)?;
                 let f = b.rms_norm(&f, n, c.rms_eps)?;
