@@ -23,9 +23,9 @@
 //   For a quantized cache the output is rotated back per group of 32 before it leaves.
 // - kv_keep (cache with copies, after the pass's attention): X's rows of positions
 //   pos0 + t0 .. + n to their slots, one invocation per word;
-// - attn_prepare_q (quantized caches): O ← the queries Kin as the CPU's integer dot products
-//   see them: rotated per group of 32, then rounded as Q8_0 (act_quant.wgsl's
-//   mode 3, the same operations), one invocation per group of 32 (P.n groups).
+// - kv_store also prepares the queries for a quantized cache in the same dispatch (P.q_groups
+//   invocations after the stores): O ← Qin as the CPU's integer dot products see them, rotated
+//   per group of 32, then rounded as Q8_0 (act_quant.wgsl's mode 3, the same operations).
 // A quantized cache stores K and V rows rotated by the orthonormal Walsh–Hadamard transform of
 // each group of 32 (kv_store rotates before quantizing); queries are rotated to match and the
 // output rotated back (kv_cache.rs, rotate_groups, says why).
@@ -61,6 +61,7 @@ struct AttnParams {
     copies_k: u32,     // word of the copies' K rows in KV
     copies_v: u32,     // word of their V rows
     stash_v: u32,      // word of the pass's V rows in X
+    q_groups: u32,     // kv_store: groups of 32 query values to prepare after the stores (0: none)
 }
 
 @group(0) @binding(0) var<storage, read_write> KV: array<u32>;
@@ -70,6 +71,7 @@ struct AttnParams {
 @group(0) @binding(4) var<storage, read_write> O: array<f32>;
 @group(0) @binding(5) var<uniform> P: AttnParams;
 @group(0) @binding(6) var<storage, read_write> X: array<u32>; // the pass's rows as f16 copies (a placeholder word without copies)
+@group(0) @binding(7) var<storage, read> Qin: array<f32>;    // kv_store: the queries [n, n_heads * hdk] (prepared into O)
 
 const NO_COPY: u32 = 0xFFFFFFFFu;
 
@@ -272,6 +274,7 @@ fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let gv = P.hdv / 32u;
     let per_tok = P.n_kv_heads * (gk + gv);
     if g >= P.n * per_tok {
+        prepare_q(g - P.n * per_tok);
         return;
     }
     let t = g / per_tok;
@@ -417,16 +420,15 @@ fn attn_softmax_v(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     }
 }
 
-@compute @workgroup_size(64)
-fn attn_prepare_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32) {
-    let g = (wid.x + wid.y * nwg.x) * 64u + lid;
-    if g >= P.n {
+// The queries' group g of 32 values (of P.q_groups) from Qin into O as the CPU's integer dot
+// products see them: rotated (a quantized cache), then rounded as Q8_0.
+fn prepare_q(g: u32) {
+    if g >= P.q_groups {
         return;
     }
     var x: array<f32, 32>;
     for (var i = 0u; i < 32u; i++) {
-        x[i] = Kin[32u * g + i];
+        x[i] = Qin[32u * g + i];
     }
     if quantized() {
         rotate32(&x);

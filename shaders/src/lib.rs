@@ -23,7 +23,8 @@ pub enum Family {
     ActQuant,
     /// `argmax`.
     Argmax,
-    /// `kv_offset`, `kv_store`, `attn_prepare_q`, `attn_scores`, `attn_softmax_v` (override `KVTYPE`).
+    /// `kv_offset`, `kv_store` (and the queries' preparation), `kv_keep`, `attn_scores`,
+    /// `attn_softmax_v` (override `KVTYPE`).
     Attention,
 }
 

@@ -84,6 +84,7 @@ pub(super) struct AttnParams {
     pub(super) copies_k: u32,
     pub(super) copies_v: u32,
     pub(super) stash_v: u32,
+    pub(super) q_groups: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<AttnParams>() as u64 <= PARAM_BIND);
@@ -174,37 +175,30 @@ impl GpuBackend {
                 (nkv * hdk).div_ceil(64),
             )?;
         }
+        // Queries as the CPU's integer dot products see them for a quantized cache (rotated
+        // first when the cache stores rotated rows), prepared by the same dispatch that stores
+        // the new K/V rows.
+        let qr = if cache.ty.is_quantized() { Some(self.new_act(n, q.width)?) } else { None };
+        let q_groups = if qr.is_some() { n * q.width / 32 } else { 0 };
         let groups_per_tok = nkv * (hdk / 32 + hdv / 32);
+        let mut ps = p;
+        ps.q_groups = q_groups as u32;
+        let placeholder_out = self.placeholder_out.clone();
+        let placeholder = self.placeholder.clone();
+        let (q_in, q_out) = match &qr {
+            Some(qr) => (q.buf.get(), qr.buf.get()),
+            None => (&placeholder, &placeholder_out),
+        };
         self.dispatch(
             Family::Attention,
             "kv_store",
             &[("KVTYPE", ty)],
-            &[(0, &kv), (1, k.buf.get()), (2, v.buf.get()), (6, stash.get())],
+            &[(0, &kv), (1, k.buf.get()), (2, v.buf.get()), (4, q_out), (6, stash.get()), (7, q_in)],
             5,
-            bytemuck::bytes_of(&p),
-            (n * groups_per_tok).div_ceil(64),
+            bytemuck::bytes_of(&ps),
+            (n * groups_per_tok + q_groups).div_ceil(64),
         )?;
-        // Queries as the CPU's integer dot products see them for a quantized cache (rotated
-        // first when the cache stores rotated rows), in one pass.
-        let qr;
-        let q = if cache.ty.is_quantized() {
-            qr = self.new_act(n, q.width)?;
-            let groups = n * q.width / 32;
-            let mut pq = p;
-            pq.n = groups as u32;
-            self.dispatch(
-                Family::Attention,
-                "attn_prepare_q",
-                &[("KVTYPE", ty)],
-                &[(1, q.buf.get()), (4, qr.buf.get())],
-                5,
-                bytemuck::bytes_of(&pq),
-                groups.div_ceil(64),
-            )?;
-            &qr
-        } else {
-            q
-        };
+        let q = qr.as_ref().unwrap_or(q);
         let out = self.new_act(n, cfg.n_heads * hdv)?;
         let n_kv = pos0 + n;
         let per_token = (cfg.n_heads * n_kv * 4) as u64;

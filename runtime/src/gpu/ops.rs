@@ -202,6 +202,8 @@ pub(super) struct EwParams {
     pub(super) neox: u32,
     pub(super) gelu: u32,
     pub(super) f0: f32,
+    pub(super) count2: u32,
+    pub(super) width2: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<EwParams>() as u64 <= PARAM_BIND);
@@ -304,12 +306,28 @@ impl GpuBackend {
             if tiled {
                 let groups = rows.div_ceil(32) * x.n_tokens.div_ceil(32);
                 let constants = [("WTYPE", wtype), ("ACCUMULATE", acc)];
-                self.dispatch(Family::Matmul, "matmul_tiled", &constants, &[(0, buf), (1, x.buf.get()), (2, y.buf.get())], 3, bytemuck::bytes_of(&params), groups)?;
+                self.dispatch(
+                    Family::Matmul,
+                    "matmul_tiled",
+                    &constants,
+                    &[(0, buf), (1, x.buf.get()), (2, y.buf.get())],
+                    3,
+                    bytemuck::bytes_of(&params),
+                    groups,
+                )?;
             } else {
                 let groups = (rows * x.n_tokens).div_ceil(self.matvec.rows_per_group());
                 let constants = [("WTYPE", wtype), ("MV_LANES", self.matvec.lanes()), ("ACCUMULATE", acc), ("MIN_FIX", u32::from(sfix.is_some()))];
                 let s = sfix.map_or(&placeholder, |s| s.get());
-                self.dispatch(Family::Matmul, "matvec", &constants, &[(0, buf), (1, x.buf.get()), (2, y.buf.get()), (4, s)], 3, bytemuck::bytes_of(&params), groups)?;
+                self.dispatch(
+                    Family::Matmul,
+                    "matvec",
+                    &constants,
+                    &[(0, buf), (1, x.buf.get()), (2, y.buf.get()), (4, s)],
+                    3,
+                    bytemuck::bytes_of(&params),
+                    groups,
+                )?;
             }
         }
         if let (true, Some(sfix)) = (tiled, sfix) {
@@ -344,6 +362,82 @@ impl GpuBackend {
         let sf = sfix.map_or(&placeholder, |s| s.get());
         let bindings = [(0, s.buf), (1, x.buf.get()), (2, y(0)), (4, sf), (5, y(1)), (6, y(2))];
         self.dispatch(Family::Matmul, "matvec3", &constants, &bindings, 3, bytemuck::bytes_of(&params), groups)
+    }
+
+    /// Rope of `x` (and `y`, at the same positions) in one dispatch.
+    fn rope_rows(
+        &mut self,
+        x: &mut GpuAct,
+        y: Option<&mut GpuAct>,
+        head_dim: usize,
+        pos0: usize,
+        rope: &RopeParams,
+        factors: Option<&GpuWeight>,
+    ) -> Result<(), ModelError> {
+        for a in std::iter::once(&*x).chain(y.as_deref()) {
+            if head_dim == 0 || a.width % head_dim != 0 || rope.n_dims % 2 != 0 || rope.n_dims > head_dim || a.n_tokens != x.n_tokens {
+                return Err(shape_err("rope head_dim", a.width, head_dim));
+            }
+        }
+        let freq_factors = match factors {
+            Some(GpuWeight::Vector { host, .. }) if host.len() >= rope.n_dims / 2 => Some(host),
+            Some(_) => return Err(GpuError::Shape("rope frequency factors".into()).into()),
+            None => None,
+        };
+        let key = RopeKey {
+            pos0,
+            n_tokens: x.n_tokens,
+            n_dims: rope.n_dims,
+            freq_base: rope.freq_base.to_bits(),
+            freq_scale: rope.freq_scale.to_bits(),
+            factors: freq_factors.map(|f| f.as_ptr() as usize),
+        };
+        // Every layer ropes q and k at the same positions: one table per (positions, params).
+        let b = match self.rope_tables.iter().find(|(k, _)| *k == key) {
+            Some((_, b)) => b.clone(),
+            None => {
+                // cos/sin of every (row, pair) by the CPU's own code: bit-identical angles everywhere.
+                let cpu_rope = crate::cpu::ops::Rope {
+                    n_dims: rope.n_dims,
+                    freq_base: rope.freq_base,
+                    freq_scale: rope.freq_scale,
+                    mode: crate::cpu::ops::RopeMode::Normal,
+                    freq_factors: freq_factors.cloned(),
+                };
+                let mut table = Vec::with_capacity(x.n_tokens * rope.n_dims); // [n_tokens, n_dims/2, 2]
+                for t in 0..x.n_tokens {
+                    cpu_rope.for_each_angle(pos0 + t, |_, c, s| table.extend_from_slice(&[c, s]));
+                }
+                let b = self.dev.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("rope cos/sin"),
+                    contents: bytes_of(&table),
+                    usage: wgpu::BufferUsages::STORAGE,
+                });
+                if self.rope_tables.len() >= ROPE_TABLES {
+                    self.rope_tables.remove(0);
+                }
+                self.rope_tables.push((key, b.clone()));
+                b
+            }
+        };
+        let pairs = |a: &GpuAct| a.n_tokens * (a.width / head_dim) * (rope.n_dims / 2);
+        let count = pairs(x);
+        let count2 = y.as_deref().map_or(0, pairs);
+        let p = EwParams {
+            count: count as u32,
+            width: x.width as u32,
+            count2: count2 as u32,
+            width2: y.as_deref().map_or(0, |y| y.width as u32),
+            head_dim: head_dim as u32,
+            n_dims: rope.n_dims as u32,
+            neox: u32::from(rope.kind == RopeKind::Neox),
+            ..EwParams::default()
+        };
+        // (C is bound either way: the kernel declares it)
+        let placeholder_out = self.placeholder_out.clone();
+        let keys = y.as_deref().map_or(&placeholder_out, |y| y.buf.get());
+        self.elementwise("rope", x.buf.get(), Some(&b), Some(keys), &p, count + count2)?;
+        Ok(())
     }
 
     pub(super) fn elementwise(
@@ -530,7 +624,15 @@ impl Backend for GpuBackend {
         let constants =
             [("WTYPE", s.ty.id()), ("MV_LANES", self.matvec.lanes()), ("MIN_FIX", u32::from(sfix.is_some())), ("GELU", u32::from(act == Activation::GeluTanh))];
         let groups = (rows * x.n_tokens).div_ceil(self.matvec.rows_per_group());
-        self.dispatch(Family::Matmul, "matvec_glu", &constants, &[(0, s.buf), (1, xi.buf.get()), (2, y.buf.get()), (4, sf)], 3, bytemuck::bytes_of(&params), groups)?;
+        self.dispatch(
+            Family::Matmul,
+            "matvec_glu",
+            &constants,
+            &[(0, s.buf), (1, xi.buf.get()), (2, y.buf.get()), (4, sf)],
+            3,
+            bytemuck::bytes_of(&params),
+            groups,
+        )?;
         Ok(y)
     }
 
@@ -582,61 +684,19 @@ impl Backend for GpuBackend {
     }
 
     fn rope(&mut self, x: &mut GpuAct, head_dim: usize, pos0: usize, rope: &RopeParams, factors: Option<&GpuWeight>) -> Result<(), ModelError> {
-        if head_dim == 0 || x.width % head_dim != 0 || rope.n_dims % 2 != 0 || rope.n_dims > head_dim {
-            return Err(shape_err("rope head_dim", x.width, head_dim));
-        }
-        let freq_factors = match factors {
-            Some(GpuWeight::Vector { host, .. }) if host.len() >= rope.n_dims / 2 => Some(host),
-            Some(_) => return Err(GpuError::Shape("rope frequency factors".into()).into()),
-            None => None,
-        };
-        let key = RopeKey {
-            pos0,
-            n_tokens: x.n_tokens,
-            n_dims: rope.n_dims,
-            freq_base: rope.freq_base.to_bits(),
-            freq_scale: rope.freq_scale.to_bits(),
-            factors: freq_factors.map(|f| f.as_ptr() as usize),
-        };
-        // Every layer ropes q and k at the same positions: one table per (positions, params).
-        let b = match self.rope_tables.iter().find(|(k, _)| *k == key) {
-            Some((_, b)) => b.clone(),
-            None => {
-                // cos/sin of every (row, pair) by the CPU's own code: bit-identical angles everywhere.
-                let cpu_rope = crate::cpu::ops::Rope {
-                    n_dims: rope.n_dims,
-                    freq_base: rope.freq_base,
-                    freq_scale: rope.freq_scale,
-                    mode: crate::cpu::ops::RopeMode::Normal,
-                    freq_factors: freq_factors.cloned(),
-                };
-                let mut table = Vec::with_capacity(x.n_tokens * rope.n_dims); // [n_tokens, n_dims/2, 2]
-                for t in 0..x.n_tokens {
-                    cpu_rope.for_each_angle(pos0 + t, |_, c, s| table.extend_from_slice(&[c, s]));
-                }
-                let b = self.dev.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("rope cos/sin"),
-                    contents: bytes_of(&table),
-                    usage: wgpu::BufferUsages::STORAGE,
-                });
-                if self.rope_tables.len() >= ROPE_TABLES {
-                    self.rope_tables.remove(0);
-                }
-                self.rope_tables.push((key, b.clone()));
-                b
-            }
-        };
-        let count = x.n_tokens * (x.width / head_dim) * (rope.n_dims / 2);
-        let p = EwParams {
-            count: count as u32,
-            width: x.width as u32,
-            head_dim: head_dim as u32,
-            n_dims: rope.n_dims as u32,
-            neox: u32::from(rope.kind == RopeKind::Neox),
-            ..EwParams::default()
-        };
-        self.elementwise("rope", x.buf.get(), Some(&b), None, &p, count)?;
-        Ok(())
+        self.rope_rows(x, None, head_dim, pos0, rope, factors)
+    }
+
+    fn rope_qk(
+        &mut self,
+        q: &mut GpuAct,
+        k: &mut GpuAct,
+        head_dim: usize,
+        pos0: usize,
+        rope: &RopeParams,
+        factors: Option<&GpuWeight>,
+    ) -> Result<(), ModelError> {
+        self.rope_rows(q, Some(k), head_dim, pos0, rope, factors)
     }
 
     fn glu(&mut self, gate: &GpuAct, up: &GpuAct, act: Activation) -> Result<GpuAct, ModelError> {

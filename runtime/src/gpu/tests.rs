@@ -215,6 +215,16 @@ fn elementwise_ops_match_cpu() {
             g.rope(&mut a, 32, 1000, &rope, ff.then_some(&gf)).unwrap();
             c.rope(&mut b, 32, 1000, &rope, ff.then_some(&cf)).unwrap();
             assert_close(&read_checked(&mut g, &a, "rope"), &b.data, 1e-9, &format!("rope {kind:?} {n_dims} ff={ff}"));
+            // queries and keys (another width) in one dispatch: each as roped alone
+            let kx: Vec<f32> = x[..n * 64].to_vec();
+            let (mut q, mut k) = (g.upload(&x, n, width).unwrap(), g.upload(&kx, n, 64).unwrap());
+            let mut ck = cpu_act(kx, n, 64);
+            let d = g.dispatch_count();
+            g.rope_qk(&mut q, &mut k, 32, 1000, &rope, ff.then_some(&gf)).unwrap();
+            assert_eq!(g.dispatch_count() - d, 1, "rope_qk: one dispatch");
+            c.rope(&mut ck, 32, 1000, &rope, ff.then_some(&cf)).unwrap();
+            assert_eq!(read_checked(&mut g, &q, "rope_qk q"), read_checked(&mut g, &a, "rope"), "rope_qk: queries as roped alone");
+            assert_close(&read_checked(&mut g, &k, "rope_qk k"), &ck.data, 1e-9, &format!("rope_qk keys {kind:?} {n_dims} ff={ff}"));
         }
     }
 }
@@ -375,9 +385,14 @@ fn fused_products_match_one_dispatch_per_weight() {
             let fused: Vec<GpuWeight> = names.iter().zip(&rows).zip(&bytes).map(|((n, &r), b)| g.load_weight(n, ty, &shape(r), b).unwrap()).collect();
             let apart: Vec<GpuWeight> = names.iter().zip(&rows).zip(&bytes).map(|((n, &r), b)| g.load_weight(n, ty, &shape(r), b).unwrap()).collect();
             let cw: Vec<CpuWeight> = names.iter().zip(&rows).zip(&bytes).map(|((n, &r), b)| c.load_weight(n, ty, &shape(r), b).unwrap()).collect();
-            assert!(super::ops::shares_buffer(&[&fused[0], &fused[1], &fused[2]]) && super::ops::shares_buffer(&[&fused[3], &fused[4]]), "{ty}: not placed together");
+            assert!(
+                super::ops::shares_buffer(&[&fused[0], &fused[1], &fused[2]]) && super::ops::shares_buffer(&[&fused[3], &fused[4]]),
+                "{ty}: not placed together"
+            );
             assert!(!super::ops::shares_buffer(&[&apart[0], &apart[1]]), "{ty}: weights loaded without expect_weights share a buffer");
-            for (n, layout) in [(1usize, MatvecLayout::Narrow), (1, MatvecLayout::Wide), (4, MatvecLayout::Narrow), (4, MatvecLayout::Wide), (37, MatvecLayout::Narrow)] {
+            for (n, layout) in
+                [(1usize, MatvecLayout::Narrow), (1, MatvecLayout::Wide), (4, MatvecLayout::Narrow), (4, MatvecLayout::Wide), (37, MatvecLayout::Narrow)]
+            {
                 g.matvec = layout;
                 let what = format!("{} {ty} n={n} {}", kernels.name(), layout.name());
                 let x = acts(&mut rng, n, cols);

@@ -89,6 +89,21 @@ pub trait Backend {
     /// position `pos0 + t`. `freq_factors` divides each pair's frequency (llama3 scaling).
     fn rope(&mut self, x: &mut Self::Act, head_dim: usize, pos0: usize, rope: &RopeParams, freq_factors: Option<&Self::Weight>) -> Result<(), ModelError>;
 
+    /// [`Backend::rope`] of the queries and the keys at the same positions; devices rope both in
+    /// one dispatch.
+    fn rope_qk(
+        &mut self,
+        q: &mut Self::Act,
+        k: &mut Self::Act,
+        head_dim: usize,
+        pos0: usize,
+        rope: &RopeParams,
+        freq_factors: Option<&Self::Weight>,
+    ) -> Result<(), ModelError> {
+        self.rope(q, head_dim, pos0, rope, freq_factors)?;
+        self.rope(k, head_dim, pos0, rope, freq_factors)
+    }
+
     /// `act(gate) * up`, element-wise.
     fn glu(&mut self, gate: &Self::Act, up: &Self::Act, act: Activation) -> Result<Self::Act, ModelError>;
 

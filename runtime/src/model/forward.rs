@@ -46,8 +46,7 @@ impl<B: Backend> Model<B> {
             }
             let rope = c.rope_for_layer(il);
             let factors = if c.layer_is_swa[il] { None } else { w.rope_freqs.as_ref() };
-            b.rope(&mut q, c.head_dim_k, pos0, rope, factors)?;
-            b.rope(&mut k, c.head_dim_k, pos0, rope, factors)?;
+            b.rope_qk(&mut q, &mut k, c.head_dim_k, pos0, rope, factors)?;
             let att = b.attention(cache, c, il, &q, &k, &v, pos0)?;
             if l.bo.is_none() && l.post_attn_norm.is_none() {
                 b.matmul_add(&l.wo, &att, &mut x)?;
