@@ -62,6 +62,8 @@ struct AttnParams {
     copies_v: u32,     // word of their V rows
     stash_v: u32,      // word of the pass's V rows in X
     q_groups: u32,     // kv_store: groups of 32 query values to prepare after the stores (0: none)
+    keep_in_store: u32, // kv_store, one token (decode): its copies go to their slot at once, no
+                        // kv_keep (the slot's old position is outside the query's copy window)
 }
 
 @group(0) @binding(0) var<storage, read_write> KV: array<u32>;
@@ -178,8 +180,8 @@ fn group_max(x: ptr<function, array<f32, 32>>) -> vec2<f32> {
 
 // Stores 32 values x[0..32) (from `src`, K or V input) as one group starting at word `dst`
 // (for a quantized cache K less its offset from channel `chan` on, then rotated; with copies
-// also as 16 f16 pairs at X's word `copy`).
-fn store_group(dst: u32, from_v: bool, src: u32, chan: u32, copy: u32) {
+// also as 16 f16 pairs at X's word `copy`, and at KV's word `slot_copy` unless NO_COPY).
+fn store_group(dst: u32, from_v: bool, src: u32, chan: u32, copy: u32, slot_copy: u32) {
     var x: array<f32, 32>;
     for (var i = 0u; i < 32u; i++) {
         if from_v {
@@ -195,6 +197,11 @@ fn store_group(dst: u32, from_v: bool, src: u32, chan: u32, copy: u32) {
         if P.recent > 0u {
             for (var i = 0u; i < 16u; i++) {
                 X[copy + i] = pack2x16float(vec2<f32>(round_f16(x[2u * i]), round_f16(x[2u * i + 1u])));
+            }
+            if slot_copy != NO_COPY {
+                for (var i = 0u; i < 16u; i++) {
+                    KV[slot_copy + i] = X[copy + i];
+                }
             }
         }
     }
@@ -284,13 +291,17 @@ fn kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         let h = r / gk;
         let j = r % gk;
         let dst = (pos * P.n_kv_heads + h) * P.k_row_words + j * group_words();
-        store_group(dst, false, t * P.n_kv_heads * P.hdk + h * P.hdk + 32u * j, h * P.hdk + 32u * j, (t * P.n_kv_heads + h) * P.hdk / 2u + 16u * j);
+        let copy = (t * P.n_kv_heads + h) * P.hdk / 2u + 16u * j;
+        let slot = select(NO_COPY, P.copies_k + copy_slot(pos) * P.n_kv_heads * P.hdk / 2u + copy, P.keep_in_store == 1u);
+        store_group(dst, false, t * P.n_kv_heads * P.hdk + h * P.hdk + 32u * j, h * P.hdk + 32u * j, copy, slot);
     } else {
         let r2 = r - P.n_kv_heads * gk;
         let h = r2 / gv;
         let j = r2 % gv;
         let dst = P.v_base + (pos * P.n_kv_heads + h) * P.v_row_words + j * group_words();
-        store_group(dst, true, t * P.n_kv_heads * P.hdv + h * P.hdv + 32u * j, 0u, P.stash_v + (t * P.n_kv_heads + h) * P.hdv / 2u + 16u * j);
+        let copy = (t * P.n_kv_heads + h) * P.hdv / 2u + 16u * j;
+        let slot = select(NO_COPY, P.copies_v + copy_slot(pos) * P.n_kv_heads * P.hdv / 2u + copy, P.keep_in_store == 1u);
+        store_group(dst, true, t * P.n_kv_heads * P.hdv + h * P.hdv + 32u * j, 0u, P.stash_v + copy, slot);
     }
 }
 

@@ -85,6 +85,7 @@ pub(super) struct AttnParams {
     pub(super) copies_v: u32,
     pub(super) stash_v: u32,
     pub(super) q_groups: u32,
+    pub(super) keep_in_store: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<AttnParams>() as u64 <= PARAM_BIND);
@@ -183,6 +184,10 @@ impl GpuBackend {
         let groups_per_tok = nkv * (hdk / 32 + hdv / 32);
         let mut ps = p;
         ps.q_groups = q_groups as u32;
+        // One token (decode): its copies go to their slot in kv_store (the slot's previous
+        // position lies outside the query's copy window), not by a kv_keep after attention.
+        let keep_in_store = copies && n == 1;
+        ps.keep_in_store = u32::from(keep_in_store);
         let placeholder_out = self.placeholder_out.clone();
         let placeholder = self.placeholder.clone();
         let (q_in, q_out) = match &qr {
@@ -231,7 +236,7 @@ impl GpuBackend {
         }
         // the rows the copies keep move to their slots (after the pass's queries read them)
         for range in cache.copies.keep(layer, pos0, n) {
-            if !range.is_empty() {
+            if !range.is_empty() && !keep_in_store {
                 (p.t0, p.n) = ((range.start - pos0) as u32, range.len() as u32);
                 let words = range.len() * nkv * (hdk + hdv) / 2;
                 self.dispatch(Family::Attention, "kv_keep", &[("KVTYPE", ty)], &[(0, &kv), (6, stash.get())], 5, bytemuck::bytes_of(&p), words.div_ceil(64))?;
