@@ -147,3 +147,67 @@ fn spec_default_limits_split_the_embedding() {
     println!("llama-3.2-1b: embedding in {chunks} chunks under 128 MiB bindings; logits as the CPU's");
     std::fs::remove_file(&path).ok();
 }
+
+/// Compute dispatches of one decode token per layer on the GPU: the difference between a 4-layer
+/// and a 2-layer model of the same widths, halved (embedding, output and argmax cancel), per
+/// architecture, weight family, cache type and kernel family; printed as a table
+/// (`cargo test --test synth decode_dispatches -- --nocapture`). Llama with one weight type
+/// and a q8 cache, fast kernels: 10 per layer (norm, q/k/v, rope, KV store, scores, softmax·V,
+/// output + residual, norm, gate/up/GLU, down + residual). Q4_K_M's layers whose v is Q6_K take
+/// one more (q/k and v are two dispatches), so its average is between 10 and 11.
+#[test]
+fn decode_dispatches_per_layer() {
+    use webgguf::gpu::GpuKernels;
+    use_all_cores();
+    let per_layer = |path2: &std::path::Path, path4: &std::path::Path, kv: KvType, kernels: GpuKernels| -> f64 {
+        let count = |path: &std::path::Path| {
+            let mut gpu = GpuBackend::open().expect("a GPU adapter (CI installs Mesa lavapipe)");
+            gpu.kernels = kernels;
+            let (_, model) = webgguf::loader::load_files(&[path.to_owned()], &mut gpu).expect("load");
+            let mut s = Session::new(gpu, model, SessionOptions { kv, n_ctx: 64, ..Default::default() }).expect("session");
+            let id = s.eval_argmax(&TOKENS[..3]).expect("prefill");
+            let d0 = s.backend().dispatch_count();
+            let p0 = s.backend().pass_count();
+            s.eval_argmax(&[id]).expect("decode");
+            assert_eq!(s.backend().pass_count() - p0, 1, "a decode token is one compute pass");
+            s.backend().dispatch_count() - d0
+        };
+        (count(path4) as f64 - count(path2) as f64) / 2.0
+    };
+    let mut fast_llama = Vec::new();
+    for (name, ftypes) in [
+        ("llama-3.2-1b", &[FileType::Q4_0, FileType::Q8_0, FileType::Q4_K_M][..]),
+        ("qwen2.5-0.5b", &[FileType::Q4_K_M][..]),
+        ("qwen3-0.6b", &[FileType::Q4_K_M][..]),
+        ("gemma-3-1b", &[FileType::Q4_K_M][..]),
+    ] {
+        for &ftype in ftypes {
+            let paths: Vec<std::path::PathBuf> = [2usize, 4]
+                .iter()
+                .map(|&n_layers| {
+                    let mut spec = SynthSpec::from_preset(name).expect("preset");
+                    let group = spec.n_heads / spec.n_kv_heads;
+                    (spec.n_layers, spec.d_model, spec.n_kv_heads, spec.head_dim, spec.ffn_dim, spec.n_vocab) = (n_layers, 256, 1, 64, 512, 300);
+                    spec.n_heads = group;
+                    write(&spec, ftype, &format!("{name}-{ftype:?}-{n_layers}-dispatches.gguf"))
+                })
+                .collect();
+            for kv in [KvType::Q8, KvType::F16] {
+                for kernels in [GpuKernels::Exact, GpuKernels::Fast] {
+                    let n = per_layer(&paths[0], &paths[1], kv, kernels);
+                    println!("{name} {ftype:?} {kv:?} cache, {} kernels: {n} dispatches per layer", kernels.name());
+                    if name == "llama-3.2-1b" && kernels == GpuKernels::Fast {
+                        fast_llama.push((ftype, kv, n));
+                    }
+                }
+            }
+            for p in paths {
+                std::fs::remove_file(p).ok();
+            }
+        }
+    }
+    for (ftype, kv, n) in fast_llama {
+        let bound = if ftype == FileType::Q4_K_M { 11.0 } else { 10.0 };
+        assert!(n <= bound, "llama {ftype:?} {kv:?} cache, fast kernels: {n} dispatches per layer > {bound}");
+    }
+}
