@@ -40,7 +40,7 @@ override MV_ROWS: u32 = 64u / MV_LANES;  // output values per workgroup
 override ACCUMULATE: u32 = 0u;           // 1: Y += X · Wᵀ (the residual add fused in), 0: Y =
 override MIN_FIX: u32 = 0u;              // 1: Q4_1 / Q5_1 with X rounded as Q8_1: add Sfix
 override GELU: u32 = 0u;                 // matvec_glu: 1 GeGLU, 0 SwiGLU
-var<workgroup> mv_part: array<f32, 64>;   // [MV_ROWS][MV_LANES] partial sums
+override MV_SHUFFLE: u32 = 0u;           // 1: lanes summed by subgroup shuffles (reduce_subgroup.wgsl's lanes_sum)
 
 // Σ_{k0 ≤ k < k0+32} W[row, k] · X[k] for k0 a multiple of 32, with X's vec4 `x0` = k0 / 4:
 // per type the block's (or sub-block's) scales once, the quants a word (4 values) at a time,
@@ -181,20 +181,6 @@ fn row_dot(row: u32, t: u32, lane: u32) -> f32 {
     return acc;
 }
 
-// The sum of `acc` over the MV_LANES lanes of each output value, valid in lane 0. Called in
-// uniform control flow (every invocation, live or not: it holds barriers).
-fn lanes_sum(tid: u32, lane: u32, acc: f32) -> f32 {
-    mv_part[tid] = acc;
-    workgroupBarrier();
-    for (var s = MV_LANES / 2u; s > 0u; s = s / 2u) {
-        if lane < s {
-            mv_part[tid] += mv_part[tid + s];
-        }
-        workgroupBarrier();
-    }
-    return mv_part[tid];
-}
-
 @compute @workgroup_size(64)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) tid: u32) {
@@ -207,7 +193,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     if live {
         acc = row_dot(P.w_base + r * P.row_words, t, lane);
     }
-    let sum = lanes_sum(tid, lane, acc);
+    let sum = lanes_sum(acc, tid, MV_LANES, MV_SHUFFLE == 1u);
     if live && lane == 0u {
         let i = t * P.y_stride + P.y_offset + r;
         if ACCUMULATE == 1u {
@@ -246,7 +232,7 @@ fn matvec3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     if live {
         acc = row_dot(base + r * P.row_words, t, lane);
     }
-    let sum = lanes_sum(tid, lane, acc);
+    let sum = lanes_sum(acc, tid, MV_LANES, MV_SHUFFLE == 1u);
     if live && lane == 0u {
         if part == 0u {
             Y[t * P.rows + r] = sum;
@@ -275,8 +261,8 @@ fn matvec_glu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         acc_gate = row_dot(P.w_base + r * P.row_words, t, lane);
         acc_up = row_dot(P.w_base1 + r * P.row_words, t, lane);
     }
-    let gate = lanes_sum(tid, lane, acc_gate);
-    let up = lanes_sum(tid, lane, acc_up);
+    let gate = lanes_sum(acc_gate, tid, MV_LANES, MV_SHUFFLE == 1u);
+    let up = lanes_sum(acc_up, tid, MV_LANES, MV_SHUFFLE == 1u);
     if live && lane == 0u {
         Y[t * P.rows + r] = glu_value(gate, up, GELU == 1u);
     }

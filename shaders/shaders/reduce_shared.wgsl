@@ -16,3 +16,21 @@ fn wg_sum(v: f32, tid: u32) -> f32 {
     workgroupBarrier();
     return r;
 }
+
+// The sum of v over each aligned run of `lanes` invocations (a power of two ≤ 64), valid in
+// the run's first; called by all 64 invocations in uniform control flow (`shuffle`: the
+// subgroup variant's choice, unused here).
+var<workgroup> lanes_buf: array<f32, 64>;
+
+fn lanes_sum(v: f32, tid: u32, lanes: u32, shuffle: bool) -> f32 {
+    lanes_buf[tid] = v;
+    workgroupBarrier();
+    let lane = tid % lanes;
+    for (var s = lanes / 2u; s > 0u; s = s / 2u) {
+        if lane < s {
+            lanes_buf[tid] += lanes_buf[tid + s];
+        }
+        workgroupBarrier();
+    }
+    return lanes_buf[tid];
+}

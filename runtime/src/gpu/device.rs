@@ -19,6 +19,9 @@ pub struct GpuInfo {
     /// Subgroup operations are available and the kernels use the subgroup reduction.
     /// (wgpu's web backend never reports subgroups, so browsers run the shared-memory variant.)
     pub subgroups: bool,
+    /// The least subgroup size the adapter may run (0 when unknown): `matvec` sums a row's
+    /// lanes by subgroup shuffles when they fit one subgroup.
+    pub subgroup_min_size: u32,
     pub max_storage_buffer_binding_size: u64,
     pub max_buffer_size: u64,
     pub max_compute_workgroup_storage_size: u32,
@@ -148,6 +151,7 @@ impl GpuDevice {
             device_type: format!("{:?}", ai.device_type),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size: ai.subgroup_min_size,
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,

@@ -49,13 +49,15 @@ pub enum GpuKernels {
 }
 
 impl GpuKernels {
-    /// Fast on hardware GPUs; exact on software adapters (the CI's lavapipe and SwiftShader),
-    /// where tests hold the GPU to the CPU's kernels (both families are tested on every adapter).
+    /// Fast on adapters known to be hardware GPUs (native wgpu reports DiscreteGpu /
+    /// IntegratedGpu); exact elsewhere: software adapters (the CI's lavapipe and SwiftShader),
+    /// where tests hold the GPU to the CPU's kernels, and the browser, whose WebGPU adapter
+    /// wgpu reports as type Other (both families are tested on every adapter).
     pub fn for_device(device_type: &str) -> GpuKernels {
-        if device_type == "Cpu" {
-            GpuKernels::Exact
-        } else {
+        if matches!(device_type, "DiscreteGpu" | "IntegratedGpu") {
             GpuKernels::Fast
+        } else {
+            GpuKernels::Exact
         }
     }
 
@@ -244,6 +246,13 @@ impl GpuBackend {
     /// `x` rounded as ggml rounds activations for `mode` (act_quant.wgsl), into a new buffer.
     /// Mode 5 (Q8_1) also returns each block's sum correction (`[n_tokens, width / 32]`) for
     /// `min_fix`.
+    /// matmul.wgsl's MV_SHUFFLE: 1 when the matvec's lanes of a row fit the adapter's least
+    /// subgroup and the module has subgroup operations.
+    pub(super) fn mv_shuffle(&self) -> u32 {
+        let min = self.dev.info.subgroup_min_size;
+        u32::from(matches!(self.reduce, webgguf_shaders::Reduce::Subgroup { .. }) && min > 0 && self.matvec.lanes() <= min)
+    }
+
     /// How activations entering a product with a `ty` weight are rounded: `act_mode(ty)`, or
     /// not at all (0) in the fast family.
     pub(super) fn act_mode_for(&self, ty: GgmlType) -> u32 {
@@ -317,7 +326,13 @@ impl GpuBackend {
                 )?;
             } else {
                 let groups = (rows * x.n_tokens).div_ceil(self.matvec.rows_per_group());
-                let constants = [("WTYPE", wtype), ("MV_LANES", self.matvec.lanes()), ("ACCUMULATE", acc), ("MIN_FIX", u32::from(sfix.is_some()))];
+                let constants = [
+                    ("WTYPE", wtype),
+                    ("MV_LANES", self.matvec.lanes()),
+                    ("MV_SHUFFLE", self.mv_shuffle()),
+                    ("ACCUMULATE", acc),
+                    ("MIN_FIX", u32::from(sfix.is_some())),
+                ];
                 let s = sfix.map_or(&placeholder, |s| s.get());
                 self.dispatch(
                     Family::Matmul,
@@ -358,7 +373,7 @@ impl GpuBackend {
         let y = |i: usize| ys.get(i).map_or(&placeholder_out, |y| y.buf.get());
         let all: usize = s.parts.iter().map(|p| p.1).sum();
         let groups = (all * x.n_tokens).div_ceil(self.matvec.rows_per_group());
-        let constants = [("WTYPE", s.ty.id()), ("MV_LANES", self.matvec.lanes()), ("MIN_FIX", u32::from(sfix.is_some()))];
+        let constants = [("WTYPE", s.ty.id()), ("MV_LANES", self.matvec.lanes()), ("MV_SHUFFLE", self.mv_shuffle()), ("MIN_FIX", u32::from(sfix.is_some()))];
         let sf = sfix.map_or(&placeholder, |s| s.get());
         let bindings = [(0, s.buf), (1, x.buf.get()), (2, y(0)), (4, sf), (5, y(1)), (6, y(2))];
         self.dispatch(Family::Matmul, "matvec3", &constants, &bindings, 3, bytemuck::bytes_of(&params), groups)
@@ -621,8 +636,13 @@ impl Backend for GpuBackend {
         };
         let placeholder = self.placeholder.clone();
         let sf = sfix.map_or(&placeholder, |s| s.get());
-        let constants =
-            [("WTYPE", s.ty.id()), ("MV_LANES", self.matvec.lanes()), ("MIN_FIX", u32::from(sfix.is_some())), ("GELU", u32::from(act == Activation::GeluTanh))];
+        let constants = [
+            ("WTYPE", s.ty.id()),
+            ("MV_LANES", self.matvec.lanes()),
+            ("MV_SHUFFLE", self.mv_shuffle()),
+            ("MIN_FIX", u32::from(sfix.is_some())),
+            ("GELU", u32::from(act == Activation::GeluTanh)),
+        ];
         let groups = (rows * x.n_tokens).div_ceil(self.matvec.rows_per_group());
         self.dispatch(
             Family::Matmul,
@@ -757,14 +777,16 @@ impl Backend for GpuBackend {
     fn describe(&self) -> String {
         let i = &self.dev.info;
         format!(
-            "gpu: {} ({}, {}), shader-f16 {}, subgroups {}, {} kernels, {} matvec, max binding {} MiB, max buffer {} MiB, workgroup storage {} KiB",
+            "gpu: {} ({}, {}), shader-f16 {}, subgroups {} (least size {}), {} kernels, {} matvec{}, max binding {} MiB, max buffer {} MiB, workgroup storage {} KiB",
             i.adapter,
             i.backend,
             i.device_type,
             i.shader_f16,
             i.subgroups,
+            i.subgroup_min_size,
             self.kernels.name(),
             self.matvec.name(),
+            if self.mv_shuffle() == 1 { " (lanes summed by shuffles)" } else { "" },
             i.max_storage_buffer_binding_size >> 20,
             i.max_buffer_size >> 20,
             i.max_compute_workgroup_storage_size >> 10

@@ -62,8 +62,8 @@ impl GpuAct {
     }
 }
 
-/// Override constants of a pipeline: up to four (name, value) pairs, unused ones `("", 0)`.
-pub(super) type Constants = [(&'static str, u32); 4];
+/// Override constants of a pipeline: up to six (name, value) pairs, unused ones `("", 0)`.
+pub(super) type Constants = [(&'static str, u32); 6];
 pub(super) type PipelineKey = (Family, &'static str, Constants);
 
 /// A bind group's identity: pipeline, (binding, buffer) pairs, uniform offset.
@@ -206,7 +206,7 @@ impl GpuBackend {
     }
 
     pub(super) fn pipeline(&mut self, family: Family, entry: &'static str, constants: &[(&'static str, u32)]) -> Result<wgpu::ComputePipeline, GpuError> {
-        let mut fixed: Constants = [("", 0); 4];
+        let mut fixed: Constants = [("", 0); 6];
         if constants.len() > fixed.len() {
             return Err(GpuError::Shape(format!("{entry}: {} override constants", constants.len())));
         }
