@@ -26,6 +26,7 @@ struct MatParams {
     w_base1: u32,     //   (matvec_glu: the up weight, `rows` rows)
     rows2: u32,       // matvec3: rows of the third weight (0: none), from word w_base2, into Y2
     w_base2: u32,
+    row_words2: u32,  // matvec3: words per row of the third weight (of type WTYPE2)
 }
 
 @group(0) @binding(0) var<storage, read> W: array<u32>;               // [w_base + rows · row_words] (and the other parts)
@@ -40,18 +41,20 @@ override MV_ROWS: u32 = 64u / MV_LANES;  // output values per workgroup
 override ACCUMULATE: u32 = 0u;           // 1: Y += X · Wᵀ (the residual add fused in), 0: Y =
 override MIN_FIX: u32 = 0u;              // 1: Q4_1 / Q5_1 with X rounded as Q8_1: add Sfix
 override GELU: u32 = 0u;                 // matvec_glu: 1 GeGLU, 0 SwiGLU
+override WTYPE2: u32 = WTYPE;            // matvec3: the third weight's type (v may differ from q/k)
 override MV_SHUFFLE: u32 = 0u;           // 1: lanes summed by subgroup shuffles (reduce_subgroup.wgsl's lanes_sum)
 
-// Σ_{k0 ≤ k < k0+32} W[row, k] · X[k] for k0 a multiple of 32, with X's vec4 `x0` = k0 / 4:
+// Σ_{k0 ≤ k < k0+32} W[row, k] · X[k] for k0 a multiple of 32, with X's vec4 `x0` = k0 / 4, for
+// a row of type `ty` (WTYPE, or matvec3's WTYPE2 for its third weight, a type with its own case):
 // per type the block's (or sub-block's) scales once, the quants a word (4 values) at a time,
 // and the scales applied to the run's sums (the same values as deq4's, summed in another order).
-fn dot32(row: u32, k0: u32, x0: u32) -> f32 {
-    switch WTYPE {
+fn dot32(ty: u32, row: u32, k0: u32, x0: u32) -> f32 {
+    switch ty {
         case 2u, 3u: {
             // Q4_0 / Q4_1: qs word w holds values 4w.. in its low nibbles, 16 + 4w.. in its high
             let b = row + (k0 / 32u) * 5u;
-            let qs = b + select(0u, 1u, WTYPE == 3u);
-            let off = select(0.0, 8.0, WTYPE == 2u);
+            let qs = b + select(0u, 1u, ty == 3u);
+            let off = select(0.0, 8.0, ty == 2u);
             var sq = 0.0;
             var sx = 0.0;
             for (var w = 0u; w < 4u; w++) {
@@ -61,7 +64,7 @@ fn dot32(row: u32, k0: u32, x0: u32) -> f32 {
                 sq += dot(vec4<f32>(q & vec4<u32>(0xFu)) - off, xl) + dot(vec4<f32>((q >> vec4<u32>(4u)) & vec4<u32>(0xFu)) - off, xh);
                 sx += dot(xl, vec4<f32>(1.0)) + dot(xh, vec4<f32>(1.0));
             }
-            if WTYPE == 2u {
+            if ty == 2u {
                 return lo_f16(W[b + 4u]) * sq;
             }
             let dm = unpack2x16float(W[b]);
@@ -70,9 +73,9 @@ fn dot32(row: u32, k0: u32, x0: u32) -> f32 {
         case 6u, 7u: {
             // Q5_0 / Q5_1: as Q4, the fifth bit of value j is bit j of qh
             let b = row + (k0 / 32u) * 6u;
-            let qh = W[b + select(0u, 1u, WTYPE == 7u)];
-            let qs = b + select(1u, 2u, WTYPE == 7u);
-            let off = select(0.0, 16.0, WTYPE == 6u);
+            let qh = W[b + select(0u, 1u, ty == 7u)];
+            let qs = b + select(1u, 2u, ty == 7u);
+            let off = select(0.0, 16.0, ty == 6u);
             var sq = 0.0;
             var sx = 0.0;
             for (var w = 0u; w < 4u; w++) {
@@ -84,7 +87,7 @@ fn dot32(row: u32, k0: u32, x0: u32) -> f32 {
                 sq += dot(vec4<f32>((q & vec4<u32>(0xFu)) | hl) - off, xl) + dot(vec4<f32>(((q >> vec4<u32>(4u)) & vec4<u32>(0xFu)) | hh) - off, xh);
                 sx += dot(xl, vec4<f32>(1.0)) + dot(xh, vec4<f32>(1.0));
             }
-            if WTYPE == 6u {
+            if ty == 6u {
                 return lo_f16(W[b + 5u]) * sq;
             }
             let dm = unpack2x16float(W[b]);
@@ -101,18 +104,18 @@ fn dot32(row: u32, k0: u32, x0: u32) -> f32 {
         }
         case 12u, 13u: {
             // Q4_K / Q5_K: the run is sub-block 2j + hi of 64-value chunk j: one scale and min
-            let b = row + (k0 / 256u) * select(36u, 44u, WTYPE == 13u);
+            let b = row + (k0 / 256u) * select(36u, 44u, ty == 13u);
             let e = k0 % 256u;
             let j = e / 64u;
             let hi = (e % 64u) / 32u;
             let dm = unpack2x16float(W[b]);
             let sm = scale_min_k4(b + 1u, 2u * j + hi);
-            let qs = b + select(4u, 12u, WTYPE == 13u) + 8u * j;
+            let qs = b + select(4u, 12u, ty == 13u) + 8u * j;
             var sq = 0.0;
             var sx = 0.0;
             for (var w = 0u; w < 8u; w++) {
                 var q = (vec4<u32>(W[qs + w]) >> (SHIFTS8 + 4u * hi)) & vec4<u32>(0xFu);
-                if WTYPE == 13u {
+                if ty == 13u {
                     q |= ((vec4<u32>(W[b + 4u + w]) >> (SHIFTS8 + 2u * j + hi)) & vec4<u32>(1u)) << vec4<u32>(4u);
                 }
                 let xv = X[x0 + w];
@@ -147,7 +150,7 @@ fn dot32(row: u32, k0: u32, x0: u32) -> f32 {
             return lo_f16(W[b + 52u]) * (sc0 * s0 + sc1 * s1);
         }
         default: {
-            // F32, F16, BF16, Q2_K, Q3_K: value by value
+            // F32, F16, BF16, Q2_K, Q3_K (ty is WTYPE: deq4 reads WTYPE): value by value
             var acc = 0.0;
             for (var w = 0u; w < 8u; w++) {
                 acc += dot(deq4(row, k0 + 4u * w), X[x0 + w]);
@@ -157,17 +160,17 @@ fn dot32(row: u32, k0: u32, x0: u32) -> f32 {
     }
 }
 
-// This invocation's share of Σ_k W[row, k] · X[t, k] (`row`: the row's first word in W): the
-// runs of 32 values lane, lane + MV_LANES, …
-fn row_dot(row: u32, t: u32, lane: u32) -> f32 {
+// This invocation's share of Σ_k W[row, k] · X[t, k] (`row`: the row's first word in W, of type
+// `ty`): the runs of 32 values lane, lane + MV_LANES, …
+fn row_dot(ty: u32, row: u32, t: u32, lane: u32) -> f32 {
     var acc = 0.0;
     let c4 = P.cols / 4u;
     let xb = t * c4;
     if P.cols % 32u == 0u {
         let nb = P.cols / 32u;
-        let q8_1 = MIN_FIX == 1u && (WTYPE == 3u || WTYPE == 7u);
+        let q8_1 = MIN_FIX == 1u && (ty == 3u || ty == 7u);
         for (var i = lane; i < nb; i += MV_LANES) {
-            acc += dot32(row, 32u * i, xb + 8u * i);
+            acc += dot32(ty, row, 32u * i, xb + 8u * i);
             if q8_1 {
                 // Q4_1 / Q5_1: the block's min times its Q8_1 sum correction (min_fix)
                 acc += hi_f16(W[row + i * block_words()]) * Sfix[t * nb + i];
@@ -191,7 +194,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let t = o / P.rows;
     var acc = 0.0;
     if live {
-        acc = row_dot(P.w_base + r * P.row_words, t, lane);
+        acc = row_dot(WTYPE, P.w_base + r * P.row_words, t, lane);
     }
     let sum = lanes_sum(acc, tid, MV_LANES, MV_SHUFFLE == 1u);
     if live && lane == 0u {
@@ -204,9 +207,10 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
 }
 
-// Up to three weights of one type and width, stored in one buffer, times the same X in one
-// dispatch (q, k and v): rows [0, rows) from w_base into Y, then rows1 from w_base1 into Y1, then
-// rows2 from w_base2 into Y2 (each output [n, its rows]).
+// Up to three weights of one width, stored in one buffer, times the same X in one dispatch (q, k
+// and v): rows [0, rows) from w_base into Y, then rows1 from w_base1 into Y1 (both WTYPE), then
+// rows2 from w_base2 into Y2 (WTYPE2: Q4_K_M's v may be Q6_K; the runtime pairs only types
+// with their own dot32 case and widths a multiple of 32). Each output is [n, its rows].
 @compute @workgroup_size(64)
 fn matvec3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) tid: u32) {
@@ -230,7 +234,11 @@ fn matvec3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     var acc = 0.0;
     if live {
-        acc = row_dot(base + r * P.row_words, t, lane);
+        if part == 2u {
+            acc = row_dot(WTYPE2, base + r * P.row_words2, t, lane);
+        } else {
+            acc = row_dot(WTYPE, base + r * P.row_words, t, lane);
+        }
     }
     let sum = lanes_sum(acc, tid, MV_LANES, MV_SHUFFLE == 1u);
     if live && lane == 0u {
@@ -258,8 +266,8 @@ fn matvec_glu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     var acc_gate = 0.0;
     var acc_up = 0.0;
     if live {
-        acc_gate = row_dot(P.w_base + r * P.row_words, t, lane);
-        acc_up = row_dot(P.w_base1 + r * P.row_words, t, lane);
+        acc_gate = row_dot(WTYPE, P.w_base + r * P.row_words, t, lane);
+        acc_up = row_dot(WTYPE, P.w_base1 + r * P.row_words, t, lane);
     }
     let gate = lanes_sum(acc_gate, tid, MV_LANES, MV_SHUFFLE == 1u);
     let up = lanes_sum(acc_up, tid, MV_LANES, MV_SHUFFLE == 1u);

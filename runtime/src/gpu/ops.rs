@@ -143,6 +143,7 @@ pub(super) struct MatParams {
     pub(super) w_base1: u32,
     pub(super) rows2: u32,
     pub(super) w_base2: u32,
+    pub(super) row_words2: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<MatParams>() as u64 <= PARAM_BIND);
@@ -164,13 +165,25 @@ impl MatParams {
 }
 
 /// Weights one `matvec3` / `matvec_glu` dispatch can read: each one chunk, all in the same
-/// buffer, of one type and width. Their buffer, words of their first rows, rows.
+/// buffer and of one width; of one type, except that `matvec3`'s third may be another
+/// [`mixes_in_matvec3`] type (Q4_K_M's v in Q6_K).
 struct SharedBuffer<'a> {
     buf: &'a wgpu::Buffer,
     ty: GgmlType,
     cols: usize,
     row_words: usize,
+    /// (word of the first row, rows) per weight
     parts: Vec<(usize, usize)>,
+    /// The third weight's type and row words when it differs from the others'
+    third: Option<(GgmlType, usize)>,
+}
+
+/// Types matvec3 may pair (each with its own case in matmul.wgsl's `dot32`, none with a Q8_1
+/// block-sum correction) when their activations round alike.
+pub(crate) fn mixes_in_matvec3(a: GgmlType, b: GgmlType) -> bool {
+    use GgmlType::*;
+    let own_case = |t: GgmlType| matches!(t, Q4_0 | Q5_0 | Q8_0 | Q4_K | Q5_K | Q6_K);
+    own_case(a) && own_case(b) && a.vec_dot_type() == b.vec_dot_type()
 }
 
 /// Whether `ws` can be read by one fused dispatch (tests).
@@ -181,12 +194,16 @@ pub(super) fn shares_buffer(ws: &[&GpuWeight]) -> bool {
 
 fn shared_buffer<'a>(ws: &[&'a GpuWeight]) -> Option<SharedBuffer<'a>> {
     let mut out: Option<SharedBuffer<'a>> = None;
-    for w in ws {
+    for (i, w) in ws.iter().enumerate() {
         let GpuWeight::Matrix { ty, rows, cols, row_words, chunks } = w else { return None };
         let [c] = chunks.as_slice() else { return None };
         match &mut out {
-            None => out = Some(SharedBuffer { buf: &c.buf, ty: *ty, cols: *cols, row_words: *row_words, parts: vec![(c.word0, *rows)] }),
-            Some(s) if s.buf == &c.buf && s.ty == *ty && s.cols == *cols => s.parts.push((c.word0, *rows)),
+            None => out = Some(SharedBuffer { buf: &c.buf, ty: *ty, cols: *cols, row_words: *row_words, parts: vec![(c.word0, *rows)], third: None }),
+            Some(s) if s.buf == &c.buf && s.cols == *cols && s.ty == *ty => s.parts.push((c.word0, *rows)),
+            Some(s) if s.buf == &c.buf && s.cols == *cols && i == 2 && cols % 32 == 0 && mixes_in_matvec3(s.ty, *ty) => {
+                s.parts.push((c.word0, *rows));
+                s.third = Some((*ty, *row_words));
+            }
             Some(_) => return None,
         }
     }
@@ -367,13 +384,20 @@ impl GpuBackend {
             w_base1: p1.0 as u32,
             rows2: p2.1 as u32,
             w_base2: p2.0 as u32,
+            row_words2: s.third.map_or(s.row_words, |t| t.1) as u32,
             ..MatParams::default()
         };
         let (placeholder, placeholder_out) = (self.placeholder.clone(), self.placeholder_out.clone());
         let y = |i: usize| ys.get(i).map_or(&placeholder_out, |y| y.buf.get());
         let all: usize = s.parts.iter().map(|p| p.1).sum();
         let groups = (all * x.n_tokens).div_ceil(self.matvec.rows_per_group());
-        let constants = [("WTYPE", s.ty.id()), ("MV_LANES", self.matvec.lanes()), ("MV_SHUFFLE", self.mv_shuffle()), ("MIN_FIX", u32::from(sfix.is_some()))];
+        let constants = [
+            ("WTYPE", s.ty.id()),
+            ("WTYPE2", s.third.map_or(s.ty, |t| t.0).id()),
+            ("MV_LANES", self.matvec.lanes()),
+            ("MV_SHUFFLE", self.mv_shuffle()),
+            ("MIN_FIX", u32::from(sfix.is_some())),
+        ];
         let sf = sfix.map_or(&placeholder, |s| s.get());
         let bindings = [(0, s.buf), (1, x.buf.get()), (2, y(0)), (4, sf), (5, y(1)), (6, y(2))];
         self.dispatch(Family::Matmul, "matvec3", &constants, &bindings, 3, bytemuck::bytes_of(&params), groups)
@@ -612,7 +636,7 @@ impl Backend for GpuBackend {
 
     fn gate_up_glu(&mut self, gate: &GpuWeight, up: &GpuWeight, x: &GpuAct, act: Activation) -> Result<GpuAct, ModelError> {
         let fused = match shared_buffer(&[gate, up]) {
-            Some(s) if x.n_tokens <= MATVEC_MAX_TOKENS && s.parts[0].1 == s.parts[1].1 && s.cols == x.width => Some(s),
+            Some(s) if x.n_tokens <= MATVEC_MAX_TOKENS && s.third.is_none() && s.parts[0].1 == s.parts[1].1 && s.cols == x.width => Some(s),
             _ => None,
         };
         let Some(s) = fused else {

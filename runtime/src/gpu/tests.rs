@@ -357,8 +357,9 @@ fn lost_device_is_a_typed_error() {
     assert!(matches!(again, Err(crate::ModelError::Gpu(_))), "{:?}", again.err());
 }
 
-/// Weights placed in one buffer at load (`expect_weights`: a layer's q/k/v, its gate/up) are
-/// read by one dispatch in decode (`matvec3`, `matvec_glu`): the same bits as one dispatch
+/// Weights placed in one buffer at load (`expect_weights`: a layer's q/k/v, its gate/up; v
+/// of another type where `matvec3` pairs them, as Q4_K_M's Q6_K v) are read by one dispatch in
+/// decode (`matvec3`, `matvec_glu`): the same bits as one dispatch
 /// per weight (the same per-row code and summation order), in both kernel families and
 /// layouts, the GLU fused too; prefill (37 tokens) takes the tiled path per weight. Against
 /// the CPU's matching family within the matmul tolerance (the GELU's f16 rounding may flip
@@ -369,7 +370,16 @@ fn fused_products_match_one_dispatch_per_weight() {
     let mut rng = Rng::new(11);
     for (kernels, mut c) in [(GpuKernels::Exact, cpu()), (GpuKernels::Fast, cpu_float())] {
         g.kernels = kernels;
-        for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
+        // (q/k and gate/up type, v type): v may differ where matvec3 pairs the two (Q4_K_M)
+        let types = [
+            (GgmlType::Q4_K, GgmlType::Q4_K),
+            (GgmlType::Q4_K, GgmlType::Q6_K),
+            (GgmlType::Q6_K, GgmlType::Q6_K),
+            (GgmlType::Q4_1, GgmlType::Q4_1),
+            (GgmlType::Q4_0, GgmlType::Q8_0),
+            (GgmlType::F16, GgmlType::F16),
+        ];
+        for (ty, ty_v) in types {
             let cols = match ty.block_size() {
                 256 => 512,
                 32 => 160,
@@ -379,12 +389,13 @@ fn fused_products_match_one_dispatch_per_weight() {
             let names = ["blk.3.attn_q.weight", "blk.3.attn_k.weight", "blk.3.attn_v.weight", "blk.3.ffn_gate.weight", "blk.3.ffn_up.weight"];
             let rows = [37usize, 5, 5, 21, 21];
             let shapes: Vec<[u64; 2]> = rows.iter().map(|&r| shape(r)).collect();
-            let expected: Vec<(&str, GgmlType, &[u64])> = names.iter().zip(&shapes).map(|(n, s)| (*n, ty, s.as_slice())).collect();
+            let tys = [ty, ty, ty_v, ty, ty];
+            let expected: Vec<(&str, GgmlType, &[u64])> = names.iter().zip(&shapes).zip(tys).map(|((n, s), t)| (*n, t, s.as_slice())).collect();
             g.expect_weights(&expected).unwrap();
-            let bytes: Vec<Vec<u8>> = rows.iter().map(|&r| weight_bytes(&mut rng, ty, r, cols)).collect();
-            let fused: Vec<GpuWeight> = names.iter().zip(&rows).zip(&bytes).map(|((n, &r), b)| g.load_weight(n, ty, &shape(r), b).unwrap()).collect();
-            let apart: Vec<GpuWeight> = names.iter().zip(&rows).zip(&bytes).map(|((n, &r), b)| g.load_weight(n, ty, &shape(r), b).unwrap()).collect();
-            let cw: Vec<CpuWeight> = names.iter().zip(&rows).zip(&bytes).map(|((n, &r), b)| c.load_weight(n, ty, &shape(r), b).unwrap()).collect();
+            let bytes: Vec<Vec<u8>> = rows.iter().zip(tys).map(|(&r, t)| weight_bytes(&mut rng, t, r, cols)).collect();
+            let fused: Vec<GpuWeight> = (0..5).map(|i| g.load_weight(names[i], tys[i], &shape(rows[i]), &bytes[i]).unwrap()).collect();
+            let apart: Vec<GpuWeight> = (0..5).map(|i| g.load_weight(names[i], tys[i], &shape(rows[i]), &bytes[i]).unwrap()).collect();
+            let cw: Vec<CpuWeight> = (0..5).map(|i| c.load_weight(names[i], tys[i], &shape(rows[i]), &bytes[i]).unwrap()).collect();
             assert!(
                 super::ops::shares_buffer(&[&fused[0], &fused[1], &fused[2]]) && super::ops::shares_buffer(&[&fused[3], &fused[4]]),
                 "{ty}: not placed together"
@@ -394,7 +405,7 @@ fn fused_products_match_one_dispatch_per_weight() {
                 [(1usize, MatvecLayout::Narrow), (1, MatvecLayout::Wide), (4, MatvecLayout::Narrow), (4, MatvecLayout::Wide), (37, MatvecLayout::Narrow)]
             {
                 g.matvec = layout;
-                let what = format!("{} {ty} n={n} {}", kernels.name(), layout.name());
+                let what = format!("{} {ty} (v {ty_v}) n={n} {}", kernels.name(), layout.name());
                 let x = acts(&mut rng, n, cols);
                 let gx = g.upload(&x, n, cols).unwrap();
                 let cx = cpu_act(x, n, cols);

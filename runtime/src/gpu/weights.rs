@@ -30,7 +30,8 @@ pub(super) struct SlabPlace {
 }
 
 /// Weights one kernel reads together (`matvec3`, `matvec_glu`), by tensor-name suffix within
-/// a layer; members after the first join only with the first's type and width.
+/// a layer; members after the first join only with the first's type and width (v also with a
+/// type `matvec3` can pair with q/k's).
 const FUSED_GROUPS: [&[&str]; 2] = [&[".attn_q.weight", ".attn_k.weight", ".attn_v.weight"], &[".ffn_gate.weight", ".ffn_up.weight"]];
 
 /// A weight on the device: 1-D tensors (norms, biases, rope factors) as f32, matrices in the GPU
@@ -161,17 +162,22 @@ impl GpuBackend {
             for group in FUSED_GROUPS {
                 let Some(prefix) = name.strip_suffix(group[0]) else { continue };
                 let Some(&(_, ty, shape)) = find(name) else { continue };
-                let Ok(row_words) = layout::row_words(ty, shape[0] as usize) else { continue };
-                // (name, rows) of the members that match the first's type and width
-                let members: Vec<(String, usize)> = group
+                if layout::row_words(ty, shape[0] as usize).is_err() {
+                    continue;
+                }
+                // (name, type, rows, row words) of the members that match the first's type (or,
+                // for v, mix with it in matvec3) and width
+                let members: Vec<(String, GgmlType, usize, usize)> = group
                     .iter()
                     .filter_map(|suffix| {
                         let n = format!("{prefix}{suffix}");
                         let &(_, t, sh) = find(&n)?;
-                        (t == ty && sh.len() == 2 && sh[0] == shape[0] && sh[1] > 1).then_some((n, sh[1] as usize))
+                        let third_mixes = n.ends_with(".attn_v.weight") && super::ops::mixes_in_matvec3(ty, t);
+                        let same = (t == ty || third_mixes) && sh.len() == 2 && sh[0] == shape[0] && sh[1] > 1;
+                        Some((n, t, sh[1] as usize, layout::row_words(t, sh[0] as usize).ok()?)).filter(|_| same)
                     })
                     .collect();
-                let words: usize = members.iter().map(|m| m.1 * row_words).sum();
+                let words: usize = members.iter().map(|m| m.2 * m.3).sum();
                 if members.len() < 2 || !members.first().is_some_and(|m| m.0 == *name) || (words * 4) as u64 > limit {
                     continue;
                 }
@@ -182,7 +188,7 @@ impl GpuBackend {
                     mapped_at_creation: false,
                 });
                 let mut word0 = 0;
-                for (n, rows) in members {
+                for (n, ty, rows, row_words) in members {
                     self.slab_places.insert(n, SlabPlace { buf: buf.clone(), word0, ty, rows, row_words });
                     word0 += rows * row_words;
                 }
