@@ -2,7 +2,9 @@
 //! real models and with f16 / q8 KV caches: greedy tokens equal for 8 steps (up to the first
 //! step where the CPU's top-2 margin is under 0.05), and teacher-forced top-1 agreement over
 //! positions where the CPU's margin is ≥ 0.1. Measured agreement is printed
-//! (`cargo test --test gpu_vs_cpu -- --nocapture`). No adapter is a failure.
+//! (`cargo test --test gpu_vs_cpu -- --nocapture`). No adapter is a failure. The fast family
+//! (`GpuKernels::Fast`) is held to the CPU's `Kernels::Float` the same way, with perplexity
+//! within 1 % (`check_fast`).
 //!
 //! The CPU runs its 128-bit kernels here, whose numerics the GPU's follow (`--kernels simd`).
 //! The two backends differ by summation order only (every kernel matches the CPU's to NMSE
@@ -113,4 +115,62 @@ fn gemma3_gpu_matches_cpu_f16_kv() {
 #[test]
 fn gemma3_gpu_matches_cpu_q8_kv() {
     check(GEMMA, KvType::Q8, 1);
+}
+
+/// Perplexity of `ids[1..]` under teacher-forced `logits` (`[ids.len(), n_vocab]`).
+fn perplexity(logits: &[f32], ids: &[u32]) -> f64 {
+    let n_vocab = logits.len() / ids.len();
+    let nll: f64 = logits
+        .chunks_exact(n_vocab)
+        .zip(&ids[1..])
+        .map(|(row, &next)| {
+            let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+            let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+            lse - row[next as usize] as f64
+        })
+        .sum();
+    (nll / (ids.len() - 1) as f64).exp()
+}
+
+/// The fast GPU family (`GpuKernels::Fast`: activations unrounded) against the CPU's
+/// `Kernels::Float`, whose arithmetic it follows to summation order: teacher-forced top-1
+/// agreement over confident positions (CPU margin ≥ 0.1) of at least 99 %, and perplexity
+/// within 1 % of the CPU's, on an oracle sequence of each real model (q8 KV).
+fn check_fast(name: &str) {
+    use_all_cores();
+    let o: Value = serde_json::from_slice(&std::fs::read(fixtures_dir().join("oracle").join(format!("{name}.json"))).expect("oracle")).expect("json");
+    let float = CpuBackend::with_kernels(webgguf::cpu::Kernels::Float).expect("the float CPU kernels");
+    let mut gpu_backend = GpuBackend::open().expect("a GPU adapter (CI installs Mesa lavapipe)");
+    gpu_backend.kernels = webgguf::gpu::GpuKernels::Fast;
+    let mut cpu = session(float, name, KvType::Q8);
+    let mut gpu = session(gpu_backend, name, KvType::Q8);
+    let case = &o["cases"][0];
+    let text: Vec<u32> = [ids(&case["prompt_ids"]), ids(&case["greedy_ids"])].concat();
+    let lc = cpu.logits_all(&text).expect("cpu eval");
+    let lg = gpu.logits_all(&text).expect("gpu eval");
+    assert!(lg.iter().all(|x| x.is_finite()), "{name}: non-finite GPU logits");
+    let n_vocab = lc.len() / text.len();
+    let (mut agree, mut total) = (0, 0);
+    for (rc, rg) in lc.chunks_exact(n_vocab).zip(lg.chunks_exact(n_vocab)) {
+        let (ic, margin) = top2(rc);
+        if margin >= 0.1 {
+            total += 1;
+            agree += usize::from(ic == top2(rg).0);
+        }
+    }
+    let (pc, pg) = (perplexity(&lc, &text), perplexity(&lg, &text));
+    println!("{name} fast vs float: top-1 {agree}/{total}, perplexity GPU {pg:.4} CPU {pc:.4} ({:+.3} %)", (pg / pc - 1.0) * 100.0);
+    assert!(total >= 25, "{name}: only {total} confident positions");
+    assert!(agree as f64 >= 0.99 * total as f64, "{name}: fast GPU vs float CPU top-1 {agree}/{total} < 99 %");
+    assert!((pg / pc - 1.0).abs() <= 0.01, "{name}: perplexity {pg} vs the CPU's {pc}: over 1 % apart");
+}
+
+#[test]
+fn smollm2_fast_gpu_matches_float_cpu() {
+    check_fast(SMOL);
+}
+
+#[test]
+fn gemma3_fast_gpu_matches_float_cpu() {
+    check_fast(GEMMA);
 }
