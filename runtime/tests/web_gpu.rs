@@ -12,7 +12,8 @@
 #![cfg(target_arch = "wasm32")]
 
 use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
-use webgguf::gpu::{GpuAct, GpuBackend, GpuDevice};
+use webgguf::cpu::Kernels;
+use webgguf::gpu::{GpuAct, GpuBackend, GpuDevice, GpuKernels};
 use webgguf::kv_cache::KvType;
 use webgguf::model::{Activation, Backend, CpuAct, CpuBackend, ModelConfig, RopeKind, RopeParams};
 use webgguf::quant;
@@ -104,31 +105,35 @@ fn weight_bytes(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8
 /// multiple of the 32-row tile or the 64-wide workgroup. The K types and BF16 agree to summation
 /// order (nmse ~1e-14), as do F16, Q4_0, Q5_0, Q8_0: f16 rounding uses `f16.wgsl`'s exact
 /// round-to-nearest-even, not `quantizeToF16` (which SwiftShader truncates, as WGSL allows).
-/// Q4_1/Q5_1 include the CPU's f16-rounded Q8_1 block sums (`min_fix`).
+/// Q4_1/Q5_1 include the CPU's f16-rounded Q8_1 block sums (`min_fix`). Both kernel families.
 #[wasm_bindgen_test]
 async fn matmul_every_type_matches_cpu() {
     let mut g = gpu().await;
-    let mut c = CpuBackend::new();
     let mut rng = Rng::new(1);
     let rows = 37usize;
-    for ty in GgmlType::WEIGHT_TYPES {
-        let cols = match ty.block_size() {
-            256 => 512,
-            32 => 160,
-            _ => 132,
-        };
-        let bytes = weight_bytes(&mut rng, ty, rows, cols);
-        let shape = [cols as u64, rows as u64];
-        let gw = g.load_weight("w", ty, &shape, &bytes).expect("gpu weight");
-        let cw = c.load_weight("w", ty, &shape, &bytes).expect("cpu weight");
-        for n in [1usize, 37] {
-            let what = format!("matmul {ty} {rows}x{cols} n={n}");
-            let x = rng.acts(n, cols);
-            let gx = g.upload(&x, n, cols).expect("upload");
-            let gy = g.matmul(&gw, &gx).expect(&what);
-            let got = read(&mut g, &gy, &what).await;
-            let want = c.matmul(&cw, &cpu_act(x, n, cols)).expect("cpu matmul").data;
-            assert_close(&got, &want, 1e-10, &what);
+    // exact: the CPU's 128-bit family (the browser's default); fast: activations unrounded, as
+    // the CPU's Kernels::Float
+    for (kernels, mut c) in [(GpuKernels::Exact, CpuBackend::new()), (GpuKernels::Fast, CpuBackend::with_kernels(Kernels::Float).expect("float kernels"))] {
+        g.kernels = kernels;
+        for ty in GgmlType::WEIGHT_TYPES {
+            let cols = match ty.block_size() {
+                256 => 512,
+                32 => 160,
+                _ => 132,
+            };
+            let bytes = weight_bytes(&mut rng, ty, rows, cols);
+            let shape = [cols as u64, rows as u64];
+            let gw = g.load_weight("w", ty, &shape, &bytes).expect("gpu weight");
+            let cw = c.load_weight("w", ty, &shape, &bytes).expect("cpu weight");
+            for n in [1usize, 37] {
+                let what = format!("{} matmul {ty} {rows}x{cols} n={n}", kernels.name());
+                let x = rng.acts(n, cols);
+                let gx = g.upload(&x, n, cols).expect("upload");
+                let gy = g.matmul(&gw, &gx).expect(&what);
+                let got = read(&mut g, &gy, &what).await;
+                let want = c.matmul(&cw, &cpu_act(x, n, cols)).expect("cpu matmul").data;
+                assert_close(&got, &want, 1e-10, &what);
+            }
         }
     }
 }

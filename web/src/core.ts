@@ -82,6 +82,7 @@ function loadOptions(o: EngineOptions | PlanOptions): Record<string, unknown> {
     // Unset: the planner chooses (f16 and 4096 when they fit).
     kv: o.kvCache,
     kvRecent: o.kvRecent,
+    gpuKernels: full.gpuKernels,
     contextLength: o.contextLength,
     cache: o.cache ?? true,
     requireCache: full.requireCache ?? false,

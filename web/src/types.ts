@@ -53,6 +53,11 @@ export interface EngineOptions {
    * read from f16 copies kept beside the quantized ones, with the sequence's first 4 (default
    * 64; 0 for none). */
   kvRecent?: number;
+  /** WebGPU kernel family: "exact" (activations rounded as llama.cpp's dot products round them:
+   * the CPU path's numbers up to summation order) or "fast" (activations unrounded: fewer
+   * dispatches, closer to the unquantized model). Default "exact": a browser does not tell a
+   * hardware adapter from a software one. */
+  gpuKernels?: "exact" | "fast";
   /** Positions the KV cache holds (default: 4096, or less when the plan must; capped at the
    * model's trained context). */
   contextLength?: number;
@@ -103,6 +108,8 @@ export interface DeviceInfo {
   adapter: AdapterInfo | null;
   /** The CPU kernel family: "simd128" or "scalar". */
   kernels: string;
+  /** The WebGPU kernel family (null on the CPU). */
+  gpuKernels: "exact" | "fast" | null;
   /** Why device "auto" runs on the CPU (no WebGPU, model too large for the adapter…). */
   fallback: string | null;
 }

@@ -286,6 +286,7 @@ test("WebGPU engine: a streamed chat completion equals the native CLI; a lost de
     return { device: engine.device, out, replayed, stats, losses, after: after.deviceLosses };
   }, chatArgs());
   assert.equal(r.device.device, "webgpu");
+  assert.equal(r.device.gpuKernels, "exact", "the browser's default WebGPU kernel family");
   assert.equal(r.device.fallback, null);
   assert.ok(r.device.adapter && typeof r.device.adapter.adapter === "string");
   assert.equal(r.stats.info.device, "webgpu");
@@ -296,6 +297,24 @@ test("WebGPU engine: a streamed chat completion equals the native CLI; a lost de
   assert.equal(r.after.length, 1);
   assert.equal(r.replayed, expected.text.two_tokens, "the answer continues after the device was lost");
   console.log(`WebGPU (SwiftShader, headless Chromium): 37-token chat prompt ttft ${r.stats.ttft_ms.toFixed(0)} ms, decode ${r.stats.decode_tok_s.toFixed(2)} tok/s; device loss recovered in ${r.losses[0].recoveryMs.toFixed(0)} ms`);
+  await context.close();
+});
+
+// The fast family (activations unrounded) on request: a 5-token raw prompt and 2 greedy tokens,
+// the native CLI's (its CPU kernels round activations; these tokens' margins are wide).
+test("WebGPU fast kernels (gpuKernels: \"fast\"): reported, and greedy tokens as the native CLI's; an unknown family is an InvalidRequestError", { timeout: 600_000 }, async () => {
+  const { page, context } = await open();
+  const r = await page.evaluate(async ({ model, text }) => {
+    const { createEngine } = window.webgguf;
+    const bad = await window.caught(() => createEngine({ model, device: "webgpu", gpuKernels: "turbo", cache: false }));
+    const engine = await createEngine({ model, device: "webgpu", gpuKernels: "fast", kvCache: "f16", contextLength: 64 });
+    const c = await engine.completions.create({ prompt: text.prompt, max_tokens: 2, temperature: 0 });
+    return { bad, device: engine.device, out: c.choices[0].text };
+  }, chatArgs());
+  assert.deepEqual([r.bad.name, r.bad.code], ["InvalidRequestError", "options"]);
+  assert.equal(r.device.device, "webgpu");
+  assert.equal(r.device.gpuKernels, "fast");
+  assert.equal(r.out, expected.text.two_tokens, "fast WebGPU greedy = native greedy");
   await context.close();
 });
 

@@ -178,7 +178,7 @@ impl GpuBackend {
                     })
                     .collect();
                 let words: usize = members.iter().map(|m| m.2 * m.3).sum();
-                if members.len() < 2 || !members.first().is_some_and(|m| m.0 == *name) || (words * 4) as u64 > limit {
+                if members.len() < 2 || members.first().is_none_or(|m| m.0 != *name) || (words * 4) as u64 > limit {
                     continue;
                 }
                 let buf = self.dev.device.create_buffer(&wgpu::BufferDescriptor {

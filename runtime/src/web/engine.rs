@@ -13,7 +13,7 @@ use crate::chat::{ChatMessage, ChatTemplate};
 use crate::cpu::Kernels;
 use crate::engine::{Flow, Next, Session, SessionOptions, TextGen};
 use crate::error::{EngineError, GpuError, ModelError};
-use crate::gpu::{GpuBackend, GpuDevice, GpuInfo};
+use crate::gpu::{GpuBackend, GpuDevice, GpuInfo, GpuKernels};
 use crate::kv_cache::KvType;
 use crate::loader::LoadError;
 use crate::model::{CpuBackend, Logits};
@@ -69,6 +69,8 @@ struct DeviceReport {
     adapter: Option<GpuInfo>,
     /// The CPU kernel family this build has: "simd128" or "scalar".
     kernels: String,
+    /// The GPU kernel family on WebGPU ("exact" or "fast"; None on the CPU).
+    gpu_kernels: Option<&'static str>,
     /// Why `device: "auto"` did not run on WebGPU.
     fallback: Option<String>,
 }
@@ -209,7 +211,7 @@ impl WasmEngine {
         WasmEngine::assemble(
             Device::Cpu(session),
             &gguf,
-            DeviceReport { device: "cpu", adapter: None, kernels: Kernels::best().name().into(), fallback: None },
+            DeviceReport { device: "cpu", adapter: None, kernels: Kernels::best().name().into(), gpu_kernels: None, fallback: None },
             None,
         )
         .map_err(|e| JsError::new(&e.as_string().unwrap_or_default()))
@@ -237,7 +239,9 @@ impl WasmEngine {
     /// `{ device ("auto" (default) | "webgpu" | "cpu"), kv ("f32" | "f16" | "q8" | "q4"),
     /// kvRecent (q8 / q4: positions before and including each query's own read from f16
     /// copies, with the first 4; default 64, 0 for none), contextLength, cache (default true), requireCache, store ("cache-storage" (default) or
-    /// "opfs"), maxCacheBytes, signal (AbortSignal), maxAttempts, retryDelayMs, stallTimeoutMs }`.
+    /// "opfs"), maxCacheBytes, signal (AbortSignal), maxAttempts, retryDelayMs, stallTimeoutMs,
+    /// gpuKernels ("exact" (default: a browser does not say whether its adapter is hardware) or
+    /// "fast", [`GpuKernels`])) }`.
     /// First the model is planned from its first shard's header (`plan`): what cannot run fails
     /// then, before any weight byte is fetched; an absent `kv` / `contextLength` is chosen by the
     /// plan (f16 and 4096 when they fit). `"auto"` runs on WebGPU when the browser has it and
@@ -250,6 +254,13 @@ impl WasmEngine {
         console_error_panic_hook::set_once();
         let source = model_source(&source)?;
         let req = plan_request(&options)?;
+        let gpu_kernels = match get(&options, "gpuKernels").map(|v| v.as_string()) {
+            None => None,
+            Some(name) => {
+                let name = name.unwrap_or_default();
+                Some(GpuKernels::from_name(&name).ok_or_else(|| options_error(&format!("gpuKernels {name:?} (exact or fast)")))?)
+            }
+        };
         let opts = load_options(&options)?;
         let mut report_progress = |p: &load::Progress| {
             if let Some(f) = &on_progress {
@@ -270,6 +281,8 @@ impl WasmEngine {
                 Ok(dev) => {
                     let info = dev.info.clone();
                     let mut backend = GpuBackend::new(dev);
+                    let gpu_kernels = gpu_kernels.unwrap_or(backend.kernels);
+                    backend.kernels = gpu_kernels;
                     let loaded = load::load_model(&source, &mut backend, &opts, &mut report_progress).await;
                     let loaded = loaded.and_then(|(gguf, model, report)| {
                         let session = Session::new(backend, model, session_options).map_err(LoadError::Model)?;
@@ -277,7 +290,7 @@ impl WasmEngine {
                     });
                     match loaded {
                         Ok((gguf, session, report)) => {
-                            let r = DeviceReport { device: "webgpu", adapter: Some(info), kernels, fallback: None };
+                            let r = DeviceReport { device: "webgpu", adapter: Some(info), kernels, gpu_kernels: Some(gpu_kernels.name()), fallback: None };
                             return WasmEngine::assemble(Device::Gpu(session), &gguf, r, Some(report));
                         }
                         Err(e) if req.device == DeviceRequest::Auto && gpu_caused(&e) => format!("WebGPU could not hold the model: {e}"),
@@ -295,7 +308,7 @@ impl WasmEngine {
         let mut backend = CpuBackend::new();
         let (gguf, model, report) = load::load_model(&source, &mut backend, &opts, &mut report_progress).await.map_err(load_error_coded)?;
         let session = Session::new(backend, model, session_options).map_err(model_error)?;
-        WasmEngine::assemble(Device::Cpu(session), &gguf, DeviceReport { device: "cpu", adapter: None, kernels, fallback }, Some(report))
+        WasmEngine::assemble(Device::Cpu(session), &gguf, DeviceReport { device: "cpu", adapter: None, kernels, gpu_kernels: None, fallback }, Some(report))
     }
 
     fn assemble(device: Device, gguf: &crate::gguf::GgufModel, report: DeviceReport, load: Option<LoadReport>) -> Result<WasmEngine, JsValue> {
