@@ -153,8 +153,9 @@ fn spec_default_limits_split_the_embedding() {
 /// architecture, weight family, cache type and kernel family; printed as a table
 /// (`cargo test --test synth decode_dispatches -- --nocapture`). Llama with one weight type
 /// and a q8 or f16 cache, fast kernels: at most 10 per layer (norm, q/k/v, rope, KV store,
-/// scores, softmax·V, output + residual, norm, gate/up/GLU, down + residual), with K-quant
-/// mixes too (Q4_K_M's Q6_K v is read with q/k).
+/// attention (one dispatch up to 256 positions, then split + merge), output + residual, norm,
+/// gate/up/GLU, down + residual: 9 here), with K-quant mixes too (Q4_K_M's Q6_K v is read with
+/// q/k).
 #[test]
 fn decode_dispatches_per_layer() {
     use webgguf::gpu::GpuKernels;

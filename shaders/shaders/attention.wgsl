@@ -17,10 +17,14 @@
 // - kv_store: quantizes new K/V rows into the cache, one invocation per (token, head, 32 values)
 //   (quantize_row_q8_0_ref / quantize_row_q4_0_ref, f16 with round-to-nearest-even; a quantized
 //   cache stores K less the offset);
-// - attn_scores: S[t, h, p] = scale · q·k for positions p in [start(pos), pos], -inf elsewhere,
-//   one invocation per (token, head, position): every position in parallel (split over K);
-// - attn_softmax_v: one workgroup per (token, head): max, exp, sum, then Σ_p e_p·V[p] / sum.
-//   For a quantized cache the output is rotated back per group of 32 before it leaves.
+// - attn_split (flash decoding): one workgroup per (token, head, split of SPLIT positions):
+//   scale · q·k of the split's visible positions (in [start(pos), pos]) into workgroup memory,
+//   their max m, e = exp(s - m), their sum l, then Σ e·V; no score buffer. With one split
+//   (a context of at most SPLIT positions) it writes the output Σ e·V / l itself; otherwise
+//   (m, l, Σ e·V) to S for
+// - attn_merge: one workgroup per (token, head): M = max m, the output Σ e^(m - M)·(Σ e·V) /
+//   Σ e^(m - M)·l. For a quantized cache the output is rotated back per group of 32 before it
+//   leaves (by whichever of the two writes it).
 // - kv_keep (cache with copies, after the pass's attention): X's rows of positions
 //   pos0 + t0 .. + n to their slots, one invocation per word;
 // - kv_store also prepares the queries for a quantized cache in the same dispatch (P.q_groups
@@ -64,13 +68,14 @@ struct AttnParams {
     q_groups: u32,     // kv_store: groups of 32 query values to prepare after the stores (0: none)
     keep_in_store: u32, // kv_store, one token (decode): its copies go to their slot at once, no
                         // kv_keep (the slot's old position is outside the query's copy window)
+    n_splits: u32,      // attn_split / attn_merge: splits of SPLIT positions over [0, n_kv)
 }
 
 @group(0) @binding(0) var<storage, read_write> KV: array<u32>;
-@group(0) @binding(1) var<storage, read> Kin: array<f32>;    // kv_store: [n, n_kv_heads * hdk]; attn_scores: Q [n_all, n_heads * hdk]
+@group(0) @binding(1) var<storage, read> Kin: array<f32>;    // kv_store: [n, n_kv_heads * hdk]; attn_split: Q [n_all, n_heads * hdk]
 @group(0) @binding(2) var<storage, read> Vin: array<f32>;    // kv_store: [n, n_kv_heads * hdv]
-@group(0) @binding(3) var<storage, read_write> S: array<f32>; // scores [n, n_heads, n_kv]; attn_softmax_v: output [n_all, n_heads * hdv]
-@group(0) @binding(4) var<storage, read_write> O: array<f32>;
+@group(0) @binding(3) var<storage, read_write> S: array<f32>; // attn_split's partials [n, n_heads, n_splits, 2 + hdv] (max, sum, Σ e·V)
+@group(0) @binding(4) var<storage, read_write> O: array<f32>;   // the output [n_all, n_heads * hdv] (kv_store: the prepared queries)
 @group(0) @binding(5) var<uniform> P: AttnParams;
 @group(0) @binding(6) var<storage, read_write> X: array<u32>; // the pass's rows as f16 copies (a placeholder word without copies)
 @group(0) @binding(7) var<storage, read> Qin: array<f32>;    // kv_store: the queries [n, n_heads * hdk] (prepared into O)
@@ -331,24 +336,10 @@ fn first_visible(pos: u32) -> u32 {
     return 0u;
 }
 
-@compute @workgroup_size(64)
-fn attn_scores(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-               @builtin(local_invocation_index) lid: u32) {
-    let g = (wid.x + wid.y * nwg.x) * 64u + lid;
-    if g >= P.n * P.n_heads * P.n_kv {
-        return;
-    }
-    let p = g % P.n_kv;
-    let h = (g / P.n_kv) % P.n_heads;
-    let t = g / (P.n_kv * P.n_heads);
-    let pos = P.pos0 + P.t0 + t;
-    if p > pos || p < first_visible(pos) {
-        S[g] = -3.402823466e+38;
-        return;
-    }
-    let kvh = h / (P.n_heads / P.n_kv_heads);
+// Scale · q·k of the query at row `qb` of Kin with K head kvh's row of position p (the query
+// at `pos` reads it from an f16 copy where RecentRows says so).
+fn score(qb: u32, p: u32, pos: u32, kvh: u32) -> f32 {
     let krow = (p * P.n_kv_heads + kvh) * P.k_row_words;
-    let qb = (P.t0 + t) * P.n_heads * P.hdk + h * P.hdk;
     let copy = copy_row(p, pos, kvh, true);
     var s = 0.0;
     for (var k = 0u; k < P.hdk; k += 4u) {
@@ -359,28 +350,23 @@ fn attn_scores(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             s += dot(q, kv_deq4(krow, k));
         }
     }
-    S[g] = P.scale * s;
+    return P.scale * s;
+}
+
+// Values d … d+3 of V head kvh's row of position p, as the query at `pos` reads it.
+fn v_deq4(p: u32, pos: u32, kvh: u32, d: u32) -> vec4<f32> {
+    let copy = copy_row(p, pos, kvh, false);
+    if copy != NO_COPY {
+        return copy_deq4(copy, d);
+    }
+    return kv_deq4(P.v_base + (p * P.n_kv_heads + kvh) * P.v_row_words, d);
 }
 
 var<workgroup> max_buf: array<f32, 64>;
 
-@compute @workgroup_size(64)
-fn attn_softmax_v(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) tid: u32) {
-    let g = wid.x + wid.y * nwg.x;
-    if g >= P.n * P.n_heads {
-        return;
-    }
-    let h = g % P.n_heads;
-    let t = g / P.n_heads;
-    let pos = P.pos0 + P.t0 + t;
-    let start = first_visible(pos);
-    let sb = g * P.n_kv;
-    var m = -3.402823466e+38;
-    for (var p = start + tid; p <= pos; p += 64u) {
-        m = max(m, S[sb + p]);
-    }
-    max_buf[tid] = m;
+// The workgroup's max of m (every invocation gets it); uniform control flow.
+fn wg_max(v: f32, tid: u32) -> f32 {
+    max_buf[tid] = v;
     workgroupBarrier();
     for (var s = 32u; s > 0u; s = s / 2u) {
         if tid < s {
@@ -388,46 +374,126 @@ fn attn_softmax_v(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         }
         workgroupBarrier();
     }
-    m = max_buf[0];
+    let m = max_buf[0];
+    workgroupBarrier();
+    return m;
+}
+
+// A head's output O[ob .. ob + hdv] rotated back in place (a quantized cache stores rotated
+// rows): one invocation per group of 32. Uniform control flow.
+fn rotate_back(ob: u32, tid: u32) {
+    storageBarrier();
+    if 32u * tid < P.hdv {
+        var x: array<f32, 32>;
+        let gb = ob + 32u * tid;
+        for (var i = 0u; i < 32u; i++) {
+            x[i] = O[gb + i];
+        }
+        rotate32(&x);
+        for (var i = 0u; i < 32u; i++) {
+            O[gb + i] = x[i];
+        }
+    }
+}
+
+// SPLIT (positions per attn_split workgroup) is prepended by shaders/src/lib.rs (ATTN_SPLIT).
+var<workgroup> split_e: array<f32, SPLIT>;    // the split's scores, then exp(score - split max)
+
+@compute @workgroup_size(64)
+fn attn_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) tid: u32) {
+    let g = wid.x + wid.y * nwg.x;   // over (token, head, split)
+    if g >= P.n * P.n_heads * P.n_splits {
+        return;
+    }
+    let sp = g % P.n_splits;
+    let h = (g / P.n_splits) % P.n_heads;
+    let t = g / (P.n_splits * P.n_heads);
+    let pos = P.pos0 + P.t0 + t;
+    let p0 = sp * SPLIT;
+    let lo = max(first_visible(pos), p0);
+    let hi = min(pos + 1u, p0 + SPLIT);   // visible positions of the split: [lo, hi)
+    let kvh = h / (P.n_heads / P.n_kv_heads);
+    let qb = (P.t0 + t) * P.n_heads * P.hdk + h * P.hdk;
+    var m = -3.402823466e+38;
+    for (var i = tid; i < SPLIT; i += 64u) {
+        var s = -3.402823466e+38;
+        if p0 + i >= lo && p0 + i < hi {
+            s = score(qb, p0 + i, pos, kvh);
+        }
+        split_e[i] = s;
+        m = max(m, s);
+    }
+    m = wg_max(m, tid);   // its barriers also publish split_e
     var sum = 0.0;
-    for (var p = start + tid; p <= pos; p += 64u) {
-        let e = exp(S[sb + p] - m);
-        S[sb + p] = e;
+    for (var i = tid; i < SPLIT; i += 64u) {
+        var e = 0.0;
+        if p0 + i >= lo && p0 + i < hi {
+            e = exp(split_e[i] - m);
+        }
+        split_e[i] = e;
         sum += e;
     }
-    let total = wg_sum(sum, tid);  // its barriers also publish the S writes above
-    let kvh = h / (P.n_heads / P.n_kv_heads);
+    let total = wg_sum(sum, tid);   // its barriers also publish split_e
+    let one = P.n_splits == 1u;
     let ob = (P.t0 + t) * P.n_heads * P.hdv + h * P.hdv;
+    let pb = g * (P.hdv + 2u);   // this split's partial in S: max, sum, hdv values
     for (var d = 4u * tid; d < P.hdv; d += 256u) {
         var acc = vec4<f32>(0.0);
-        for (var p = start; p <= pos; p++) {
-            let copy = copy_row(p, pos, kvh, false);
-            if copy != NO_COPY {
-                acc += S[sb + p] * copy_deq4(copy, d);
-            } else {
-                acc += S[sb + p] * kv_deq4(P.v_base + (p * P.n_kv_heads + kvh) * P.v_row_words, d);
-            }
+        for (var p = lo; p < hi; p++) {
+            acc += split_e[p - p0] * v_deq4(p, pos, kvh, d);
         }
-        let o = acc / total;
-        O[ob + d] = o.x;
-        O[ob + d + 1u] = o.y;
-        O[ob + d + 2u] = o.z;
-        O[ob + d + 3u] = o.w;
+        if one {
+            let o = acc / total;
+            O[ob + d] = o.x;
+            O[ob + d + 1u] = o.y;
+            O[ob + d + 2u] = o.z;
+            O[ob + d + 3u] = o.w;
+        } else {
+            S[pb + 2u + d] = acc.x;
+            S[pb + 3u + d] = acc.y;
+            S[pb + 4u + d] = acc.z;
+            S[pb + 5u + d] = acc.w;
+        }
+    }
+    if !one && tid == 0u {
+        S[pb] = m;
+        S[pb + 1u] = total;
+    }
+    if one && quantized() {
+        rotate_back(ob, tid);
+    }
+}
+
+@compute @workgroup_size(64)
+fn attn_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) tid: u32) {
+    let g = wid.x + wid.y * nwg.x;   // over (token, head)
+    if g >= P.n * P.n_heads {
+        return;
+    }
+    let h = g % P.n_heads;
+    let t = g / P.n_heads;
+    let stride = P.hdv + 2u;
+    let pb = g * P.n_splits * stride;
+    var m = -3.402823466e+38;
+    for (var sp = 0u; sp < P.n_splits; sp++) {
+        m = max(m, S[pb + sp * stride]);
+    }
+    var total = 0.0;
+    for (var sp = 0u; sp < P.n_splits; sp++) {
+        total += S[pb + sp * stride + 1u] * exp(S[pb + sp * stride] - m);
+    }
+    let ob = (P.t0 + t) * P.n_heads * P.hdv + h * P.hdv;
+    for (var d = tid; d < P.hdv; d += 64u) {
+        var acc = 0.0;
+        for (var sp = 0u; sp < P.n_splits; sp++) {
+            acc += S[pb + sp * stride + 2u + d] * exp(S[pb + sp * stride] - m);
+        }
+        O[ob + d] = acc / total;
     }
     if quantized() {
-        // the head's output, rotated back in place: one invocation per group of 32
-        storageBarrier();
-        if 32u * tid < P.hdv {
-            var x: array<f32, 32>;
-            let gb = ob + 32u * tid;
-            for (var i = 0u; i < 32u; i++) {
-                x[i] = O[gb + i];
-            }
-            rotate32(&x);
-            for (var i = 0u; i < 32u; i++) {
-                O[gb + i] = x[i];
-            }
-        }
+        rotate_back(ob, tid);
     }
 }
 

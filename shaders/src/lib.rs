@@ -23,8 +23,8 @@ pub enum Family {
     ActQuant,
     /// `argmax`.
     Argmax,
-    /// `kv_offset`, `kv_store` (and the queries' preparation), `kv_keep`, `attn_scores`,
-    /// `attn_softmax_v` (override `KVTYPE`).
+    /// `kv_offset`, `kv_store` (and the queries' preparation), `kv_keep`, `attn_split`,
+    /// `attn_merge` (override `KVTYPE`).
     Attention,
 }
 
@@ -90,6 +90,10 @@ pub const ACT_QUANT: &str = include_str!("../shaders/act_quant.wgsl");
 pub const ARGMAX: &str = include_str!("../shaders/argmax.wgsl");
 pub const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
 
+/// Positions per `attn_split` workgroup (attention.wgsl's SPLIT, prepended to its module): the
+/// runtime sizes the splits' partials by it.
+pub const ATTN_SPLIT: u32 = 256;
+
 /// The complete WGSL module of `family` built with `reduce`.
 pub fn source(family: Family, reduce: Reduce) -> String {
     let mut s = String::new();
@@ -109,6 +113,9 @@ pub fn source(family: Family, reduce: Reduce) -> String {
             Reduce::Shared => REDUCE_SHARED,
             Reduce::Subgroup { .. } => REDUCE_SUBGROUP,
         });
+    }
+    if family == Family::Attention {
+        s.push_str(&format!("const SPLIT: u32 = {ATTN_SPLIT}u;\n"));
     }
     s.push_str(family.file());
     s

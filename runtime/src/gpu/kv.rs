@@ -9,8 +9,11 @@ use crate::kv_cache::{KvType, RecentRows};
 use crate::model::ModelConfig;
 use webgguf_shaders::Family;
 
-/// At most this many bytes of attention scores per dispatch group (prefill is chunked).
+/// At most this many bytes of attention partials per dispatch group (prefill is chunked).
 pub(crate) const SCORES_BUDGET: u64 = 64 << 20;
+
+/// Positions per `attn_split` workgroup (attention.wgsl's SPLIT).
+const ATTN_SPLIT: usize = webgguf_shaders::ATTN_SPLIT as usize;
 
 /// The KV cache of one session: per layer one buffer, K rows then V rows (`attention.wgsl`).
 pub struct GpuCache {
@@ -86,6 +89,7 @@ pub(super) struct AttnParams {
     pub(super) stash_v: u32,
     pub(super) q_groups: u32,
     pub(super) keep_in_store: u32,
+    pub(super) n_splits: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<AttnParams>() as u64 <= PARAM_BIND);
@@ -133,7 +137,7 @@ impl GpuBackend {
         }
         let kv = cache.layers.get(layer).ok_or_else(|| shape_err("attention layer", layer, cache.layers.len()))?.clone();
         if cache.ty.rotates() && hdv > 64 * 32 {
-            // attn_softmax_v rotates a head's output back with one invocation per group of 32
+            // attn_split / attn_merge rotate a head's output back with one invocation per group of 32
             return Err(shape_err("attention head_dim_v for a rotated cache (at most 2048)", hdv, 64 * 32));
         }
         let ty = kv_type_id(cache.ty);
@@ -205,10 +209,16 @@ impl GpuBackend {
         )?;
         let q = qr.as_ref().unwrap_or(q);
         let out = self.new_act(n, cfg.n_heads * hdv)?;
+        // Flash decoding: attn_split per (token, head, SPLIT positions); attn_merge combines
+        // the splits' partials ([n_splits][2 + hdv] floats per token and head) when there are
+        // several (a context of at most SPLIT positions is one dispatch).
         let n_kv = pos0 + n;
-        let per_token = (cfg.n_heads * n_kv * 4) as u64;
-        let chunk = ((SCORES_BUDGET.min(self.dev.max_binding()) / per_token) as usize).clamp(1, n);
-        let scores = self.alloc(per_token * chunk as u64)?;
+        let n_splits = n_kv.div_ceil(ATTN_SPLIT);
+        p.n_splits = n_splits as u32;
+        let per_token = (cfg.n_heads * n_splits * (hdv + 2) * 4) as u64;
+        let chunk = if n_splits == 1 { n } else { ((SCORES_BUDGET.min(self.dev.max_binding()) / per_token) as usize).clamp(1, n) };
+        let partials = if n_splits == 1 { None } else { Some(self.alloc(per_token * chunk as u64)?) };
+        let partials_buf = partials.as_ref().map_or(&placeholder_out, |b| b.get());
         let mut t0 = 0;
         while t0 < n {
             let m = chunk.min(n - t0);
@@ -216,22 +226,24 @@ impl GpuBackend {
             p.t0 = t0 as u32;
             self.dispatch(
                 Family::Attention,
-                "attn_scores",
+                "attn_split",
                 &[("KVTYPE", ty)],
-                &[(0, &kv), (1, q.buf.get()), (3, scores.get()), (6, stash.get())],
+                &[(0, &kv), (1, q.buf.get()), (3, partials_buf), (4, out.buf.get()), (6, stash.get())],
                 5,
                 bytemuck::bytes_of(&p),
-                (m * cfg.n_heads * n_kv).div_ceil(64),
+                m * cfg.n_heads * n_splits,
             )?;
-            self.dispatch(
-                Family::Attention,
-                "attn_softmax_v",
-                &[("KVTYPE", ty)],
-                &[(0, &kv), (3, scores.get()), (4, out.buf.get()), (6, stash.get())],
-                5,
-                bytemuck::bytes_of(&p),
-                m * cfg.n_heads,
-            )?;
+            if n_splits > 1 {
+                self.dispatch(
+                    Family::Attention,
+                    "attn_merge",
+                    &[("KVTYPE", ty)],
+                    &[(3, partials_buf), (4, out.buf.get())],
+                    5,
+                    bytemuck::bytes_of(&p),
+                    m * cfg.n_heads,
+                )?;
+            }
             t0 += m;
         }
         // the rows the copies keep move to their slots (after the pass's queries read them)
@@ -242,7 +254,7 @@ impl GpuBackend {
                 self.dispatch(Family::Attention, "kv_keep", &[("KVTYPE", ty)], &[(0, &kv), (6, stash.get())], 5, bytemuck::bytes_of(&p), words.div_ceil(64))?;
             }
         }
-        // (a rotating cache's output left attn_softmax_v rotated back)
+        // (a rotating cache's output left attn_split / attn_merge rotated back)
         Ok(out)
     }
 

@@ -436,3 +436,36 @@ fn fused_products_match_one_dispatch_per_weight() {
         }
     }
 }
+
+/// Contexts longer than one `attn_split` workgroup's positions: a 300-token prefill, a token at
+/// position 300, 210 tokens, then a 2-token pass over the split boundary at 511/512,
+/// every cache type (the quantized ones also with f16 copies), full attention and a sliding
+/// window of 3 (layer 1, whose early splits see nothing): the splits' partials merged equal the
+/// CPU's one softmax over all positions to summation order.
+#[test]
+fn attention_over_several_splits_matches_cpu() {
+    let mut g = gpu();
+    let mut c = cpu();
+    let mut rng = Rng::new(12);
+    let (nh, nkv, hd) = (2usize, 1usize, 64usize);
+    let cfg = ModelConfig::attention_test(nh, nkv, hd, Some(3));
+    for (kv, recent) in [(KvType::F32, 0), (KvType::F16, 0), (KvType::Q8, 0), (KvType::Q8, 3), (KvType::Q4, 3)] {
+        let mut gc = g.new_cache(&cfg, kv, 520, recent).unwrap();
+        let mut cc = c.new_cache(&cfg, kv, 520, recent).unwrap();
+        for (pos, n) in [(0usize, 300usize), (300, 1), (301, 210), (511, 2)] {
+            let q = acts(&mut rng, n, nh * hd);
+            let k: Vec<f32> = acts(&mut rng, n, nkv * hd).iter().enumerate().map(|(i, x)| x + 3.0 * ((i % (nkv * hd)) as f32 * 0.37).sin()).collect();
+            let v = acts(&mut rng, n, nkv * hd);
+            for layer in 0..2 {
+                let gq = g.upload(&q, n, nh * hd).unwrap();
+                let gk = g.upload(&k, n, nkv * hd).unwrap();
+                let gv = g.upload(&v, n, nkv * hd).unwrap();
+                let go = g.attention(&mut gc, &cfg, layer, &gq, &gk, &gv, pos).unwrap();
+                let got = read_checked(&mut g, &go, "attention");
+                let (cq, ck, cv) = (cpu_act(q.clone(), n, nh * hd), cpu_act(k.clone(), n, nkv * hd), cpu_act(v.clone(), n, nkv * hd));
+                let want = c.attention(&mut cc, &cfg, layer, &cq, &ck, &cv, pos).unwrap().data;
+                assert_close(&got, &want, 1e-9, &format!("attention {kv:?} recent {recent} layer {layer} pos {pos} n {n}"));
+            }
+        }
+    }
+}
