@@ -55,8 +55,8 @@ export interface EngineOptions {
   kvRecent?: number;
   /** WebGPU kernel family: "exact" (activations rounded as llama.cpp's dot products round them:
    * the CPU path's numbers up to summation order) or "fast" (activations unrounded: fewer
-   * dispatches, closer to the unquantized model). Default "exact": a browser does not tell a
-   * hardware adapter from a software one. */
+   * dispatches, closer to the unquantized model). Default: "fast", or "exact" on a fallback
+   * (software) adapter such as SwiftShader. */
   gpuKernels?: "exact" | "fast";
   /** Positions the KV cache holds (default: 4096, or less when the plan must; capped at the
    * model's trained context). */

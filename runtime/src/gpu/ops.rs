@@ -49,15 +49,15 @@ pub enum GpuKernels {
 }
 
 impl GpuKernels {
-    /// Fast on adapters known to be hardware GPUs (native wgpu reports DiscreteGpu /
-    /// IntegratedGpu); exact elsewhere: software adapters (the CI's lavapipe and SwiftShader),
-    /// where tests hold the GPU to the CPU's kernels, and the browser, whose WebGPU adapter
-    /// wgpu reports as type Other (both families are tested on every adapter).
+    /// Exact on software adapters (device type Cpu: lavapipe natively; in the browser wgpu
+    /// reports a fallback adapter such as Chromium's SwiftShader so), where tests hold the GPU
+    /// to the CPU's kernels; fast on every other adapter (both families are tested on every
+    /// adapter).
     pub fn for_device(device_type: &str) -> GpuKernels {
-        if matches!(device_type, "DiscreteGpu" | "IntegratedGpu") {
-            GpuKernels::Fast
-        } else {
+        if device_type == "Cpu" {
             GpuKernels::Exact
+        } else {
+            GpuKernels::Fast
         }
     }
 

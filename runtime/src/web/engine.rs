@@ -240,8 +240,8 @@ impl WasmEngine {
     /// kvRecent (q8 / q4: positions before and including each query's own read from f16
     /// copies, with the first 4; default 64, 0 for none), contextLength, cache (default true), requireCache, store ("cache-storage" (default) or
     /// "opfs"), maxCacheBytes, signal (AbortSignal), maxAttempts, retryDelayMs, stallTimeoutMs,
-    /// gpuKernels ("exact" (default: a browser does not say whether its adapter is hardware) or
-    /// "fast", [`GpuKernels`])) }`.
+    /// gpuKernels ("exact" or "fast", [`GpuKernels`]; default: the adapter's,
+    /// [`GpuKernels::for_device`])) }`.
     /// First the model is planned from its first shard's header (`plan`): what cannot run fails
     /// then, before any weight byte is fetched; an absent `kv` / `contextLength` is chosen by the
     /// plan (f16 and 4096 when they fit). `"auto"` runs on WebGPU when the browser has it and
