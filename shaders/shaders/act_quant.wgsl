@@ -1,26 +1,27 @@
 // Activation rounding: Y = X as the values ggml's CPU dot products see after quantizing
 // it to the weight type's vec_dot_type (cpu/act_quant.rs), so GPU matmuls compute the same
 // products as the CPU backend up to summation order:
-//   mode 1 F16   per value, round to f16 (ggml_fp32_to_fp16, nearest even)
-//   mode 2 BF16  per value, ggml_fp32_to_bf16
-//   mode 3 Q8_0  blocks of 32: d = amax/127, q = round-half-away(x/d), value q · f16(d)
-//                (quantize_row_q8_0_ref)
-//   mode 5 Q8_1  as Q8_0, and Sfix[block] = s − f16(d)·Σq, where s = f16(d·Σq) is the block sum
-//                ggml's Q4_1/Q5_1 dot products multiply the weight minimum with
-//                (quantize_row_q8_1_ref); `min_fix` in matmul.wgsl adds m · Sfix per block
-//   mode 4 Q8_K  blocks of 256: max = first value of largest |x|, iscale = -127/max,
-//                q = min(127, nearest-even(iscale·x)), value q · (1/iscale) (quantize_row_q8_K_ref)
-// One workgroup per block (modes 3, 4) or per 64 values (modes 1, 2).
+//   ACT_F16   per value, round to f16 (ggml_fp32_to_fp16, nearest even)
+//   ACT_BF16  per value, ggml_fp32_to_bf16
+//   ACT_Q8_0  blocks of 32: d = amax/127, q = round-half-away(x/d), value q · f16(d)
+//             (quantize_row_q8_0_ref)
+//   ACT_Q8_1  as Q8_0, and Sfix[block] = s − f16(d)·Σq, where s = f16(d·Σq) is the block sum
+//             ggml's Q4_1/Q5_1 dot products multiply the weight minimum with
+//             (quantize_row_q8_1_ref); `matvec` / `min_fix` in matmul.wgsl add m · Sfix per block
+//   ACT_Q8_K  blocks of 256: max = first value of largest |x|, iscale = -127/max,
+//             q = min(127, nearest-even(iscale·x)), value q · (1/iscale) (quantize_row_q8_K_ref)
+// One workgroup per block (the Q8 modes) or per 64 values (F16, BF16). The ACT_* constants are
+// prepended by shaders/src/lib.rs from its `ActRound` enum.
 
 struct QuantParams {
     n: u32,        // values in X
-    mode: u32,
+    mode: u32,     // an ACT_* constant
 }
 
 @group(0) @binding(0) var<storage, read> X: array<f32>;            // [n]
 @group(0) @binding(3) var<storage, read_write> Y: array<f32>;      // [n], X rounded
 @group(0) @binding(1) var<uniform> P: QuantParams;
-@group(0) @binding(2) var<storage, read_write> Sfix: array<f32>;   // mode 5: [n / 32]
+@group(0) @binding(2) var<storage, read_write> Sfix: array<f32>;   // ACT_Q8_1: [n / 32]
 
 var<workgroup> amax_buf: array<f32, 64>;
 var<workgroup> idx_buf: array<u32, 64>;
@@ -37,10 +38,10 @@ fn bf16_round(x: f32) -> f32 {
 fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) tid: u32) {
     let g = wid.x + wid.y * nwg.x;
-    if P.mode == 1u || P.mode == 2u {
+    if P.mode == ACT_F16 || P.mode == ACT_BF16 {
         let i = g * 64u + tid;
         if i < P.n {
-            if P.mode == 1u {
+            if P.mode == ACT_F16 {
                 Y[i] = round_f16(X[i]);
             } else {
                 Y[i] = bf16_round(X[i]);
@@ -48,7 +49,7 @@ fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         }
         return;
     }
-    let bs = select(32u, 256u, P.mode == 4u);
+    let bs = select(32u, 256u, P.mode == ACT_Q8_K);
 
     let base = g * bs;
     if base >= P.n {
@@ -84,8 +85,8 @@ fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     if amax != 0.0 {
         vmax = X[base + imax];
     }
-    workgroupBarrier();   // amax_buf is reused for mode 5's sums
-    if P.mode == 3u || P.mode == 5u {
+    workgroupBarrier();   // amax_buf is reused for ACT_Q8_1's sums
+    if P.mode == ACT_Q8_0 || P.mode == ACT_Q8_1 {
         let step = q8_0_step(amax);
         let d = step.x;
         let id = step.y;
@@ -96,7 +97,7 @@ fn act_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             qsum += q;
             Y[base + i] = q * dh;
         }
-        if P.mode == 5u {
+        if P.mode == ACT_Q8_1 {
             // Σq is an integer below 2^13: exact in f32 in any order.
             amax_buf[tid] = qsum;
             workgroupBarrier();

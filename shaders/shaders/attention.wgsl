@@ -29,7 +29,7 @@
 //   pos0 + t0 .. + n to their slots, one invocation per word;
 // - kv_store also prepares the queries for a quantized cache in the same dispatch (P.q_groups
 //   invocations after the stores): O ← Qin as the CPU's integer dot products see them, rotated
-//   per group of 32, then rounded as Q8_0 (act_quant.wgsl's mode 3, the same operations).
+//   per group of 32, then rounded as Q8_0 (act_quant.wgsl's ACT_Q8_0, the same operations).
 // A quantized cache stores K and V rows rotated by the orthonormal Walsh–Hadamard transform of
 // each group of 32 (kv_store rotates before quantizing); queries are rotated to match and the
 // output rotated back (kv_cache.rs, rotate_groups, says why).
@@ -510,7 +510,7 @@ fn prepare_q(g: u32) {
     if quantized() {
         rotate32(&x);
     }
-    // quantize_row_q8_0_ref's rounding (act_quant.wgsl, mode 3)
+    // quantize_row_q8_0_ref's rounding (act_quant.wgsl's ACT_Q8_0)
     let step = q8_0_step(group_max(&x).x);
     let dh = round_f16(step.x);
     for (var i = 0u; i < 32u; i++) {

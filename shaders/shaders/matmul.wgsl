@@ -277,8 +277,8 @@ fn matvec_glu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 }
 
 // Q4_1 / Q5_1 only: Y[t, y_offset + r] += Σ_b m[r, b] · Sfix[t, b], the difference between
-// ggml's Q8_1 block sums (f16-rounded) and the rounded activations' sums (act_quant.wgsl mode
-// 5), so these types match the CPU to summation order too. `matvec` adds it per block itself;
+// ggml's Q8_1 block sums (f16-rounded) and the rounded activations' sums (act_quant.wgsl's
+// ACT_Q8_1), so these types match the CPU to summation order too. `matvec` adds it per block itself;
 // this entry follows `matmul_tiled`. One invocation per output value: a row has only cols / 32
 // blocks, too few to share out (and no barriers, see matvec).
 @group(0) @binding(4) var<storage, read> Sfix: array<f32>;             // [n, cols / 32]

@@ -90,6 +90,51 @@ pub const ACT_QUANT: &str = include_str!("../shaders/act_quant.wgsl");
 pub const ARGMAX: &str = include_str!("../shaders/argmax.wgsl");
 pub const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
 
+/// How activations are rounded before a product with a weight (act_quant.wgsl's modes): to the
+/// weight type's `vec_dot_type`, as ggml's CPU dot products see them. The values reach WGSL as
+/// the constants `ACT_F16` … `ACT_Q8_1` of a prologue (one source for both languages).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActRound {
+    /// Not rounded (F32 weights, and the fast kernel family).
+    None = 0,
+    /// Per value to f16 (F16 weights).
+    F16 = 1,
+    /// Per value to bf16 (BF16 weights).
+    Bf16 = 2,
+    /// Blocks of 32 as Q8_0 (Q4_0, Q5_0, Q8_0 weights).
+    Q8_0 = 3,
+    /// Blocks of 256 as Q8_K (K-quant weights).
+    Q8K = 4,
+    /// As Q8_0, plus the Q8_1 block-sum corrections (Q4_1, Q5_1 weights).
+    Q8_1 = 5,
+}
+
+impl ActRound {
+    pub const ALL: [ActRound; 6] = [ActRound::None, ActRound::F16, ActRound::Bf16, ActRound::Q8_0, ActRound::Q8K, ActRound::Q8_1];
+
+    /// Its WGSL constant's name.
+    pub fn wgsl_name(self) -> &'static str {
+        match self {
+            ActRound::None => "ACT_NONE",
+            ActRound::F16 => "ACT_F16",
+            ActRound::Bf16 => "ACT_BF16",
+            ActRound::Q8_0 => "ACT_Q8_0",
+            ActRound::Q8K => "ACT_Q8_K",
+            ActRound::Q8_1 => "ACT_Q8_1",
+        }
+    }
+
+    /// Values per rounding block (the values of one act_round workgroup).
+    pub fn block(self) -> usize {
+        match self {
+            ActRound::Q8_0 | ActRound::Q8_1 => 32,
+            ActRound::Q8K => 256,
+            ActRound::None | ActRound::F16 | ActRound::Bf16 => 64,
+        }
+    }
+}
+
 /// Positions per `attn_split` workgroup (attention.wgsl's SPLIT, prepended to its module): the
 /// runtime sizes the splits' partials by it.
 pub const ATTN_SPLIT: u32 = 256;
@@ -116,6 +161,11 @@ pub fn source(family: Family, reduce: Reduce) -> String {
     }
     if family == Family::Attention {
         s.push_str(&format!("const SPLIT: u32 = {ATTN_SPLIT}u;\n"));
+    }
+    if family == Family::ActQuant {
+        for m in ActRound::ALL {
+            s.push_str(&format!("const {}: u32 = {}u;\n", m.wgsl_name(), m as u32));
+        }
     }
     s.push_str(family.file());
     s

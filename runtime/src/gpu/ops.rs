@@ -13,21 +13,21 @@ use crate::error::{GpuError, ModelError};
 use crate::kv_cache::KvType;
 use crate::model::{Activation, Backend, ModelConfig, RopeKind, RopeParams};
 use crate::quant::GgmlType;
-use webgguf_shaders::Family;
+use webgguf_shaders::{ActRound, Family};
 use wgpu::util::DeviceExt;
 
 /// Matmuls with at most this many tokens use the matvec kernel.
 pub(super) const MATVEC_MAX_TOKENS: usize = 4;
 
-/// How activations are rounded before a matmul with a weight of type `ty` (act_quant.wgsl modes).
-pub(super) fn act_mode(ty: GgmlType) -> u32 {
+/// How ggml rounds the activations entering a product with a weight of type `ty`.
+pub(super) fn act_mode(ty: GgmlType) -> ActRound {
     match ty.vec_dot_type() {
-        GgmlType::F16 => 1,
-        GgmlType::BF16 => 2,
-        GgmlType::Q8_0 => 3,
-        GgmlType::Q8_K => 4,
-        GgmlType::Q8_1 => 5,
-        _ => 0,
+        GgmlType::F16 => ActRound::F16,
+        GgmlType::BF16 => ActRound::Bf16,
+        GgmlType::Q8_0 => ActRound::Q8_0,
+        GgmlType::Q8_K => ActRound::Q8K,
+        GgmlType::Q8_1 => ActRound::Q8_1,
+        _ => ActRound::None,
     }
 }
 
@@ -271,33 +271,29 @@ impl GpuBackend {
     }
 
     /// How activations entering a product with a `ty` weight are rounded: `act_mode(ty)`, or
-    /// not at all (0) in the fast family.
-    pub(super) fn act_mode_for(&self, ty: GgmlType) -> u32 {
+    /// not at all in the fast family.
+    pub(super) fn act_mode_for(&self, ty: GgmlType) -> ActRound {
         match self.kernels {
             GpuKernels::Exact => act_mode(ty),
-            GpuKernels::Fast => 0,
+            GpuKernels::Fast => ActRound::None,
         }
     }
 
-    pub(super) fn act_round(&mut self, x: &GpuAct, mode: u32) -> Result<(GpuAct, Option<PooledBuffer>), GpuError> {
+    pub(super) fn act_round(&mut self, x: &GpuAct, mode: ActRound) -> Result<(GpuAct, Option<PooledBuffer>), GpuError> {
         let n = x.n_tokens * x.width;
-        let block = match mode {
-            3 | 5 => 32,
-            4 => 256,
-            _ => 64,
-        };
-        if mode >= 3 && x.width % block != 0 {
+        let block = mode.block();
+        if matches!(mode, ActRound::Q8_0 | ActRound::Q8K | ActRound::Q8_1) && x.width % block != 0 {
             return Err(GpuError::Shape(format!("rows of {} values are not whole blocks of {block}", x.width)));
         }
         let out = self.new_act(x.n_tokens, x.width)?;
-        // Every mode binds the correction buffer (the entry point uses it in mode 5).
+        // Every mode binds the correction buffer (the entry point uses it for Q8_1).
         let sfix = self.alloc((n / 32 * 4) as u64)?;
-        let params = [n as u32, mode];
+        let params = [n as u32, mode as u32];
         self.dispatch(Family::ActQuant, "act_round", &[], &[(0, x.buf.get()), (2, sfix.get()), (3, out.buf.get())], 1, bytes_of(&params), n.div_ceil(block))?;
-        Ok((out, (mode == 5).then_some(sfix)))
+        Ok((out, (mode == ActRound::Q8_1).then_some(sfix)))
     }
 
-    /// Adds the Q8_1 block-sum corrections of `act_round` mode 5 to `y = x · Wᵀ` (Q4_1, Q5_1).
+    /// Adds the Q8_1 block-sum corrections of `act_round` with `ActRound::Q8_1` to `y = x · Wᵀ` (Q4_1, Q5_1).
     pub(super) fn min_fix(&mut self, w: &GpuWeight, n_tokens: usize, sfix: &PooledBuffer, y: &GpuAct) -> Result<(), GpuError> {
         let m = w.view()?;
         for c in &m.chunks {
@@ -316,7 +312,7 @@ impl GpuBackend {
     }
 
     /// Records `y = x · Wᵀ` (or `y += x · Wᵀ` with `accumulate`) for activations `x` already
-    /// rounded; `sfix`: the Q8_1 corrections of Q4_1/Q5_1 (`act_round` mode 5).
+    /// rounded; `sfix`: the Q8_1 corrections of Q4_1/Q5_1 (`act_round` with `ActRound::Q8_1`).
     pub(super) fn matmul_into(&mut self, w: &GpuWeight, x: &GpuAct, y: &GpuAct, sfix: Option<&PooledBuffer>, accumulate: bool) -> Result<(), GpuError> {
         let m = w.view()?;
         let tiled = x.n_tokens > MATVEC_MAX_TOKENS;
@@ -596,14 +592,14 @@ impl Backend for GpuBackend {
             shapes.push((self.act_mode_for(m.ty), m.rows));
         }
         // Weights that round their input the same way share one rounded copy (q/k/v, gate/up).
-        let mut rounded: Vec<(u32, GpuAct, Option<PooledBuffer>)> = Vec::new();
+        let mut rounded: Vec<(ActRound, GpuAct, Option<PooledBuffer>)> = Vec::new();
         for &(mode, _) in &shapes {
-            if mode != 0 && !rounded.iter().any(|r| r.0 == mode) {
+            if mode != ActRound::None && !rounded.iter().any(|r| r.0 == mode) {
                 let (xr, sfix) = self.act_round(x, mode)?;
                 rounded.push((mode, xr, sfix));
             }
         }
-        let input = |mode: u32| match rounded.iter().find(|r| r.0 == mode) {
+        let input = |mode: ActRound| match rounded.iter().find(|r| r.0 == mode) {
             Some((_, xr, sfix)) => (xr, sfix.as_ref()),
             None => (x, None),
         };
@@ -644,7 +640,7 @@ impl Backend for GpuBackend {
             return self.glu(&g, &u, act);
         };
         let mode = self.act_mode_for(s.ty);
-        let rounded = if mode == 0 { None } else { Some(self.act_round(x, mode)?) };
+        let rounded = if mode == ActRound::None { None } else { Some(self.act_round(x, mode)?) };
         let (xi, sfix) = rounded.as_ref().map_or((x, None), |(xr, sf)| (xr, sf.as_ref()));
         let rows = s.parts[0].1;
         let y = self.new_act(x.n_tokens, rows)?;
@@ -686,7 +682,7 @@ impl Backend for GpuBackend {
             (m.ty, m.rows, m.cols)
         };
         let mode = self.act_mode_for(ty);
-        if mode == 5 && x.n_tokens > MATVEC_MAX_TOKENS {
+        if mode == ActRound::Q8_1 && x.n_tokens > MATVEC_MAX_TOKENS {
             // the tiled Q4_1/Q5_1 matmul is followed by min_fix: add afterwards
             let [y] = self.matmuls([w], x)?;
             return self.add(acc, &y);
@@ -694,7 +690,7 @@ impl Backend for GpuBackend {
         if cols != x.width || rows != acc.width || x.n_tokens != acc.n_tokens {
             return Err(shape_err("matmul_add shapes", rows * x.n_tokens, acc.width * acc.n_tokens));
         }
-        if mode == 0 {
+        if mode == ActRound::None {
             self.matmul_into(w, x, acc, None, true)?;
         } else {
             let (xr, sfix) = self.act_round(x, mode)?;
