@@ -157,33 +157,30 @@ impl GpuBackend {
     /// their own buffers as they arrive.
     pub(crate) fn expect_gpu_weights(&mut self, tensors: &[(&str, GgmlType, &[u64])]) -> Result<(), ModelError> {
         let limit = self.max_chunk_bytes.unwrap_or(self.dev.max_binding()).min(self.dev.max_binding());
-        let find = |name: &str| tensors.iter().find(|t| t.0 == name);
-        for (name, ..) in tensors {
+        let by_name: std::collections::HashMap<&str, (GgmlType, &[u64])> = tensors.iter().map(|&(n, ty, shape)| (n, (ty, shape))).collect();
+        for &(name, ty, shape) in tensors {
             for group in FUSED_GROUPS {
                 let Some(prefix) = name.strip_suffix(group[0]) else { continue };
-                let Some(&(_, ty, shape)) = find(name) else { continue };
-                if layout::row_words(ty, shape[0] as usize).is_err() {
-                    continue;
-                }
+                let Some(&cols) = shape.first() else { continue };
                 // (name, type, rows, row words) of the members that match the first's type (or,
                 // for v, mix with it in matvec3) and width
                 let members: Vec<(String, GgmlType, usize, usize)> = group
                     .iter()
                     .filter_map(|suffix| {
                         let n = format!("{prefix}{suffix}");
-                        let &(_, t, sh) = find(&n)?;
+                        let &(t, sh) = by_name.get(n.as_str())?;
                         let third_mixes = n.ends_with(".attn_v.weight") && super::ops::mixes_in_matvec3(ty, t);
-                        let same = (t == ty || third_mixes) && sh.len() == 2 && sh[0] == shape[0] && sh[1] > 1;
-                        Some((n, t, sh[1] as usize, layout::row_words(t, sh[0] as usize).ok()?)).filter(|_| same)
+                        let same = (t == ty || third_mixes) && sh.len() == 2 && sh[0] == cols && sh[1] > 1;
+                        Some((n, t, sh.get(1).copied()? as usize, layout::row_words(t, cols as usize).ok()?)).filter(|_| same)
                     })
                     .collect();
-                let words: usize = members.iter().map(|m| m.2 * m.3).sum();
-                if members.len() < 2 || members.first().is_none_or(|m| m.0 != *name) || (words * 4) as u64 > limit {
+                let bytes: u64 = members.iter().map(|m| (m.2 as u64).saturating_mul(m.3 as u64 * 4)).fold(0, u64::saturating_add);
+                if members.len() < 2 || members.first().is_none_or(|m| m.0 != name) || bytes > limit {
                     continue;
                 }
                 let buf = self.dev.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(name),
-                    size: (words * 4) as u64,
+                    size: bytes,
                     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 });
