@@ -157,6 +157,9 @@ impl GpuBackend {
     /// their own buffers as they arrive.
     pub(crate) fn expect_gpu_weights(&mut self, tensors: &[(&str, GgmlType, &[u64])]) -> Result<(), ModelError> {
         let limit = self.max_chunk_bytes.unwrap_or(self.dev.max_binding()).min(self.dev.max_binding());
+        // Places left from an earlier shard or a failed load are stale (a shard's tensors all
+        // arrive before the next shard's list).
+        self.slab_places.clear();
         let by_name: std::collections::HashMap<&str, (GgmlType, &[u64])> = tensors.iter().map(|&(n, ty, shape)| (n, (ty, shape))).collect();
         for &(name, ty, shape) in tensors {
             for group in FUSED_GROUPS {
