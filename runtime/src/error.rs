@@ -190,7 +190,7 @@ pub enum GpuError {
     NeedsAsync(&'static str),
 }
 
-/// Errors of chat templating (`chat.rs`): one variant per rule.
+/// Errors of chat templating (`chat/`): one variant per rule.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ChatError {
     /// The template text does not parse (Jinja syntax error, or a feature the sandbox leaves
@@ -293,7 +293,7 @@ pub enum TokenizerError {
     TokenOutOfRange { id: u32, n_vocab: usize },
 }
 
-/// Errors of the KV cache (`kv_cache.rs`): one variant per validation rule.
+/// Errors of the KV cache (`kv_cache/`): one variant per validation rule.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum KvError {
     #[error("KV cache {what} is 0")]

@@ -2,7 +2,7 @@
 // cpu/attention.rs. One layer's cache is one buffer KV: K rows [n_ctx][n_kv_heads][k_row_words]
 // from word 0, V rows [n_ctx][n_kv_heads][v_row_words] from word v_base, and for a quantized
 // cache the layer's K offset [n_kv_heads * hdk] f32 from word offset_base, and for a quantized
-// cache with f16 copies (kv_cache.rs's KvCache::with_recent; P.recent > 0) the copies' K rows
+// cache with f16 copies (kv_cache/'s KvCache::with_recent; P.recent > 0) the copies' K rows
 // [sink + recent][n_kv_heads][hdk / 2] from word copies_k and V rows from copies_v, in the
 // slots of RecentRows (position p < sink in slot p, others in sink + p % recent), f16 pairs.
 // X holds the pass's rows in the same form ([n][n_kv_heads][hdk / 2] K, then V from stash_v)
@@ -12,7 +12,7 @@
 // low nibble of byte j and j+16 in its high nibble, then the f16 scale).
 // Entry points:
 // - kv_offset (quantized cache, a pass from position 0): the layer's K offset, the mean K of the
-//   pass's tokens after the first (kv_cache.rs's k_offset, the same operations), one
+//   pass's tokens after the first (kv_cache/rows.rs's k_offset, the same operations), one
 //   invocation per K channel;
 // - kv_store: quantizes new K/V rows into the cache, one invocation per (token, head, 32 values)
 //   (quantize_row_q8_0_ref / quantize_row_q4_0_ref, f16 with round-to-nearest-even; a quantized
@@ -32,7 +32,7 @@
 //   per group of 32, then rounded as Q8_0 (act_quant.wgsl's ACT_Q8_0, the same operations).
 // A quantized cache stores K and V rows rotated by the orthonormal Walsh–Hadamard transform of
 // each group of 32 (kv_store rotates before quantizing); queries are rotated to match and the
-// output rotated back (kv_cache.rs, rotate_groups, says why).
+// output rotated back (kv_cache/mod.rs says why).
 
 override KVTYPE: u32 = 0u;
 
@@ -150,7 +150,7 @@ fn kv_deq4(row: u32, k: u32) -> vec4<f32> {
     }
 }
 
-// H₃₂/√32 · x in place: the butterflies of kv_cache.rs's rotate_groups in the same order, so
+// H₃₂/√32 · x in place: the butterflies of kv_cache/rows.rs's rotate_groups in the same order, so
 // the same f32 results.
 fn rotate32(x: ptr<function, array<f32, 32>>) {
     for (var h = 1u; h < 32u; h *= 2u) {

@@ -29,7 +29,7 @@ pub struct GpuCache {
     /// then with f16 copies `[copies.slots(), n_kv_heads, head_dim_k / 2]` and
     /// `[copies.slots(), n_kv_heads, head_dim_v / 2]` u32 (f16 pairs)
     pub(super) layers: Vec<wgpu::Buffer>,
-    /// Which positions' rows the f16 copies hold (kv_cache.rs's bookkeeping; none unless
+    /// Which positions' rows the f16 copies hold (kv_cache/recent.rs's bookkeeping; none unless
     /// quantized).
     pub(super) copies: RecentRows,
 }
