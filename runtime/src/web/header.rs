@@ -6,7 +6,8 @@
 //! read only as far as the header needs, then its body is cancelled.
 
 use super::body::{BodyReader, Read};
-use super::load::{aborted, content_range, fetch, net_err, resolve, LoadOptions, ModelSource, ShardSpec};
+use super::load::download::{content_range, fetch, net_err};
+use super::load::{aborted, resolve, LoadOptions, ModelSource, ShardSpec};
 use super::platform::{js_message, scope, Scope};
 use super::store::Store;
 use crate::error::GgufError;

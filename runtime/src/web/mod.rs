@@ -1,11 +1,12 @@
 //! Browser bindings (wasm32 only): the streaming loader (`load`: fetch, resume, cache, progress;
-//! `cache`: the shard cache), the planner's inputs (`header`: the first shard's header alone;
-//! `plan`: the adapter's limits and the JS plan) and `WasmEngine` (`engine`: a model on WebGPU or
-//! the CPU, generation pass by pass), which the npm package (`web/`) wraps in its OpenAI-shaped
-//! API and the in-browser tests call directly.
+//! `cache`: the shard cache; `catalogue`: the cached models), the planner's inputs (`header`: the
+//! first shard's header alone; `plan`: the adapter's limits and the JS plan) and `WasmEngine`
+//! (`engine`: a model on WebGPU or the CPU, generation pass by pass), which the npm package
+//! (`web/`) wraps in its OpenAI-shaped API and the in-browser tests call directly.
 
 mod body;
 pub mod cache;
+mod catalogue;
 mod engine;
 pub mod header;
 pub mod load;
@@ -54,7 +55,7 @@ fn model_source(v: &JsValue) -> Result<load::ModelSource, JsValue> {
 /// Every shard in the browser's cache: `[{ url, bytes, sha256, etag, committed_ms }]`.
 #[wasm_bindgen(js_name = cachedShards)]
 pub async fn cached_shards() -> Result<JsValue, JsValue> {
-    let list = load::cached_shards().await.map_err(load_error)?;
+    let list = catalogue::cached_shards().await.map_err(load_error)?;
     Ok(to_js(&list))
 }
 
@@ -62,7 +63,7 @@ pub async fn cached_shards() -> Result<JsValue, JsValue> {
 /// first shard's URL it was loaded by).
 #[wasm_bindgen(js_name = cachedModels)]
 pub async fn cached_models() -> Result<JsValue, JsValue> {
-    let list = load::cached_models().await.map_err(load_error)?;
+    let list = catalogue::cached_models().await.map_err(load_error)?;
     Ok(to_js(&list))
 }
 
@@ -72,7 +73,7 @@ pub async fn delete_cached_model(source: JsValue) -> Result<(), JsValue> {
     let source = model_source(&source)?;
     let specs = load::resolve(&source, &load::LoadOptions { use_cache: false, ..Default::default() }).await.map_err(load_error)?;
     let urls: Vec<String> = specs.into_iter().map(|s| s.url).collect();
-    load::delete_cached(&urls).await.map_err(load_error)
+    catalogue::delete_cached(&urls).await.map_err(load_error)
 }
 
 /// Fetches `url` whole, from a window or a worker; a non-2xx status is an error.
