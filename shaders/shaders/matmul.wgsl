@@ -1,18 +1,23 @@
 // Dequantize-matmul: Y[t, y_offset + r] = Σ_k W[r, k] · X[t, k] for weights in the GPU block
-// layout (dequant.wgsl), reading the quantized words directly. Two entry points:
+// layout (dequant.wgsl), reading the quantized words directly. Entry points:
 // - `matvec` (decode, few tokens): a workgroup computes MV_ROWS output values, MV_LANES
 //   invocations per value; each invocation takes runs of 32 consecutive values (one quant block
-//   or sub-block: `dot32` reads its scales once and its quants a word at a time), then a
-//   shared-memory tree sum over the lanes. MV_LANES is an override constant chosen per adapter
+//   or sub-block: `dot32` reads its scales once and its quants a word at a time), then the
+//   lanes are summed (`lanes_sum`: subgroup shuffles where the runtime sets MV_SHUFFLE, else a
+//   shared-memory tree). MV_LANES is an override constant chosen per adapter
 //   (runtime/src/gpu/ops.rs, `MatvecLayout`): 4 for software adapters (SwiftShader, lavapipe),
 //   which pay dearly for each barrier, so several values per workgroup keep the barriers per
 //   value low; 32 for hardware GPUs, so a row is read by many lanes in coalesced runs. Rows
 //   whose length is not a multiple of 32 (F32/F16/BF16 only) take 4 values a step;
+// - `matvec3` and `matvec_glu`: the same for q/k/v, or gate and up with the GLU, read from one
+//   buffer in one dispatch;
 // - `matmul_tiled` (prefill): a workgroup computes a 32-row × 32-token tile; W and X tiles of
-//   32 values along k are staged in shared memory, each invocation accumulates 4 × 4 outputs.
+//   32 values along k are staged in shared memory, each invocation accumulates 4 × 4 outputs;
+// - `min_fix`: Q4_1/Q5_1's Q8_1 correction after `matmul_tiled` (exact family).
 // X holds the activations as the CPU backend's dot products see them: rounded to the weight
-// type's vec_dot_type by `act_round` in act_quant.wgsl (the exact family), or unrounded (fast). Workgroup ids are linearised over
-// (x, y) so dispatches above 65,535 workgroups split into a second dimension.
+// type's vec_dot_type by `act_round` in act_quant.wgsl (the exact family), or unrounded (fast).
+// Workgroup ids are linearised over (x, y) so dispatches above 65,535 workgroups split into a
+// second dimension.
 
 struct MatParams {
     rows: u32,        // rows of this weight chunk
