@@ -222,7 +222,7 @@ pub enum ChatError {
     Metadata(#[from] GgufError),
 }
 
-/// Errors of the sampler (`sampler.rs`): configuration rules checked once by
+/// Errors of the sampler (`sampler/`): configuration rules checked once by
 /// `Sampler::new`, and per-call input checks.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum SamplerError {
