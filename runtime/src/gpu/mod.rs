@@ -5,6 +5,7 @@
 mod device;
 pub(crate) mod kv;
 pub mod layout;
+mod matmul;
 mod ops;
 mod readback;
 pub(crate) mod recorder;

@@ -397,10 +397,10 @@ fn fused_products_match_one_dispatch_per_weight() {
             let apart: Vec<GpuWeight> = (0..5).map(|i| g.load_weight(names[i], tys[i], &shape(rows[i]), &bytes[i]).unwrap()).collect();
             let cw: Vec<CpuWeight> = (0..5).map(|i| c.load_weight(names[i], tys[i], &shape(rows[i]), &bytes[i]).unwrap()).collect();
             assert!(
-                super::ops::shares_buffer(&[&fused[0], &fused[1], &fused[2]]) && super::ops::shares_buffer(&[&fused[3], &fused[4]]),
+                super::matmul::shares_buffer(&[&fused[0], &fused[1], &fused[2]]) && super::matmul::shares_buffer(&[&fused[3], &fused[4]]),
                 "{ty}: not placed together"
             );
-            assert!(!super::ops::shares_buffer(&[&apart[0], &apart[1]]), "{ty}: weights loaded without expect_weights share a buffer");
+            assert!(!super::matmul::shares_buffer(&[&apart[0], &apart[1]]), "{ty}: weights loaded without expect_weights share a buffer");
             for (n, layout) in
                 [(1usize, MatvecLayout::Narrow), (1, MatvecLayout::Wide), (4, MatvecLayout::Narrow), (4, MatvecLayout::Wide), (37, MatvecLayout::Narrow)]
             {

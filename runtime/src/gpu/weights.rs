@@ -172,7 +172,7 @@ impl GpuBackend {
                     .filter_map(|suffix| {
                         let n = format!("{prefix}{suffix}");
                         let &(t, sh) = by_name.get(n.as_str())?;
-                        let third_mixes = n.ends_with(".attn_v.weight") && super::ops::mixes_in_matvec3(ty, t);
+                        let third_mixes = n.ends_with(".attn_v.weight") && super::matmul::mixes_in_matvec3(ty, t);
                         let same = (t == ty || third_mixes) && sh.len() == 2 && sh[0] == cols && sh[1] > 1;
                         Some((n, t, sh.get(1).copied()? as usize, layout::row_words(t, cols as usize).ok()?)).filter(|_| same)
                     })
