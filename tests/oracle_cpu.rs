@@ -301,7 +301,7 @@ fn kv_agreement(name: &str, kernels: Kernels, gates: &[(KvType, usize, f64, f64)
 fn kv_agreement_on(name: &str, what: &str, seqs: &[Vec<u32>], kernels: Kernels, gates: &[(KvType, usize, f64, f64)]) {
     // (top-1 id, top-2 margin) per position.
     let tops = |kv, kv_recent| {
-        let mut s = session_with(name, SessionOptions { kv, n_ctx: 1024, kv_recent }, kernels);
+        let mut s = session_with(name, SessionOptions { kv, n_ctx: 1024, kv_recent, ..Default::default() }, kernels);
         let n_vocab = s.model.config.n_vocab;
         seqs.iter().flat_map(|seq| s.logits_all(seq).expect("forward").chunks_exact(n_vocab).map(top2).collect::<Vec<_>>()).collect::<Vec<(u32, f32)>>()
     };

@@ -323,4 +323,21 @@ pub enum EngineError {
     Sampler(#[from] SamplerError),
     #[error(transparent)]
     Chat(#[from] ChatError),
+    #[error(transparent)]
+    Constraint(#[from] ConstraintError),
+}
+
+/// Errors of constrained decoding (`constraint/`).
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ConstraintError {
+    /// The schema or grammar does not compile (syntax, a schema feature llguidance lacks, an
+    /// unsatisfiable schema).
+    #[error("grammar: {0}")]
+    Grammar(String),
+    /// The vocabulary cannot be used for constrained decoding.
+    #[error("constrained decoding: the vocabulary {0}")]
+    Vocabulary(String),
+    /// The matcher failed during generation (a token it had not allowed, an internal limit).
+    #[error("constrained decoding failed: {0}")]
+    Failed(String),
 }

@@ -8,6 +8,7 @@
 compile_error!("webgguf reads little-endian GGUF blocks in place and supports little-endian hosts only");
 
 pub mod chat;
+pub mod constraint;
 pub mod cpu;
 pub mod engine;
 pub mod error;

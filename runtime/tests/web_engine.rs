@@ -112,6 +112,44 @@ async fn smollm2_greedy_matches_llama_cpp() {
     }
 }
 
+/// A chat answer that calls a tool reaches JS as `toolCalls` with finish reason "tool_calls",
+/// and a second request reuses the cache (`reusedTokens`). SmolLM2's template does not render
+/// tools, so they are described in the system message. The answer is forced, as a lost
+/// device's replay forces it: a 135 M model calls nothing reliably.
+#[wasm_bindgen_test]
+async fn tool_calls_and_prefix_reuse_reach_js() {
+    let engine = load("f16").await;
+    let json = |s: &str| js_sys::JSON::parse(s).expect("JSON");
+    let tools = json(r#"[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]"#);
+    let messages = json(r#"[{"role": "user", "content": "Weather in Paris?"}]"#);
+    let prompt = engine.apply_chat_template(messages, true, tools).expect("template");
+    assert!(prompt.contains("You can call these tools") && prompt.contains("get_weather"), "{prompt}");
+    let ids = engine.tokenize(&prompt, false, true).expect("tokenize");
+    let answer = engine.tokenize(r#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#, false, false).expect("tokenize");
+    let forced = [answer, engine.tokenize("<|im_end|>", false, true).expect("tokenize")].concat();
+    let run = |forced: &[u32]| {
+        engine.start(&ids, json(r#"{"temperature": 0}"#), json(r#"{"maxTokens": 40}"#), forced, json(r#"{"toolCalls": true}"#)).expect("start");
+        async {
+            let mut text = String::new();
+            loop {
+                let step = JsFuture::from(engine.step()).await.expect("step");
+                text += &field(&step, &["text"]).as_string().unwrap_or_default();
+                if field(&step, &["done"]).as_bool() == Some(true) {
+                    return (text, step);
+                }
+            }
+        }
+    };
+    let (text, last) = run(&forced).await;
+    assert_eq!(text, "", "the call is not shown as text");
+    assert_eq!(field(&last, &["finishReason"]).as_string().as_deref(), Some("tool_calls"));
+    let call = js_sys::JSON::stringify(&field(&last, &["toolCalls"])).ok().and_then(|s| s.as_string()).unwrap_or_default();
+    assert_eq!(call, r#"[{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}]"#);
+    assert_eq!(field(&last, &["reusedTokens"]).as_f64(), Some(0.0));
+    let (_, again) = run(&forced).await;
+    assert_eq!(field(&again, &["reusedTokens"]).as_f64(), Some((ids.len() - 1) as f64), "the same prompt again comes from the cache");
+}
+
 /// Decode throughput: 32 greedy tokens after a warm-up generation, f16 KV, on a prompt whose
 /// greedy continuation runs past 32 tokens (the France prompt ends at 29). Prints one line
 /// `BENCH {json}` that pkg-scripts/bench-cpu reads; asserts nothing about speed.

@@ -24,6 +24,7 @@ import type {
   CachedModel,
   ChatCompletion,
   ChatCompletionChunk,
+  ChatCompletionTool,
   ChatMessage,
   Completion,
   CompletionChunk,
@@ -36,6 +37,7 @@ import type {
   LoadProgress,
   ModelPlan,
   Stream,
+  TokenLogprob,
 } from "webgguf";
 
 export async function main(url: string): Promise<string> {
@@ -48,6 +50,8 @@ export async function main(url: string): Promise<string> {
     device: "auto",
     kvCache: "q8",
     contextLength: 4096,
+    reusePrefix: true,
+    contextOverflow: "error",
     cache: true,
     requireCache: false,
     store: "opfs",
@@ -76,7 +80,29 @@ export async function main(url: string): Promise<string> {
     { signal: controller.signal },
   );
   const reason: FinishReason = whole.choices[0].finish_reason;
-  console.log(whole.choices[0].message.content, reason, whole.usage.total_tokens);
+  console.log(whole.choices[0].message.content, reason, whole.usage.total_tokens, whole.usage.prompt_tokens_details.cached_tokens);
+
+  // The next turn (the cache keeps the conversation), with log-probabilities.
+  messages.push(whole.choices[0].message, { role: "user", content: "And of Italy?" });
+  const next: ChatCompletion = await engine.chat.completions.create({ messages, logprobs: true, top_logprobs: 3, context_overflow: "truncate-middle" });
+  const lp: TokenLogprob | undefined = next.choices[0].logprobs?.content[0];
+  console.log(lp?.token, lp?.logprob, lp?.bytes, lp?.top_logprobs[0]?.token);
+
+  // Structured output: a JSON schema, or a GBNF grammar.
+  const person: ChatCompletion = await engine.chat.completions.create({
+    messages: [{ role: "user", content: "A person as JSON" }],
+    response_format: { type: "json_schema", json_schema: { name: "person", schema: { type: "object", properties: { name: { type: "string" } }, required: ["name"] } } },
+  });
+  const yesNo: Completion = await engine.completions.create({ prompt: "Is the sky blue?", grammar: 'root ::= "yes" | "no"', logprobs: 2 });
+  console.log(JSON.parse(person.choices[0].message.content ?? "{}").name, yesNo.choices[0].text, yesNo.choices[0].logprobs?.token_logprobs);
+
+  // Tools: calls come back as tool_calls; their results go back as role "tool" messages.
+  const tools: ChatCompletionTool[] = [{ type: "function", function: { name: "get_weather", parameters: { type: "object", properties: { city: { type: "string" } } } } }];
+  const called: ChatCompletion = await engine.chat.completions.create({ messages, tools, tool_choice: "auto" });
+  for (const call of called.choices[0].message.tool_calls ?? []) {
+    messages.push(called.choices[0].message, { role: "tool", tool_call_id: call.id, content: JSON.stringify({ city: JSON.parse(call.function.arguments).city, temp_c: 18 }) });
+  }
+  console.log(await engine.applyChatTemplate(messages, true, tools));
 
   const raw: Completion = await engine.completions.create({ prompt: "Once upon a time", max_tokens: 16, temperature: 0, stop: "." });
   const rawStream: Stream<CompletionChunk> = await engine.completions.create({ prompt: "Once", stream: true, signal: controller.signal });

@@ -4,17 +4,41 @@
  * recovery (reload from the cache, replay the conversation), and the small calls.
  */
 import init, { WasmEngine, cachedModels as wasmCachedModels, deleteCachedModel as wasmDeleteCachedModel } from "./wasm/webgguf.js";
-import { AbortError, DeviceLostError, UnloadedError, WebggufError, toWebggufError } from "./errors.js";
-import type { CachedModel, ChatMessage, DeviceInfo, DeviceLossEvent, EngineOptions, EngineStats, FinishReason, LoadProgress, ModelPlan, ModelSource, PlanOptions } from "./types.js";
+import { AbortError, ContextLengthError, DeviceLostError, UnloadedError, WebggufError, toWebggufError } from "./errors.js";
+import type {
+  CachedModel,
+  ChatMessage,
+  ContextOverflow,
+  DeviceInfo,
+  DeviceLossEvent,
+  EngineOptions,
+  EngineStats,
+  FinishReason,
+  LoadProgress,
+  ModelPlan,
+  ModelSource,
+  PlanOptions,
+  TokenLogprob,
+} from "./types.js";
 
 /** What one generation asks for (built by the OpenAI layer from a request). */
 export interface GenRequest {
   /** Chat messages (rendered with the model's template) or a raw prompt. */
-  messages?: Array<{ role: string; content: string }>;
+  messages?: ChatMessage[];
+  /** Tools for the template (OpenAI's array). */
+  tools?: unknown[];
+  /** Find the answer's tool calls. */
+  toolCalls?: boolean;
+  /** What the answer is held to: a JSON schema or a GBNF grammar. */
+  grammar?: { jsonSchema?: Record<string, unknown>; gbnf?: string };
   prompt?: string;
   /** The runtime's sampler fields (camelCase: temperature, topK, topP, minP, …). */
   sampling: Record<string, unknown>;
   stop: { maxTokens?: number; stopStrings: string[] };
+  /** Each generated token's log-probability with this many alternatives (0–20). */
+  logprobs?: number;
+  /** What a chat longer than the context does (the request's, else the engine's option). */
+  contextOverflow?: ContextOverflow;
 }
 
 /** One pass of a generation: the text now safe to show. */
@@ -23,7 +47,13 @@ export interface StepEvent {
   done: boolean;
   finishReason: FinishReason | null;
   promptTokens: number;
+  /** Prompt tokens taken from the cache of the previous generation (not prefilled again). */
+  reusedTokens: number;
   completionTokens: number;
+  /** The step's new tokens' log-probabilities (when asked for), as OpenAI's entries. */
+  logprobs: TokenLogprob[];
+  /** The answer's tool calls (on the last step). */
+  toolCalls: Array<{ name: string; arguments: string }>;
 }
 
 /** What an engine offers, in this thread (LocalCore) or behind a worker (WorkerCore). */
@@ -35,7 +65,7 @@ export interface Core {
   generate(req: GenRequest, signal?: AbortSignal): AsyncGenerator<StepEvent, void, undefined>;
   tokenize(text: string, addSpecial: boolean, parseSpecial: boolean): Promise<number[]>;
   detokenize(ids: number[]): Promise<string>;
-  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt: boolean): Promise<string>;
+  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt: boolean, tools?: unknown[]): Promise<string>;
   stats(): Promise<EngineStats>;
   interrupt(): void;
   unload(): Promise<void>;
@@ -66,6 +96,25 @@ function yieldToEventLoop(): Promise<void> {
   });
 }
 
+/** What `WasmEngine.start` reports beside the text. */
+function reportOf(req: GenRequest): Record<string, unknown> {
+  return { ...(req.logprobs === undefined ? {} : { logprobs: req.logprobs }), toolCalls: req.toolCalls ?? false, ...(req.grammar ? { grammar: req.grammar } : {}) };
+}
+
+/**
+ * `contextOverflow: "truncate-middle"`: the chat without its oldest turn after the leading
+ * system messages and the first user turn (llama.cpp's n_keep, by whole turns: a user message
+ * and the replies and tool results up to the next user message); null when only those and
+ * the last turn are left.
+ */
+export function dropOldestTurn<M extends { role: string }>(messages: M[]): M[] | null {
+  const users = messages.flatMap((m, i) => (m.role === "user" ? [i] : []));
+  // The kept head ends after the first user turn; the last user turn is the question.
+  if (users.length < 3) return null;
+  const [start, end] = [users[1], users[2]];
+  return [...messages.slice(0, start), ...messages.slice(end)];
+}
+
 /** Tries again when a lost device takes the replacement too. */
 const MAX_RECOVERIES = 2;
 
@@ -83,6 +132,7 @@ function loadOptions(o: EngineOptions | PlanOptions): Record<string, unknown> {
     kv: o.kvCache,
     kvRecent: o.kvRecent,
     gpuKernels: full.gpuKernels,
+    reusePrefix: full.reusePrefix,
     contextLength: o.contextLength,
     cache: o.cache ?? true,
     requireCache: full.requireCache ?? false,
@@ -105,6 +155,8 @@ export class LocalCore implements Core {
   private queue: Promise<void> = Promise.resolve();
   /** The step in flight (the wasm engine refuses other calls meanwhile). */
   private inFlight: Promise<unknown> = Promise.resolve();
+  /** Turns the last truncate-middle request dropped (the next one starts from that cut). */
+  private droppedTurns = 0;
 
   private constructor(wasm: WasmEngine, options: EngineOptions) {
     this.wasm = wasm;
@@ -151,12 +203,39 @@ export class LocalCore implements Core {
 
   private async promptIds(req: GenRequest): Promise<Uint32Array> {
     return this.call((w) => {
-      if (req.messages) {
-        const rendered = w.applyChatTemplate(req.messages, true);
-        // The template writes BOS itself when the model wants one.
-        return w.tokenize(rendered, false, true);
+      if (!req.messages) return w.tokenize(req.prompt ?? "", true, false);
+      // The template writes BOS itself when the model wants one.
+      const ids = (messages: NonNullable<GenRequest["messages"]>) => w.tokenize(w.applyChatTemplate(messages, true, req.tools), false, true);
+      let messages = req.messages;
+      let prompt = ids(messages);
+      const n_ctx = w.contextLength();
+      // Room for the answer: max_tokens (else a quarter of the context), at most half of it.
+      const room = n_ctx - Math.min(req.stop.maxTokens ?? Math.floor(n_ctx / 4), Math.floor(n_ctx / 2));
+      if ((req.contextOverflow ?? this.options.contextOverflow ?? "error") !== "truncate-middle" || prompt.length <= room) {
+        this.droppedTurns = 0;
+        return prompt;
       }
-      return w.tokenize(req.prompt ?? "", true, false);
+      // The previous request's cut first: the cache still holds what it kept. Past that, as
+      // llama.cpp's context shift, drop until half the room is left, so the next turns fit
+      // (and reuse the cache) without cutting again.
+      let dropped = 0;
+      const drop = () => {
+        const shorter = dropOldestTurn(messages);
+        if (!shorter) return false;
+        messages = shorter;
+        dropped++;
+        return true;
+      };
+      while (dropped < this.droppedTurns && drop());
+      prompt = ids(messages);
+      if (prompt.length > room) {
+        while (prompt.length > room / 2 && drop()) prompt = ids(messages);
+      }
+      if (prompt.length > room) {
+        throw new ContextLengthError("context_length", `the chat has ${prompt.length} tokens without the turns truncate-middle may drop; the context holds ${n_ctx} (with ${n_ctx - room} kept for the answer)`);
+      }
+      this.droppedTurns = dropped;
+      return prompt;
     });
   }
 
@@ -176,7 +255,7 @@ export class LocalCore implements Core {
     try {
       if (signal?.aborted) throw new AbortError("aborted", "the request was aborted before it started");
       const prompt = await this.promptIds(req);
-      await this.call((w) => w.start(prompt, req.sampling, req.stop, new Uint32Array()));
+      await this.call((w) => w.start(prompt, req.sampling, req.stop, new Uint32Array(), reportOf(req)));
       signal?.addEventListener("abort", onAbort);
       // Characters already shown: a replay after a lost device regenerates them first.
       let shown = 0;
@@ -227,7 +306,7 @@ export class LocalCore implements Core {
       const wasm = await WasmEngine.load(this.options.model, { ...loadOptions(this.options), signal: undefined }, undefined);
       this.wasm = wasm;
       this.device = wasm.deviceInfo() as DeviceInfo;
-      wasm.start(prompt, req.sampling, req.stop, generated);
+      wasm.start(prompt, req.sampling, req.stop, generated, reportOf(req));
       event.recoveredOn = this.device.device;
     } catch (e) {
       event.recoveryMs = performance.now() - t0;
@@ -248,8 +327,8 @@ export class LocalCore implements Core {
     return this.call((w) => w.decode(Uint32Array.from(ids)));
   }
 
-  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt: boolean): Promise<string> {
-    return this.call((w) => w.applyChatTemplate(messages, addGenerationPrompt));
+  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt: boolean, tools?: unknown[]): Promise<string> {
+    return this.call((w) => w.applyChatTemplate(messages, addGenerationPrompt, tools));
   }
 
   stats(): Promise<EngineStats> {

@@ -5,6 +5,15 @@
 export type ModelSource = string | string[] | { manifest: string };
 
 export type DeviceKind = "auto" | "webgpu" | "cpu";
+
+/**
+ * "error": a prompt that leaves no room for the answer's first token fails with
+ * ContextLengthError before any work; an answer that fills the context ends with
+ * finish_reason "length". "truncate-middle": a chat that leaves less than the answer's room
+ * (max_tokens, else a quarter of the context; at most half) drops its oldest turns after the
+ * leading system messages and the first user turn, as llama.cpp's n_keep does, until half that
+ * room is free; the next requests start from the same cut, so they reuse the cache. */
+export type ContextOverflow = "error" | "truncate-middle";
 export type KvCacheType = "f32" | "f16" | "q8" | "q4";
 
 /** Loading progress (from the streaming loader). */
@@ -61,6 +70,12 @@ export interface EngineOptions {
   /** Positions the KV cache holds (default: 4096, or less when the plan must; capped at the
    * model's trained context). */
   contextLength?: number;
+  /** Keep the cached positions a request's prompt shares with the previous generation (the
+   * conversation so far) and prefill only the rest (default true). */
+  reusePrefix?: boolean;
+  /** What a chat longer than the context does (default "error"; a request may override it):
+   * see ContextOverflow. */
+  contextOverflow?: ContextOverflow;
   /** Cache the shards in browser storage (default true). */
   cache?: boolean;
   /** Fail with QuotaError instead of loading uncached when storage is full. */
@@ -126,7 +141,9 @@ export interface DeviceLossEvent {
 export interface EngineStats {
   /** "cpu", or the GPU adapter and its features. */
   device: string;
+  /** Prompt tokens prefilled, and taken from the cache (the previous generation's prefix). */
   prompt_tokens: number;
+  reused_tokens: number;
   generated_tokens: number;
   ttft_ms: number;
   prefill_ms: number;
@@ -150,9 +167,27 @@ export type Role = "system" | "user" | "assistant" | "tool" | "developer";
 
 export interface ChatMessage {
   role: Role | string;
-  /** Text, or OpenAI content parts of which the text parts are used. */
-  content: string | Array<{ type: "text"; text: string } | { type: string; [k: string]: unknown }>;
+  /** Text, or OpenAI content parts of which the text parts are used (null: an assistant's
+   * message that only calls tools). */
+  content: string | Array<{ type: "text"; text: string } | { type: string; [k: string]: unknown }> | null;
   name?: string;
+  /** An assistant's tool calls (as a response returned them). */
+  tool_calls?: ChatCompletionMessageToolCall[];
+  /** A `role: "tool"` message: the call it answers. */
+  tool_call_id?: string;
+}
+
+/** A tool the model may call (OpenAI's function tool). */
+export interface ChatCompletionTool {
+  type: "function";
+  function: { name: string; description?: string; parameters?: Record<string, unknown> };
+}
+
+export interface ChatCompletionMessageToolCall {
+  id: string;
+  type: "function";
+  /** `arguments`: JSON text, as the model wrote it. */
+  function: { name: string; arguments: string };
 }
 
 /** Sampling and stopping, as OpenAI names them (plus llama.cpp's top_k, min_p and
@@ -175,18 +210,67 @@ export interface SamplingParams {
   max_completion_tokens?: number | null;
 }
 
-export interface ChatCompletionCreateParams extends SamplingParams {
+/** One token's log-probability (OpenAI's `logprobs.content` entry). */
+export interface TokenLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[];
+  top_logprobs: Array<{ token: string; logprob: number; bytes: number[] }>;
+}
+
+/** OpenAI's legacy completions `logprobs`. */
+export interface CompletionLogprobs {
+  tokens: string[];
+  token_logprobs: number[];
+  top_logprobs: Array<Record<string, number>>;
+  text_offset: number[];
+}
+
+/** OpenAI's `response_format`: plain text, any JSON object, or JSON that follows a schema
+ * (`json_schema.schema`; the answer is held to it token by token: constrained decoding). */
+export type ResponseFormat =
+  | { type: "text" }
+  | { type: "json_object" }
+  | { type: "json_schema"; json_schema: { name?: string; description?: string; schema?: Record<string, unknown>; strict?: boolean | null } };
+
+/** Constrained decoding, on both create calls: `response_format`, llama.cpp's `json_schema`,
+ * or a GBNF `grammar` (llama.cpp's format; `root` is the start rule). One at most. */
+export interface ConstraintParams {
+  response_format?: ResponseFormat | null;
+  json_schema?: Record<string, unknown> | null;
+  grammar?: string | null;
+}
+
+export interface ChatCompletionCreateParams extends SamplingParams, ConstraintParams {
   messages: ChatMessage[];
   model?: string;
   stream?: boolean | null;
+  /** Return each generated token's log-probability (the model's own distribution). */
+  logprobs?: boolean | null;
+  /** With logprobs: the most likely alternatives per token (0–20). */
+  top_logprobs?: number | null;
+  /** Tools the model may call: passed to the chat template (or described in the system
+   * message when the template does not render tools); calls in the answer come back as
+   * `tool_calls` with finish_reason "tool_calls". */
+  tools?: ChatCompletionTool[];
+  /** "auto" (default) or "none" (the tools are shown, the answer is not parsed for calls). */
+  tool_choice?: "auto" | "none";
+  /** Overrides the engine's contextOverflow for this request. */
+  context_overflow?: ContextOverflow;
+  /** Only 1 is supported. */
+  n?: number | null;
   /** Also accepted as the second argument's `{ signal }`, as in the OpenAI SDK. */
   signal?: AbortSignal;
 }
 
-export interface CompletionCreateParams extends SamplingParams {
+export interface CompletionCreateParams extends SamplingParams, ConstraintParams {
   prompt: string;
   model?: string;
   stream?: boolean | null;
+  /** Log-probabilities with this many alternatives per token (0–5, as OpenAI). */
+  logprobs?: number | null;
+  /** Only 1 is supported. */
+  n?: number | null;
   signal?: AbortSignal;
 }
 
@@ -194,13 +278,15 @@ export interface RequestOptions {
   signal?: AbortSignal;
 }
 
-/** "abort": interrupted by interrupt() or an AbortSignal. */
-export type FinishReason = "stop" | "length" | "abort";
+/** "abort": interrupted by interrupt() or an AbortSignal; "tool_calls": the answer called tools. */
+export type FinishReason = "stop" | "length" | "abort" | "tool_calls";
 
 export interface CompletionUsage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** `cached_tokens`: prompt tokens taken from the cache rather than prefilled. */
+  prompt_tokens_details: { cached_tokens: number };
 }
 
 export interface ChatCompletion {
@@ -210,9 +296,9 @@ export interface ChatCompletion {
   model: string;
   choices: Array<{
     index: number;
-    message: { role: "assistant"; content: string };
+    message: { role: "assistant"; content: string | null; tool_calls?: ChatCompletionMessageToolCall[] };
     finish_reason: FinishReason;
-    logprobs: null;
+    logprobs: { content: TokenLogprob[] } | null;
   }>;
   usage: CompletionUsage;
 }
@@ -224,9 +310,9 @@ export interface ChatCompletionChunk {
   model: string;
   choices: Array<{
     index: number;
-    delta: { role?: "assistant"; content?: string };
+    delta: { role?: "assistant"; content?: string; tool_calls?: Array<ChatCompletionMessageToolCall & { index: number }> };
     finish_reason: FinishReason | null;
-    logprobs: null;
+    logprobs: { content: TokenLogprob[] } | null;
   }>;
   /** On the last chunk. */
   usage?: CompletionUsage;
@@ -237,7 +323,7 @@ export interface Completion {
   object: "text_completion";
   created: number;
   model: string;
-  choices: Array<{ index: number; text: string; finish_reason: FinishReason; logprobs: null }>;
+  choices: Array<{ index: number; text: string; finish_reason: FinishReason; logprobs: CompletionLogprobs | null }>;
   usage: CompletionUsage;
 }
 
@@ -246,7 +332,7 @@ export interface CompletionChunk {
   object: "text_completion";
   created: number;
   model: string;
-  choices: Array<{ index: number; text: string; finish_reason: FinishReason | null; logprobs: null }>;
+  choices: Array<{ index: number; text: string; finish_reason: FinishReason | null; logprobs: CompletionLogprobs | null }>;
   usage?: CompletionUsage;
 }
 
@@ -318,7 +404,7 @@ export interface Engine {
   tokenize(text: string, options?: { addSpecial?: boolean; parseSpecial?: boolean }): Promise<number[]>;
   detokenize(ids: number[]): Promise<string>;
   /** Renders messages with the model's chat template. */
-  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt?: boolean): Promise<string>;
+  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt?: boolean, tools?: ChatCompletionTool[]): Promise<string>;
   stats(): Promise<EngineStats>;
   /** Ends the generation in progress (finish_reason "abort"). */
   interrupt(): void;

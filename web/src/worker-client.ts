@@ -151,8 +151,8 @@ class WorkerCore implements Core {
     return this.ch.call("detokenize", ids) as Promise<string>;
   }
 
-  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt: boolean): Promise<string> {
-    return this.ch.call("applyChatTemplate", messages, addGenerationPrompt) as Promise<string>;
+  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt: boolean, tools?: unknown[]): Promise<string> {
+    return this.ch.call("applyChatTemplate", messages, addGenerationPrompt, tools) as Promise<string>;
   }
 
   stats(): Promise<EngineStats> {

@@ -31,7 +31,7 @@ async function call(method: CallMethod, args: unknown[]): Promise<unknown> {
     case "detokenize":
       return need().detokenize(args[0] as number[]);
     case "applyChatTemplate":
-      return need().applyChatTemplate(args[0] as ChatMessage[], args[1] as boolean);
+      return need().applyChatTemplate(args[0] as ChatMessage[], args[1] as boolean, args[2] as unknown[] | undefined);
     case "stats":
       return need().stats();
     case "unload": {

@@ -83,11 +83,18 @@ test("CPU engine: streamed and whole chat completions, raw completion and tokeni
   assert.equal(r.first.object, "chat.completion.chunk");
   assert.equal(r.first.choices[0].delta.role, "assistant");
   assert.equal(r.last.choices[0].finish_reason, expected.chat.finish_reason);
-  assert.deepEqual(r.last.usage, { prompt_tokens: expected.chat.prompt_ids.length, completion_tokens: expected.chat.ids.length, total_tokens: expected.chat.prompt_ids.length + expected.chat.ids.length });
+  assert.deepEqual(r.last.usage, {
+    prompt_tokens: expected.chat.prompt_ids.length,
+    completion_tokens: expected.chat.ids.length,
+    total_tokens: expected.chat.prompt_ids.length + expected.chat.ids.length,
+    prompt_tokens_details: { cached_tokens: 0 },
+  });
   assert.equal(r.whole.object, "chat.completion");
   assert.equal(r.whole.choices[0].message.content, expected.chat.text);
   assert.equal(r.whole.choices[0].finish_reason, expected.chat.finish_reason);
   assert.equal(r.whole.usage.completion_tokens, expected.chat.ids.length);
+  // The same prompt again: all of it but its last token comes from the cache.
+  assert.equal(r.whole.usage.prompt_tokens_details.cached_tokens, expected.chat.prompt_ids.length - 1);
   assert.equal(r.raw.object, "text_completion");
   assert.equal(r.raw.choices[0].text, expected.text.text, "raw completion = native greedy");
   assert.deepEqual(r.ids, expected.text.prompt_ids, "tokenize = native");
@@ -162,6 +169,115 @@ test("CPU engine: interrupt, AbortSignal and stream.controller stop a generation
   await context.close();
 });
 
+// Chat features over the CPU path, where a reused prefix gives the same bits as a fresh prefill.
+test("CPU engine: a second chat turn reuses the cache and answers as a fresh engine; logprobs; context overflow; unsupported fields are refused", { timeout: 300_000 }, async () => {
+  const { page, context } = await open();
+  const r = await page.evaluate(async ({ model, chat }) => {
+    const { createEngine } = window.webgguf;
+    const err = window.caught;
+    const opts = { model, device: "cpu", kvCache: chat.kv, contextLength: 512, cache: false };
+    const engine = await createEngine(opts);
+    const fresh = await createEngine({ ...opts, reusePrefix: false });
+    const messages = [{ role: "user", content: chat.prompt }];
+    const t1 = await engine.chat.completions.create({ messages, max_tokens: 12, temperature: 0 });
+    const turn2 = [...messages, t1.choices[0].message, { role: "user", content: "Say it again in one short sentence." }];
+    const ask = { messages: turn2, max_tokens: 8, temperature: 0, logprobs: true, top_logprobs: 2 };
+    const t2 = await engine.chat.completions.create(ask);
+    const stats = await engine.stats();
+    const f2 = await fresh.chat.completions.create(ask);
+    const streamed = [];
+    for await (const c of await engine.chat.completions.create({ ...ask, stream: true })) streamed.push(...(c.choices[0].logprobs?.content ?? []));
+    const legacy = await engine.completions.create({ prompt: "Hello", max_tokens: 3, temperature: 0, logprobs: 2 });
+    const refused = {};
+    const tools = [{ type: "function", function: { name: "get_weather", description: "The weather in a city", parameters: { type: "object", properties: { city: { type: "string" } } } } }];
+    for (const [field, value] of [["tool_choice", "required"], ["n", 2], ["top_logprobs", 2], ["grammar", 'root ::= "a'], ["response_format", { type: "xml" }]]) {
+      refused[field] = await err(() => engine.chat.completions.create({ messages, tools, [field]: value }));
+    }
+    // Structured output: a JSON schema (nested object, array, enum, numbers, a constant with
+    // escapes) and a GBNF grammar hold the answer; streamed too.
+    const schema = {
+      type: "object",
+      properties: {
+        name: { type: "string", maxLength: 16 },
+        age: { type: "integer", minimum: 0, maximum: 120 },
+        pets: { type: "array", maxItems: 2, items: { type: "object", properties: { kind: { enum: ["cat", "dog"] }, weight: { type: "number" } }, required: ["kind", "weight"], additionalProperties: false } },
+        motto: { const: 'say "hi"\\n\tgo' },
+      },
+      required: ["name", "age", "pets", "motto"],
+      additionalProperties: false,
+    };
+    const person = (extra) => engine.chat.completions.create({ messages: [{ role: "user", content: "Describe a person as JSON." }], max_tokens: 160, ...extra });
+    const structured = [];
+    for (const extra of [{ temperature: 0 }, { temperature: 1, seed: 1 }, { temperature: 1, seed: 2 }]) {
+      structured.push((await person({ ...extra, response_format: { type: "json_schema", json_schema: { name: "person", schema } } })).choices[0]);
+    }
+    let streamedJson = "";
+    for await (const c of await person({ temperature: 0, stream: true, response_format: { type: "json_schema", json_schema: { name: "person", schema } } })) streamedJson += c.choices[0].delta.content ?? "";
+    const yesNo = (await engine.chat.completions.create({ messages: [{ role: "user", content: "Is water wet?" }], max_tokens: 8, temperature: 0, grammar: 'root ::= ("yes" | "no") "."' })).choices[0];
+    // Tools: shown to the model (SmolLM2's template does not render them: the system message
+    // describes them); a conversation with a call and its result renders and is answered.
+    const toolPrompt = await engine.applyChatTemplate(messages, true, tools);
+    const withTools = await engine.chat.completions.create({ messages, tools, max_tokens: 24, temperature: 0 });
+    const called = [...messages, { role: "assistant", content: null, tool_calls: [{ id: "call_1", type: "function", function: { name: "get_weather", arguments: '{"city": "Paris"}' } }] }, { role: "tool", tool_call_id: "call_1", content: "18 C, sunny" }];
+    const afterCall = await engine.chat.completions.create({ messages: called, tools, max_tokens: 8, temperature: 0 });
+    // A 96-position context: a long chat fails or is cut in the middle; an answer fills it.
+    const small = await createEngine({ ...opts, contextLength: 96 });
+    const long = [{ role: "system", content: "You are brief." }, { role: "user", content: "Hi." }];
+    for (let i = 0; i < 8; i++) long.push({ role: "assistant", content: `Answer number ${i} is here.` }, { role: "user", content: `Question number ${i + 1}?` });
+    const tooLong = await err(() => small.chat.completions.create({ messages: long, max_tokens: 8, temperature: 0 }));
+    const cut = await small.chat.completions.create({ messages: long, max_tokens: 8, temperature: 0, context_overflow: "truncate-middle" });
+    const next = [...long, cut.choices[0].message, { role: "user", content: "Last one?" }];
+    const cut2 = await small.chat.completions.create({ messages: next, max_tokens: 8, temperature: 0, context_overflow: "truncate-middle" });
+    const fill = await small.completions.create({ prompt: "Once upon a time", max_tokens: 500, temperature: 0, logit_bias: Object.fromEntries((await small.tokenize("<|im_end|><|endoftext|>", { addSpecial: false, parseSpecial: true })).map((id) => [id, -100])) });
+    for (const e of [engine, fresh, small]) await e.unload();
+    return { t1: t1.usage, t2, f2, stats, streamed, legacy, refused, structured, streamedJson, yesNo, toolPrompt, withTools, afterCall, tooLong, cut, cut2, fill };
+  }, chatArgs());
+  assert.ok(r.t2.usage.prompt_tokens_details.cached_tokens > r.t1.prompt_tokens, JSON.stringify(r.t2.usage));
+  assert.equal(r.stats.reused_tokens, r.t2.usage.prompt_tokens_details.cached_tokens);
+  assert.equal(r.stats.prompt_tokens + r.stats.reused_tokens, r.t2.usage.prompt_tokens);
+  assert.equal(r.f2.usage.prompt_tokens_details.cached_tokens, 0);
+  assert.equal(r.t2.choices[0].message.content, r.f2.choices[0].message.content, "turn 2 from the cache = from a fresh engine");
+  assert.deepEqual(r.t2.choices[0].logprobs, r.f2.choices[0].logprobs);
+  const lps = r.t2.choices[0].logprobs.content;
+  assert.equal(lps.length, r.t2.usage.completion_tokens);
+  for (const t of lps) {
+    assert.equal(t.top_logprobs.length, 2);
+    assert.ok(t.logprob <= 0 && t.top_logprobs[0].logprob >= t.logprob && t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob, JSON.stringify(t));
+    assert.equal(t.top_logprobs[0].token, t.token, "greedy: the most likely token");
+    assert.deepEqual(t.bytes, [...new TextEncoder().encode(t.token)]);
+  }
+  assert.deepEqual(r.streamed, lps, "streamed logprobs = whole");
+  const legacy = r.legacy.choices[0].logprobs;
+  assert.equal(legacy.tokens.length, r.legacy.usage.completion_tokens);
+  assert.equal(legacy.tokens.join(""), r.legacy.choices[0].text);
+  assert.equal(legacy.text_offset[0], 0);
+  assert.equal(Object.keys(legacy.top_logprobs[0]).length, 2);
+  for (const [field, e] of Object.entries(r.refused)) assert.deepEqual([e.name, e.code, e.message.includes(field)], ["InvalidRequestError", "options", true], `${field}: ${e.message}`);
+  for (const c of r.structured) {
+    assert.equal(c.finish_reason, "stop", c.message.content);
+    const v = JSON.parse(c.message.content);
+    assert.deepEqual(Object.keys(v), ["name", "age", "pets", "motto"], c.message.content);
+    assert.ok(typeof v.name === "string" && v.name.length <= 16 && Number.isInteger(v.age) && v.age >= 0 && v.age <= 120, c.message.content);
+    assert.ok(v.pets.length <= 2 && v.pets.every((p) => ["cat", "dog"].includes(p.kind) && typeof p.weight === "number"), c.message.content);
+    assert.equal(v.motto, 'say "hi"\\n\tgo');
+  }
+  assert.equal(r.streamedJson, r.structured[0].message.content, "streamed = whole");
+  assert.ok(["yes.", "no."].includes(r.yesNo.message.content) && r.yesNo.finish_reason === "stop", JSON.stringify(r.yesNo));
+  assert.ok(r.toolPrompt.includes("You can call these tools") && r.toolPrompt.includes('"get_weather"'), r.toolPrompt);
+  for (const c of [r.withTools, r.afterCall]) {
+    const choice = c.choices[0];
+    assert.ok(["stop", "length", "tool_calls"].includes(choice.finish_reason), JSON.stringify(choice));
+    if (choice.finish_reason === "tool_calls") assert.ok(choice.message.tool_calls.length > 0 && choice.message.tool_calls[0].type === "function");
+    else assert.equal(typeof choice.message.content, "string");
+  }
+  assert.deepEqual([r.tooLong.name, r.tooLong.code], ["ContextLengthError", "context_length"]);
+  assert.ok(r.cut.usage.prompt_tokens <= 96 - 8, JSON.stringify(r.cut.usage));
+  assert.ok(r.cut2.usage.prompt_tokens_details.cached_tokens > 0, `the next turn after a cut reuses the cache: ${JSON.stringify(r.cut2.usage)}`);
+  assert.equal(r.fill.choices[0].finish_reason, "length");
+  assert.equal(r.fill.usage.prompt_tokens + r.fill.usage.completion_tokens, 96 + 1, "positions 0..95 evaluated, the last token sampled from 95");
+  await context.close();
+});
+
 test("Web Worker engine: streamed chat equals the native CLI; abort; errors arrive as their classes", { timeout: 300_000 }, async () => {
   const { page, context } = await open();
   const r = await page.evaluate(async ({ model, chat }) => {
@@ -186,17 +302,23 @@ test("Web Worker engine: streamed chat equals the native CLI; abort; errors arri
       if (++n === 3) ac.abort();
     }
     const ids = await engine.tokenize("Hello world");
+    const again = await engine.chat.completions.create({ messages, max_tokens: 2, temperature: 0, logprobs: true });
+    const json = await engine.chat.completions.create({ messages, max_tokens: 40, temperature: 0, response_format: { type: "json_schema", json_schema: { schema: { type: "object", properties: { answer: { enum: ["Paris", "Lyon"] } }, required: ["answer"] } } } });
     const stats = await engine.stats();
     const bad = await window.caught(() => createWorkerEngine(new Worker("./node_modules/webgguf/worker.js", { type: "module" }), { model: model.replace(".gguf", "-missing.gguf"), device: "cpu" }));
     await engine.unload();
     worker.terminate();
-    return { text, ticks, cut, finish, ids, stats, bad, progress: progress.at(-1), device: engine.device.device };
+    return { text, ticks, cut, finish, ids, again, json: json.choices[0].message.content, stats, bad, progress: progress.at(-1), device: engine.device.device };
   }, chatArgs());
   assert.equal(r.text, expected.chat.text, "worker chat = native greedy");
   assert.ok(r.ticks > 5, `the page kept running timers during generation (${r.ticks} ticks)`);
   assert.equal(r.finish, "abort");
   assert.ok(expected.chat.long_text.startsWith(r.cut) && r.cut.length > 0);
   assert.deepEqual(r.ids, expected.hello_ids);
+  assert.equal(r.again.usage.prompt_tokens_details.cached_tokens, expected.chat.prompt_ids.length - 1, "the worker's engine reuses the cache");
+  assert.equal(r.again.choices[0].logprobs.content.length, r.again.usage.completion_tokens);
+  assert.ok(["Paris", "Lyon"].includes(JSON.parse(r.json).answer), r.json);
+  assert.equal(r.stats.reused_tokens, expected.chat.prompt_ids.length - 1);
   assert.equal(r.progress, "ready");
   assert.equal(r.device, "cpu");
   assert.ok(r.stats.decode_tok_s > 0);
@@ -283,7 +405,11 @@ test("WebGPU engine: a streamed chat completion equals the native CLI; a lost de
       if (++chunks === 1) await engine.loseDeviceForTesting();
     }
     const after = await engine.stats();
-    return { device: engine.device, out, replayed, stats, losses, after: after.deviceLosses };
+    // The replacement's cache holds the replayed conversation: a continuation reuses it.
+    const more = await engine.completions.create({ prompt: text.prompt + replayed, max_tokens: 1, temperature: 0 });
+    // A grammar on WebGPU: the logits are read back and masked.
+    const yesNo = await engine.completions.create({ prompt: "Is the sky blue? Answer:", max_tokens: 3, temperature: 0, grammar: 'root ::= " yes" | " no"' });
+    return { device: engine.device, out, replayed, stats, losses, after: after.deviceLosses, more: more.usage, yesNo: yesNo.choices[0] };
   }, chatArgs());
   assert.equal(r.device.device, "webgpu");
   assert.equal(r.device.gpuKernels, "exact", "the default on a fallback (software) adapter: SwiftShader");
@@ -296,6 +422,8 @@ test("WebGPU engine: a streamed chat completion equals the native CLI; a lost de
   assert.equal(r.losses[0].recoveredOn, "webgpu");
   assert.equal(r.after.length, 1);
   assert.equal(r.replayed, expected.text.two_tokens, "the answer continues after the device was lost");
+  assert.ok(r.more.prompt_tokens_details.cached_tokens >= expected.text.prompt_ids.length - 1, `reuse after a lost device: ${JSON.stringify(r.more)}`);
+  assert.ok([" yes", " no"].includes(r.yesNo.text) && r.yesNo.finish_reason === "stop", JSON.stringify(r.yesNo));
   console.log(`WebGPU (SwiftShader, headless Chromium): 37-token chat prompt ttft ${r.stats.ttft_ms.toFixed(0)} ms, decode ${r.stats.decode_tok_s.toFixed(2)} tok/s; device loss recovered in ${r.losses[0].recoveryMs.toFixed(0)} ms`);
   await context.close();
 });

@@ -101,7 +101,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded, ExitCode> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     webgguf::cpu::set_num_threads(args.threads.unwrap_or(cores));
     let cpu = cpu_backend(&args.kernels)?;
-    let options = SessionOptions { kv: args.kv, n_ctx: args.ctx, kv_recent: args.kv_recent };
+    let options = SessionOptions { kv: args.kv, n_ctx: args.ctx, kv_recent: args.kv_recent, ..Default::default() };
     if args.device != "cpu" {
         match GpuBackend::open() {
             Ok(mut gpu) if args.device == "gpu" || gpu.device().info.device_type != "Cpu" => {

@@ -1,5 +1,5 @@
 //! `webgguf generate --model P --prompt T [--chat] [--max-tokens N] [--temperature …] [--seed S]
-//! [--kv f32|f16|q8|q4] [--device auto|cpu|gpu] [--json]`
+//! [--kv f32|f16|q8|q4] [--device auto|cpu|gpu] [--json-schema S | --grammar G] [--json]`
 //!
 //! Streams the text to stdout (stats to stderr), or prints one JSON object:
 //! `{"prompt_ids":[…], "ids":[…], "text":"…", "finish_reason":"stop|length|abort", "stats":{…}}`
@@ -10,6 +10,7 @@ use crate::with_session;
 use std::io::Write;
 use std::process::ExitCode;
 use webgguf::chat::{ChatMessage, ChatTemplate};
+use webgguf::constraint::{Constraint, Grammar, Vocabulary};
 use webgguf::engine::Flow;
 use webgguf::sampler::{Sampler, SamplerConfig, StopConditions};
 
@@ -44,6 +45,12 @@ pub struct Args {
     /// Stop string (repeatable); never printed.
     #[arg(long)]
     stop: Vec<String>,
+    /// Hold the answer to this JSON schema (constrained decoding).
+    #[arg(long, conflicts_with = "grammar")]
+    json_schema: Option<String>,
+    /// Hold the answer to this GBNF grammar (llama.cpp's format; `root` starts it).
+    #[arg(long)]
+    grammar: Option<String>,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -95,13 +102,34 @@ pub fn run(args: Args) -> ExitCode {
     let stop = StopConditions { max_tokens: Some(args.max_tokens), stop_tokens: Vec::new(), stop_strings: args.stop.clone() };
     let json = args.json;
     let mut out = std::io::stdout().lock();
-    let result = with_session!(&mut loaded.session, s => s.generate_text(tok, &prompt_ids, &mut sampler, &stop, None, |piece| {
-        if !json {
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
+    let grammar = match (&args.json_schema, &args.grammar) {
+        (Some(s), _) => match serde_json::from_str(s) {
+            Ok(v) => Some(Grammar::JsonSchema(v)),
+            Err(e) => return fail(format!("--json-schema: {e}"), false),
+        },
+        (None, Some(g)) => Some(Grammar::Gbnf(g.clone())),
+        (None, None) => None,
+    };
+    let constraint = match &grammar {
+        Some(g) => match Vocabulary::new(tok).and_then(|v| Constraint::new(&v, g)) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(e, false),
+        },
+        None => None,
+    };
+    let result = with_session!(&mut loaded.session, s => {
+        let mut gen = s.start_text(tok, &prompt_ids, &sampler, &[]);
+        if let Some(c) = constraint {
+            gen.constrain(c);
         }
-        Flow::Continue
-    }));
+        s.run_text(gen, tok, &mut sampler, &stop, None, |piece| {
+            if !json {
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
+            }
+            Flow::Continue
+        })
+    });
     let g = match result {
         Ok(g) => g,
         Err(e) => return fail(e, false),

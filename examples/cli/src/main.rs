@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 I/O or usage trouble, 2 the model file is malformed (typed error).
 
 mod bench;
+mod bench_mask;
 mod common;
 mod eval;
 mod generate;
@@ -49,6 +50,8 @@ enum Command {
     Eval(eval::Args),
     /// Plan a model from its header: device, KV type and context (and why), or the typed error a load would end in.
     Plan(plan::Args),
+    /// Constrained decoding's cost per step for a model's vocabulary (token masks of a JSON schema).
+    BenchMask(bench_mask::Args),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::BenchMask(args) => bench_mask::run(args),
         Command::Synth(args) => synth::run(args),
     }
 }

@@ -5,7 +5,10 @@
 //! `trim_blocks` and `lstrip_blocks` on, `loopcontrols`, `namespace`, `raise_exception`, a
 //! Python-compatible `tojson`, `strftime_now`, Python string/dict methods (`.strip()`,
 //! `.split()`, `.items()`… via minijinja-contrib's `pycompat`), and the context variables
-//! `messages`, `add_generation_prompt`, `bos_token`, `eos_token` and `tools` (= `None`).
+//! `messages` (with `tool_calls`, `tool_call_id` and `name` when a message has them),
+//! `add_generation_prompt`, `bos_token`, `eos_token` and `tools` (the request's, else `None`;
+//! a template that does not render tools gets them described in the system message instead,
+//! [`tools`]).
 //!
 //! A template is untrusted input (it comes with a downloaded model), so the engine is a
 //! sandbox: minijinja has no file or environment access, `multi_template` is compiled out (no
@@ -28,6 +31,7 @@ mod sandbox;
 mod strftime;
 #[cfg(test)]
 mod tests;
+pub mod tools;
 
 use sandbox::{sandbox_env, MessageObj, RaisedException};
 pub use strftime::strftime;
@@ -45,16 +49,31 @@ pub const RECURSION_LIMIT: usize = 200;
 /// Name of the template inside the environment (no `.html`: no auto-escaping).
 const TEMPLATE_NAME: &str = "chat_template";
 
-/// One message of a conversation.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// One message of a conversation (OpenAI's fields; `content` null reads as empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChatMessage {
     pub role: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub content: String,
+    /// An assistant's calls: `[{ id, type: "function", function: { name, arguments } }]`
+    /// (templates see `arguments` as an object when the string holds JSON, as llama.cpp
+    /// passes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A tool result's call id and the tool's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(<Option<String> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage { role: role.into(), content: content.into(), ..Default::default() }
     }
 }
 
@@ -221,14 +240,36 @@ impl ChatTemplate {
     /// Renders `messages` into prompt text; with `add_generation_prompt` the text ends with
     /// the header of an assistant turn.
     pub fn apply(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatError> {
+        self.apply_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// How this template's model writes tool calls.
+    pub fn tool_call_format(&self) -> tools::ToolCallFormat {
+        tools::ToolCallFormat::for_template(&self.source)
+    }
+
+    /// [`ChatTemplate::apply`] with the request's `tools` (OpenAI's array). A template that does
+    /// not render tools gets them described in the system message (added, or prepended to the
+    /// first one), its tool results as user messages and its assistants' calls as their JSON
+    /// ([`tools::ToolCallFormat::Generic`]).
+    pub fn apply_with_tools(&self, messages: &[ChatMessage], tools: Option<&serde_json::Value>, add_generation_prompt: bool) -> Result<String, ChatError> {
         if let Some(index) = messages.iter().position(|m| m.role.is_empty()) {
             return Err(ChatError::MissingRole { index });
         }
+        let generic = !tools::renders_tools(&self.source);
+        let adapted;
+        let messages = match tools {
+            Some(t) if generic => {
+                adapted = tools::describe_in_messages(messages, t);
+                &adapted[..]
+            }
+            _ => messages,
+        };
         let msgs: Vec<Value> = messages.iter().map(|m| Value::from_object(MessageObj(m.clone()))).collect();
         let mut ctx: BTreeMap<&'static str, Value> = BTreeMap::new();
         ctx.insert("messages", Value::from(msgs));
         ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
-        ctx.insert("tools", Value::from(()));
+        ctx.insert("tools", tools.filter(|_| !generic).map_or(Value::from(()), tools::template_value));
         if let Some(b) = &self.bos_token {
             ctx.insert("bos_token", Value::from(b.as_str()));
         }

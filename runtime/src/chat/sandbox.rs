@@ -32,15 +32,26 @@ impl Object for MessageObj {
     }
 
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let m = &self.0;
         match key.as_str()? {
-            "role" => Some(Value::from(self.0.role.as_str())),
-            "content" => Some(Value::from(self.0.content.as_str())),
+            "role" => Some(Value::from(m.role.as_str())),
+            "content" => Some(Value::from(m.content.as_str())),
+            "tool_calls" => m.tool_calls.as_ref().map(|c| super::tools::template_value(&super::tools::arguments_as_objects(c))),
+            "tool_call_id" => m.tool_call_id.as_deref().map(Value::from),
+            "name" => m.name.as_deref().map(Value::from),
             _ => None,
         }
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        Enumerator::Str(&["role", "content"])
+        let m = &self.0;
+        let mut keys = vec![Value::from("role"), Value::from("content")];
+        for (key, present) in [("tool_calls", m.tool_calls.is_some()), ("tool_call_id", m.tool_call_id.is_some()), ("name", m.name.is_some())] {
+            if present {
+                keys.push(Value::from(key));
+            }
+        }
+        Enumerator::Values(keys)
     }
 }
 

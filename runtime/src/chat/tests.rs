@@ -212,3 +212,59 @@ fn realistic_long_conversation_fits_the_default_fuel() {
     let out = tmpl(QWEN2).apply(&conv, true).unwrap();
     assert!(out.len() > 2_000_000);
 }
+
+/// The tool parts of Qwen 2.5's template (abridged): `tools` rendered with `tojson`, an
+/// assistant's `tool_calls` with `arguments | tojson` (parsed from OpenAI's JSON string, as
+/// llama.cpp hands them over), `role: "tool"` results.
+const QWEN_TOOLS: &str = r#"{%- if tools %}
+<|im_start|>system
+# Tools
+<tools>
+{%- for tool in tools %}
+{{ "\n" }}{{ tool | tojson }}
+{%- endfor %}
+</tools>
+Return each call in <tool_call></tool_call> tags.<|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message.role == "assistant" and message.tool_calls is defined %}
+<|im_start|>assistant
+{%- for tool_call in message.tool_calls %}
+{%- set tool_call = tool_call.function %}
+<tool_call>
+{"name": "{{ tool_call.name }}", "arguments": {{ tool_call.arguments | tojson }}}
+</tool_call>
+{%- endfor %}<|im_end|>
+{% elif message.role == "tool" %}
+<|im_start|>user
+<tool_response>
+{{ message.content }}
+</tool_response><|im_end|>
+{% else %}
+<|im_start|>{{ message.role }}
+{{ message.content }}<|im_end|>
+{% endif %}
+{%- endfor %}"#;
+
+#[test]
+fn tools_and_tool_calls_reach_a_tool_template() {
+    let t = tmpl(QWEN_TOOLS);
+    assert_eq!(t.tool_call_format(), tools::ToolCallFormat::Hermes);
+    let tools = serde_json::json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "required": ["city"]}}}]);
+    let calls = serde_json::json!([{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]);
+    let messages = vec![
+        ChatMessage::new("user", "Weather?"),
+        ChatMessage { role: "assistant".into(), tool_calls: Some(calls), ..Default::default() },
+        ChatMessage { role: "tool".into(), content: "18 C".into(), tool_call_id: Some("c1".into()), ..Default::default() },
+    ];
+    let out = t.apply_with_tools(&messages, Some(&tools), false).unwrap();
+    // Python's json.dumps spacing, the schema's key order kept.
+    assert!(out.contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\", \"required\": [\"city\"]}}}</tools>"), "{out}");
+    assert!(out.contains("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"), "{out}");
+    assert!(out.contains("<tool_response>\n18 C\n</tool_response>"), "{out}");
+    // Without tools the template sees none.
+    assert!(!t.apply(&msgs(&[("user", "Hi")]), false).unwrap().contains("# Tools"));
+    // A message's content may be null in JSON (an assistant that only calls tools).
+    let m: ChatMessage = serde_json::from_str(r#"{"role": "assistant", "content": null, "tool_calls": []}"#).unwrap();
+    assert_eq!((m.content.as_str(), m.tool_calls.is_some()), ("", true));
+}

@@ -1,7 +1,10 @@
 //! A text generation driven pass by pass: sampling, detokenizing, stop conditions and
 //! streaming of text that is safe to show.
 
+use super::logprobs::{token_logprob, TokenLogprob};
 use super::{ms_since, Session, Stats};
+use crate::chat::tools::{parse_tool_calls, ToolCall, ToolCallFormat};
+use crate::constraint::Constraint;
 use crate::error::{EngineError, ModelError};
 use crate::model::{Backend, Logits};
 use crate::sampler::{Sampler, StopConditions, TextScan};
@@ -23,10 +26,12 @@ pub enum Flow {
 pub enum FinishReason {
     /// An end-of-generation token or a stop string.
     Stop,
-    /// `max_tokens` reached.
+    /// `max_tokens` reached, or the context is full.
     Length,
     /// The abort flag was raised or the callback asked to stop.
     Abort,
+    /// The answer was tool calls ([`TextGen::want_tool_calls`]).
+    ToolCalls,
 }
 
 /// The outcome of [`Session::generate_text`].
@@ -37,6 +42,8 @@ pub struct Generation {
     pub ids: Vec<u32>,
     pub text: String,
     pub finish_reason: FinishReason,
+    /// The calls the answer made (finish reason `ToolCalls`).
+    pub tool_calls: Vec<ToolCall>,
     pub stats: Stats,
 }
 
@@ -68,9 +75,21 @@ pub struct TextGen {
     pending: Vec<u32>,
     /// The next pass is the prompt's.
     prefill: bool,
+    /// Prompt tokens the first pass evaluates (the rest came from the cache).
+    pending_prompt: usize,
     /// Where a stop string begins in `text`.
     cut_at: Option<usize>,
     finish: Option<FinishReason>,
+    /// Alternatives per token when log-probabilities are asked for.
+    logprobs: Option<usize>,
+    /// [ids.len()] when `logprobs` is set: each generated token's log-probability.
+    token_logprobs: Vec<TokenLogprob>,
+    /// How tool calls are written, when the request offered tools: text that may be a call
+    /// is held back and parsed at the end.
+    tools: Option<ToolCallFormat>,
+    tool_calls: Vec<ToolCall>,
+    /// The schema or grammar the answer is held to.
+    constraint: Option<Constraint>,
     t0: Instant,
 }
 
@@ -103,6 +122,44 @@ impl TextGen {
         self.prompt_ids.len()
     }
 
+    /// Records each generated token's log-probability with the `top` most likely tokens (at
+    /// most [`MAX_TOP_LOGPROBS`](super::MAX_TOP_LOGPROBS)); passes then read the logits back.
+    pub fn want_logprobs(&mut self, top: usize) {
+        self.logprobs = Some(top);
+        self.on_device = false;
+    }
+
+    /// The generated tokens' log-probabilities from the `from`-th token on (empty unless
+    /// [`TextGen::want_logprobs`]).
+    pub fn logprobs_from(&self, from: usize) -> &[TokenLogprob] {
+        self.token_logprobs.get(from..).unwrap_or_default()
+    }
+
+    /// Finds tool calls written in `format` in the answer: text that may be a call is not
+    /// handed out as it comes; at the end the calls are parsed ([`TextGen::tool_calls`]) and
+    /// what is not a call is handed out as text.
+    pub fn want_tool_calls(&mut self, format: ToolCallFormat) {
+        self.tools = Some(format);
+    }
+
+    /// Holds the answer to `constraint` (a JSON schema or grammar): each step's logits are
+    /// masked to what keeps it valid; it ends where the grammar is complete. Passes then read
+    /// the logits back.
+    pub fn constrain(&mut self, constraint: Constraint) {
+        self.constraint = Some(constraint);
+        self.on_device = false;
+    }
+
+    /// The calls the answer made (once it ended).
+    pub fn tool_calls(&self) -> &[ToolCall] {
+        &self.tool_calls
+    }
+
+    /// Prompt tokens taken from the cache rather than prefilled.
+    pub fn reused(&self) -> usize {
+        self.prompt_ids.len() - self.pending_prompt
+    }
+
     /// Why it ended, once it has.
     pub fn finish_reason(&self) -> Option<FinishReason> {
         self.finish
@@ -125,8 +182,17 @@ impl TextGen {
         }
         let end = self.cut_at.unwrap_or(self.text.len());
         self.text.truncate(end);
-        let piece = self.text.get(self.emitted..).unwrap_or_default().to_owned();
-        self.emitted = end;
+        let mut piece = self.text.get(self.emitted..).unwrap_or_default().to_owned();
+        let mut reason = reason;
+        if let Some(format) = self.tools {
+            let (rest, calls) = parse_tool_calls(format, &piece);
+            if !calls.is_empty() {
+                self.text.truncate(self.emitted);
+                self.text.push_str(&rest);
+                (piece, self.tool_calls, reason) = (rest, calls, FinishReason::ToolCalls);
+            }
+        }
+        self.emitted = self.text.len();
         self.finish = Some(reason);
         self.pending.clear();
         piece
@@ -134,11 +200,15 @@ impl TextGen {
 }
 
 impl<B: Backend> Session<B> {
-    /// Starts a generation for `prompt_ids` from an empty conversation. `forced`: tokens to
-    /// generate first whatever is sampled (replaying a generation that was cut off).
+    /// Starts a generation for `prompt_ids`: the positions it shares with the cached
+    /// conversation are kept ([`Session::reusable_prefix`], unless the options say otherwise),
+    /// the rest is forgotten. `forced`: tokens to generate first whatever is sampled (replaying
+    /// a generation that was cut off).
     pub fn start_text(&mut self, tokenizer: &Tokenizer, prompt_ids: &[u32], sampler: &Sampler, forced: &[u32]) -> TextGen {
-        self.reset();
+        let keep = if self.options.reuse_prefix { self.reusable_prefix(prompt_ids) } else { 0 };
+        self.rewind(keep);
         self.reset_stats();
+        self.reused = keep;
         TextGen {
             prompt_ids: prompt_ids.to_vec(),
             history: prompt_ids.to_vec(),
@@ -148,10 +218,16 @@ impl<B: Backend> Session<B> {
             detok: tokenizer.detokenizer(),
             forced: forced.iter().copied().collect(),
             on_device: forced.is_empty() && sampler.is_plain_greedy() && self.backend.argmax_on_device(),
-            pending: prompt_ids.to_vec(),
+            pending: prompt_ids[keep..].to_vec(),
             prefill: true,
+            pending_prompt: prompt_ids.len() - keep,
             cut_at: None,
             finish: None,
+            logprobs: None,
+            token_logprobs: Vec::new(),
+            tools: None,
+            tool_calls: Vec::new(),
+            constraint: None,
             t0: Instant::now(),
         }
     }
@@ -190,9 +266,16 @@ impl<B: Backend> Session<B> {
         if stop.max_tokens.is_some_and(|m| gen.ids.len() >= m) {
             return Ok(gen.end(FinishReason::Length));
         }
-        let sampled = match next {
-            Next::Id(id) => id,
-            Next::Logits(mut logits) => sampler.sample(&mut logits, &gen.history)?,
+        let (sampled, raw) = match next {
+            Next::Id(id) => (id, None),
+            Next::Logits(mut logits) => {
+                // The sampler edits the logits; log-probabilities are the model's own.
+                let raw = gen.logprobs.map(|_| logits.clone());
+                if let Some(c) = gen.constraint.as_mut() {
+                    c.mask(&mut logits)?;
+                }
+                (sampler.sample(&mut logits, &gen.history)?, raw)
+            }
         };
         let id = gen.forced.pop_front().unwrap_or(sampled);
         if gen.ids.is_empty() {
@@ -201,6 +284,14 @@ impl<B: Backend> Session<B> {
         if tokenizer.is_eog(id) || stop.stop_tokens.contains(&id) {
             return Ok(gen.end(FinishReason::Stop));
         }
+        if let (Some(top), Some(raw)) = (gen.logprobs, raw) {
+            gen.token_logprobs.push(token_logprob(&raw, id, top));
+        }
+        // A grammar that is complete and allows nothing more ends the answer after this token.
+        let complete = match gen.constraint.as_mut() {
+            Some(c) => c.accept(id)?,
+            None => false,
+        };
         gen.ids.push(id);
         gen.history.push(id);
         self.generated += 1;
@@ -213,13 +304,19 @@ impl<B: Backend> Session<B> {
                 return Ok(gen.end(FinishReason::Stop));
             }
             TextScan::Continue { safe_len } => {
+                let safe_len = gen.tools.map_or(safe_len, |f| safe_len.min(f.hold_from(&gen.text)));
                 if safe_len > gen.emitted {
                     out.push_str(&gen.text[gen.emitted..safe_len]);
                     gen.emitted = safe_len;
                 }
             }
         }
-        if stop.max_tokens.is_some_and(|m| gen.ids.len() >= m) {
+        if complete {
+            out.push_str(&gen.end(FinishReason::Stop));
+            return Ok(out);
+        }
+        // max_tokens, or no position left for the token: the answer is cut ("length").
+        if stop.max_tokens.is_some_and(|m| gen.ids.len() >= m) || self.n_past >= self.options.n_ctx {
             out.push_str(&gen.end(FinishReason::Length));
             return Ok(out);
         }
@@ -229,10 +326,12 @@ impl<B: Backend> Session<B> {
 
     /// The finished (or abandoned) generation with this session's stats.
     pub fn finish_text(&self, gen: TextGen) -> Generation {
-        Generation { prompt_ids: gen.prompt_ids, ids: gen.ids, text: gen.text, finish_reason: gen.finish.unwrap_or(FinishReason::Abort), stats: self.stats() }
+        let finish_reason = gen.finish.unwrap_or(FinishReason::Abort);
+        Generation { prompt_ids: gen.prompt_ids, ids: gen.ids, text: gen.text, finish_reason, tool_calls: gen.tool_calls, stats: self.stats() }
     }
 
-    /// Generates text for `prompt_ids` from an empty conversation: samples with `sampler`,
+    /// Generates text for `prompt_ids` (after the prefix it shares with the cached
+    /// conversation, [`Session::start_text`]): samples with `sampler`,
     /// stops on `stop` (end tokens, stop strings — never emitted — and max_tokens), and streams
     /// text through `on_text` in pieces that never split a UTF-8 character or show part of a
     /// stop string. `abort` is polled before every sampling step; `on_text` returning
@@ -244,9 +343,23 @@ impl<B: Backend> Session<B> {
         sampler: &mut Sampler,
         stop: &StopConditions,
         abort: Option<&AtomicBool>,
+        on_text: impl FnMut(&str) -> Flow,
+    ) -> Result<Generation, EngineError> {
+        let gen = self.start_text(tokenizer, prompt_ids, sampler, &[]);
+        self.run_text(gen, tokenizer, sampler, stop, abort, on_text)
+    }
+
+    /// [`Session::generate_text`] for a generation already started (and set up: log-probabilities,
+    /// tool calls, a constraint).
+    pub fn run_text(
+        &mut self,
+        mut gen: TextGen,
+        tokenizer: &Tokenizer,
+        sampler: &mut Sampler,
+        stop: &StopConditions,
+        abort: Option<&AtomicBool>,
         mut on_text: impl FnMut(&str) -> Flow,
     ) -> Result<Generation, EngineError> {
-        let mut gen = self.start_text(tokenizer, prompt_ids, sampler, &[]);
         while !gen.is_done() {
             let next = self.run_pass(&gen)?;
             let aborted = abort.is_some_and(|a| a.load(Ordering::Relaxed));

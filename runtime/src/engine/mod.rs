@@ -1,5 +1,6 @@
 //! A session over one model: prefill, token-by-token decode, teacher-forced logits and
-//! perplexity, with timing stats. One conversation at a time; `reset` starts afresh.
+//! perplexity, with timing stats. One conversation at a time: the cache keeps its tokens, and
+//! a generation whose prompt continues them prefills only what is new; `reset` starts afresh.
 
 use crate::error::ModelError;
 use crate::kv_cache::KvType;
@@ -7,9 +8,11 @@ use crate::model::{Backend, Logits, Model};
 use web_time::Instant;
 
 mod generate;
+mod logprobs;
 mod perplexity;
 
 pub use generate::{FinishReason, Flow, Generation, Next, TextGen};
+pub use logprobs::{token_logprob, TokenLogprob, MAX_TOP_LOGPROBS};
 pub use perplexity::Perplexity;
 
 /// Options fixed when a session is created.
@@ -22,18 +25,24 @@ pub struct SessionOptions {
     /// copies, with the sequence's first [`KV_SINK`](crate::kv_cache::KV_SINK) (0: none;
     /// [`KvCache::with_recent`](crate::kv_cache::KvCache::with_recent) says why).
     pub kv_recent: usize,
+    /// A generation keeps the cached positions its prompt shares with the conversation so far
+    /// and prefills only the rest ([`Session::reusable_prefix`]).
+    pub reuse_prefix: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { kv: KvType::F16, n_ctx: 4096, kv_recent: crate::kv_cache::KV_RECENT }
+        SessionOptions { kv: KvType::F16, n_ctx: 4096, kv_recent: crate::kv_cache::KV_RECENT, reuse_prefix: true }
     }
 }
 
 /// Timings of the work done since the last `reset_stats`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Stats {
+    /// Prompt positions evaluated (prefilled).
     pub prompt_tokens: usize,
+    /// Prompt positions taken from the cache instead ([`Session::reusable_prefix`]).
+    pub reused_tokens: usize,
     pub generated_tokens: usize,
     /// Time to first token: prefill plus the first sampled token, ms.
     pub ttft_ms: f64,
@@ -59,6 +68,11 @@ pub struct Session<B: Backend> {
     options: SessionOptions,
     /// Positions filled in the cache.
     n_past: usize,
+    /// [n_past]: the token at each filled position (what a new prompt is compared with).
+    tokens: Vec<u32>,
+    /// The ids of the pass in flight, appended to `tokens` once it is counted.
+    in_flight: Vec<u32>,
+    reused: usize,
     peak_past: usize,
     prefill_ms: f64,
     prefill_tokens: usize,
@@ -78,6 +92,9 @@ impl<B: Backend> Session<B> {
             cache,
             options,
             n_past: 0,
+            tokens: Vec::new(),
+            in_flight: Vec::new(),
+            reused: 0,
             peak_past: 0,
             prefill_ms: 0.0,
             prefill_tokens: 0,
@@ -98,11 +115,34 @@ impl<B: Backend> Session<B> {
 
     /// Forgets the conversation (the cache is reused, not reallocated).
     pub fn reset(&mut self) {
-        self.n_past = 0;
+        self.rewind(0);
+    }
+
+    /// Forgets every position from `n` on: the next pass writes at `n` (the cache's rows there
+    /// are replaced as they are written).
+    pub fn rewind(&mut self, n: usize) {
+        self.n_past = self.n_past.min(n);
+        self.tokens.truncate(self.n_past);
+    }
+
+    /// The tokens at the filled positions.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// How many leading positions a continuation with `prompt` can keep: the prompt's common
+    /// prefix with the cached tokens, less its last token (its logits are needed), and no
+    /// further back than the cache can resume exactly from ([`Backend::resumable`]: a
+    /// quantized cache's f16 copies may no longer hold what the next query reads).
+    pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let common = common.min(prompt.len().saturating_sub(1));
+        self.backend.resumable(&self.cache, common).min(common)
     }
 
     pub fn reset_stats(&mut self) {
         self.peak_past = self.n_past;
+        self.reused = 0;
         self.prefill_ms = 0.0;
         self.prefill_tokens = 0;
         self.step_ms.clear();
@@ -143,10 +183,14 @@ impl<B: Backend> Session<B> {
             return Err(ModelError::BadHyperparameter { what: "tokens to evaluate".into(), value: "none".into() });
         }
         self.check_room(ids.len())?;
+        self.in_flight.clear();
+        self.in_flight.extend_from_slice(ids);
         self.model.forward(&mut self.backend, &mut self.cache, ids, self.n_past, which)
     }
 
     fn count(&mut self, n: usize) {
+        self.tokens.truncate(self.n_past);
+        self.tokens.extend(self.in_flight.iter().take(n));
         self.n_past += n;
         self.peak_past = self.peak_past.max(self.n_past);
     }
@@ -228,6 +272,7 @@ impl<B: Backend> Session<B> {
         let copies = crate::kv_cache::RecentRows::bytes(o.kv, c.n_layers as u64, o.n_ctx as u64, o.kv_recent as u64, width_k, width_v);
         Stats {
             prompt_tokens: self.prefill_tokens,
+            reused_tokens: self.reused,
             generated_tokens: self.generated,
             ttft_ms: self.ttft_ms,
             prefill_ms: self.prefill_ms,

@@ -285,6 +285,10 @@ impl Backend for GpuBackend {
         self.new_gpu_cache(cfg, kv, n_ctx, recent)
     }
 
+    fn resumable(&self, cache: &GpuCache, n: usize) -> usize {
+        cache.copies.resume_point(n)
+    }
+
     fn embed(&mut self, table: &GpuWeight, ids: &[u32], scale: Option<f32>) -> Result<GpuAct, ModelError> {
         let GpuWeight::Matrix { ty, rows, cols, row_words, chunks } = table else {
             return Err(GpuError::Shape("embedding table is a vector".into()).into());

@@ -303,6 +303,19 @@ impl KvCache {
         &self.copies
     }
 
+    /// [`RecentRows::resume_point`] once the last batch's rows are in their slots (they move
+    /// there at the next write).
+    pub fn resume_point(&self, n: usize) -> usize {
+        match self.pending {
+            Some((layer, pos0, len)) => {
+                let mut copies = self.copies.clone();
+                copies.keep(layer, pos0, len);
+                copies.resume_point(n)
+            }
+            None => self.copies.resume_point(n),
+        }
+    }
+
     /// The f16 copy of the K row of (`layer`, `pos`, `head`) in its stored form, when the
     /// cache keeps one (`head_dim_k` f16 values).
     pub fn recent_k_row(&self, layer: usize, pos: usize, head: usize) -> Option<&[u8]> {

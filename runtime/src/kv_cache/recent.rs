@@ -100,6 +100,23 @@ impl RecentRows {
         [pos0.min(sink)..end.min(sink), first.min(end)..end]
     }
 
+    /// The longest prefix of `n` filled positions a continuation can start from exactly: the
+    /// next query (at position `n'`) must find the copies it reads, positions before `n'`
+    /// within `recent` of it and the sink. Later positions may have replaced some of them in
+    /// their slots; then only the sink's positions are kept (f32 / f16 rows: `n`).
+    pub fn resume_point(&self, n: usize) -> usize {
+        if self.recent == 0 || n <= self.sink {
+            return n;
+        }
+        let first_read = self.sink.max((n + 1).saturating_sub(self.recent));
+        let held = self.span.iter().zip(&self.sink_n).all(|(&(lo, hi), &sink_n)| sink_n >= self.sink && hi >= n && (lo <= first_read || first_read >= n));
+        if held {
+            n
+        } else {
+            self.sink
+        }
+    }
+
     /// Forgets what is held from `n_pos` on.
     pub fn truncate(&mut self, n_pos: usize) {
         for (lo, hi) in &mut self.span {

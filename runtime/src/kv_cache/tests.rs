@@ -183,3 +183,27 @@ fn write_checks_ranges() {
     c.clear();
     assert_eq!(c.n_pos(), 0);
 }
+
+/// Where a continuation may resume: anywhere without copies; with them, where the next query
+/// finds every copy it reads, else at the sink.
+#[test]
+fn resume_point_needs_the_copies_the_next_query_reads() {
+    let plain = RecentRows::new(KvType::F16, 2, 100, 5);
+    assert_eq!(plain.resume_point(37), 37);
+    let mut r = RecentRows::new(KvType::Q8, 2, 100, 5);
+    for layer in 0..2 {
+        r.keep(layer, 0, 12); // sinks 0..4, copies of 7..12
+        r.keep(layer, 12, 1); // 8..13
+        r.keep(layer, 13, 1); // 9..14
+    }
+    // A query at 14 reads 10..14, at 13 reads 9..13: held. At 12 it would read 8..12, but
+    // position 13 replaced 8's slot.
+    assert_eq!((r.resume_point(14), r.resume_point(13)), (14, 13));
+    assert_eq!(r.resume_point(12), 4);
+    assert_eq!((r.resume_point(3), r.resume_point(4)), (3, 4));
+    // A layer behind the others (a pass cut short) is not resumed from.
+    r.keep(1, 14, 1);
+    r.keep(0, 14, 1);
+    r.keep(0, 15, 1);
+    assert_eq!(r.resume_point(16), 4);
+}

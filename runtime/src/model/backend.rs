@@ -47,6 +47,12 @@ pub trait Backend {
     /// copies too ([`KvCache::with_recent`](crate::kv_cache::KvCache::with_recent)).
     fn new_cache(&mut self, cfg: &ModelConfig, kv: KvType, n_ctx: usize, recent: usize) -> Result<Self::Cache, ModelError>;
 
+    /// The longest prefix of `n` filled positions that a pass may continue from and compute
+    /// what it would after a session that never went past it (see [`RecentRows::resume_point`](crate::kv_cache::RecentRows::resume_point)).
+    fn resumable(&self, _cache: &Self::Cache, n: usize) -> usize {
+        n
+    }
+
     /// Rows `ids` of an embedding table `[n_vocab, width]`, times `scale` when given.
     fn embed(&mut self, table: &Self::Weight, ids: &[u32], scale: Option<f32>) -> Result<Self::Act, ModelError>;
 

@@ -158,6 +158,10 @@ impl Backend for CpuBackend {
         Ok(KvCache::new(kv, cfg.n_layers, n_ctx, cfg.n_kv_heads, cfg.head_dim_k, cfg.head_dim_v)?.with_recent(recent)?)
     }
 
+    fn resumable(&self, cache: &KvCache, n: usize) -> usize {
+        cache.resume_point(n)
+    }
+
     fn embed(&mut self, table: &CpuWeight, ids: &[u32], scale: Option<f32>) -> Result<CpuAct, ModelError> {
         let m = table.matrix()?;
         let mut data = vec![0f32; ids.len() * m.cols];

@@ -10,9 +10,10 @@ use super::load::{self, LoadReport};
 use super::plan::{has_webgpu, plan_source, PlanRequest, Planned};
 use super::{coded_error, load_error, model_source, to_js};
 use crate::chat::{ChatMessage, ChatTemplate};
+use crate::constraint::{Constraint, Grammar, Vocabulary};
 use crate::cpu::Kernels;
 use crate::engine::{Flow, Next, Session, SessionOptions, TextGen};
-use crate::error::{EngineError, GpuError, ModelError};
+use crate::error::{ConstraintError, EngineError, GpuError, ModelError};
 use crate::gpu::{GpuBackend, GpuDevice, GpuInfo, GpuKernels};
 use crate::kv_cache::KvType;
 use crate::loader::LoadError;
@@ -48,11 +49,48 @@ struct Run {
     gen: TextGen,
     sampler: Sampler,
     stop: StopConditions,
+    /// Generated tokens whose log-probabilities a step already returned.
+    logprobs_sent: usize,
+}
+
+/// What a generation does beside sampling (`start`'s `options`).
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GenOptions {
+    /// The schema or grammar the answer is held to.
+    grammar: Option<GrammarRequest>,
+    /// Each token's log-probability with this many alternatives (0 to 20); absent: none.
+    logprobs: Option<usize>,
+    /// The request offered tools: find the answer's calls (in the chat template's format).
+    #[serde(default)]
+    tool_calls: bool,
+}
+
+/// One of: a JSON schema, a GBNF grammar, llguidance's Lark.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GrammarRequest {
+    json_schema: Option<serde_json::Value>,
+    gbnf: Option<String>,
+    lark: Option<String>,
+}
+
+impl GrammarRequest {
+    fn grammar(self) -> Result<Grammar, JsValue> {
+        match (self.json_schema, self.gbnf, self.lark) {
+            (Some(schema), None, None) => Ok(Grammar::JsonSchema(schema)),
+            (None, Some(g), None) => Ok(Grammar::Gbnf(g)),
+            (None, None, Some(l)) => Ok(Grammar::Lark(l)),
+            _ => Err(options_error("grammar: one of jsonSchema, gbnf or lark")),
+        }
+    }
 }
 
 struct Inner {
     device: Device,
     tokenizer: Tokenizer,
+    /// The vocabulary as constrained decoding sees it, built at the first request for it.
+    vocabulary: Option<Vocabulary>,
     /// The model's chat template (or the architecture's fallback); an error is reported when
     /// a chat is requested.
     template: Result<ChatTemplate, String>,
@@ -114,7 +152,17 @@ fn engine_error(e: EngineError) -> JsValue {
         EngineError::Tokenizer(t) => coded_error("tokenizer", &t.to_string()),
         EngineError::Sampler(s) => coded_error("options", &s.to_string()),
         EngineError::Chat(c) => coded_error("template", &c.to_string()),
+        EngineError::Constraint(c) => constraint_error(c),
     }
+}
+
+fn constraint_error(e: ConstraintError) -> JsValue {
+    let code = match e {
+        ConstraintError::Grammar(_) => "options",
+        ConstraintError::Vocabulary(_) => "model",
+        ConstraintError::Failed(_) => "internal",
+    };
+    coded_error(code, &e.to_string())
 }
 
 fn load_error_coded(e: LoadError) -> JsValue {
@@ -241,7 +289,8 @@ impl WasmEngine {
     /// copies, with the first 4; default 64, 0 for none), contextLength, cache (default true), requireCache, store ("cache-storage" (default) or
     /// "opfs"), maxCacheBytes, signal (AbortSignal), maxAttempts, retryDelayMs, stallTimeoutMs,
     /// gpuKernels ("exact" or "fast", [`GpuKernels`]; default: the adapter's,
-    /// [`GpuKernels::for_device`])) }`.
+    /// [`GpuKernels::for_device`]), reusePrefix (default true: a generation keeps the cached
+    /// positions its prompt shares with the previous one, [`Session::reusable_prefix`])) }`.
     /// First the model is planned from its first shard's header (`plan`): what cannot run fails
     /// then, before any weight byte is fetched; an absent `kv` / `contextLength` is chosen by the
     /// plan (f16 and 4096 when they fit). `"auto"` runs on WebGPU when the browser has it and
@@ -268,7 +317,12 @@ impl WasmEngine {
             }
         };
         let planned = plan_source(&source, req, &opts).await?;
-        let session_options = SessionOptions { kv: planned.plan.kv, n_ctx: planned.plan.n_ctx, kv_recent: req.kv_recent };
+        let reuse_prefix = match get(&options, "reusePrefix").map(|v| v.as_bool()) {
+            None => true,
+            Some(Some(b)) => b,
+            Some(None) => return Err(options_error("reusePrefix must be a boolean")),
+        };
+        let session_options = SessionOptions { kv: planned.plan.kv, n_ctx: planned.plan.n_ctx, kv_recent: req.kv_recent, reuse_prefix };
         let kernels: String = Kernels::best().name().into();
         let mut fallback = (req.device == DeviceRequest::Auto && planned.plan.device == PlanDevice::Cpu).then(|| planned.cpu_reason()).flatten();
         let mut session_options = session_options;
@@ -302,7 +356,7 @@ impl WasmEngine {
             };
             // The CPU must fit too: planned again for it (same header, no fetch).
             let cpu = cpu_plan(&planned, req).map_err(|e| coded_error(e.code(), &format!("{e} (and {gpu_failed})")))?;
-            session_options = SessionOptions { kv: cpu.kv, n_ctx: cpu.n_ctx, kv_recent: req.kv_recent };
+            session_options = SessionOptions { kv: cpu.kv, n_ctx: cpu.n_ctx, ..session_options };
             fallback = Some(gpu_failed);
         }
         let mut backend = CpuBackend::new();
@@ -316,7 +370,7 @@ impl WasmEngine {
         let tokenizer = Tokenizer::from_metadata(md).map_err(|e| coded_error("model", &e.to_string()))?;
         let template = ChatTemplate::from_metadata(md, md.architecture().unwrap_or("")).map_err(|e| e.to_string());
         let (n_vocab, n_ctx) = with_session!(&device, s => (s.model.config.n_vocab, s.options().n_ctx));
-        let inner = Inner { device, tokenizer, template, run: None };
+        let inner = Inner { device, tokenizer, vocabulary: None, template, run: None };
         Ok(WasmEngine { inner: Rc::new(RefCell::new(inner)), abort: Rc::new(Cell::new(false)), report, load, n_vocab, n_ctx })
     }
 
@@ -342,15 +396,24 @@ impl WasmEngine {
         self.n_ctx as u32
     }
 
-    /// Renders `messages` (`[{ role, content }]`) with the model's chat template.
+    /// Renders `messages` (`[{ role, content, tool_calls?, tool_call_id?, name? }]`) with the
+    /// model's chat template; `tools` (OpenAI's array, or undefined) as the template takes them
+    /// ([`ChatTemplate::apply_with_tools`]).
     #[wasm_bindgen(js_name = applyChatTemplate)]
-    pub fn apply_chat_template(&self, messages: JsValue, add_generation_prompt: bool) -> Result<String, JsValue> {
+    pub fn apply_chat_template(&self, messages: JsValue, add_generation_prompt: bool, tools: JsValue) -> Result<String, JsValue> {
         let json = js_sys::JSON::stringify(&messages).ok().and_then(|s| s.as_string()).unwrap_or_default();
         let messages: Vec<ChatMessage> =
             serde_json::from_str(&json).map_err(|e| options_error(&format!("messages: an array of {{ role, content }} with string content ({e})")))?;
+        let tools: Option<serde_json::Value> = match tools.is_undefined() || tools.is_null() {
+            true => None,
+            false => Some(from_js(&tools, "tools")?),
+        };
+        if tools.as_ref().is_some_and(|t| !t.is_array()) {
+            return Err(options_error("tools must be an array"));
+        }
         let inner = self.borrow()?;
         let template = inner.template.as_ref().map_err(|e| coded_error("template", e))?;
-        template.apply(&messages, add_generation_prompt).map_err(|e| coded_error("template", &e.to_string()))
+        template.apply_with_tools(&messages, tools.as_ref(), add_generation_prompt).map_err(|e| coded_error("template", &e.to_string()))
     }
 
     pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>, JsValue> {
@@ -363,14 +426,25 @@ impl WasmEngine {
         inner.tokenizer.decode(ids).map_err(|e| coded_error("tokenizer", &e.to_string()))
     }
 
-    /// Starts a generation after `prompt_ids` from an empty conversation. `sampling`: the
+    /// Starts a generation after `prompt_ids`, keeping the cached positions the prompt shares
+    /// with the conversation so far (unless loaded with `reusePrefix: false`). `sampling`: the
     /// sampler's fields (`temperature` (0 = greedy), `topK`, `topP`, `minP`,
     /// `repetitionPenalty`, `presencePenalty`, `frequencyPenalty`, `logitBias`, `seed`, …);
     /// `stop`: `{ maxTokens, stopStrings, stopTokens }`. `forced`: tokens taken first whatever
     /// is sampled (replaying a generation cut off by a lost device; the sampler still draws).
-    pub fn start(&self, prompt_ids: &[u32], sampling: JsValue, stop: JsValue, forced: &[u32]) -> Result<(), JsValue> {
+    /// `options`: `{ logprobs, toolCalls, grammar }`: `logprobs` (alternatives per token, 0 to
+    /// 20): each step then returns its tokens' log-probabilities; `toolCalls: true`: the
+    /// answer's tool calls are found (in the chat template's format) and returned by the last
+    /// step; `grammar`: `{ jsonSchema }`, `{ gbnf }` or `{ lark }`, the answer held to it
+    /// ([`crate::constraint`]; one that does not compile is an `options` error here).
+    pub fn start(&self, prompt_ids: &[u32], sampling: JsValue, stop: JsValue, forced: &[u32], options: JsValue) -> Result<(), JsValue> {
         let config: SamplerConfig = from_js(&sampling, "sampling")?;
         let stop: StopConditions = from_js(&stop, "stop")?;
+        let report: GenOptions = from_js(&options, "options")?;
+        let grammar = report.grammar.map(GrammarRequest::grammar).transpose()?;
+        if report.logprobs.is_some_and(|n| n > crate::engine::MAX_TOP_LOGPROBS) {
+            return Err(options_error(&format!("top_logprobs must be between 0 and {}", crate::engine::MAX_TOP_LOGPROBS)));
+        }
         if prompt_ids.is_empty() {
             return Err(options_error("the prompt has no tokens"));
         }
@@ -380,15 +454,42 @@ impl WasmEngine {
         let sampler = Sampler::new(config, self.n_vocab).map_err(|e| options_error(&e.to_string()))?;
         let mut guard = self.borrow()?;
         let inner = &mut *guard;
-        let gen = with_session!(&mut inner.device, s => s.start_text(&inner.tokenizer, prompt_ids, &sampler, forced));
-        inner.run = Some(Run { gen, sampler, stop });
+        // Everything that may fail comes before the conversation is touched.
+        let tool_format = match report.tool_calls {
+            true => Some(inner.template.as_ref().map_err(|e| coded_error("template", e))?.tool_call_format()),
+            false => None,
+        };
+        let constraint = match grammar {
+            Some(grammar) => {
+                if inner.vocabulary.is_none() {
+                    inner.vocabulary = Some(Vocabulary::new(&inner.tokenizer).map_err(constraint_error)?);
+                }
+                let vocab = inner.vocabulary.as_ref().ok_or_else(|| coded_error("internal", "no vocabulary"))?;
+                Some(Constraint::new(vocab, &grammar).map_err(constraint_error)?)
+            }
+            None => None,
+        };
+        let mut gen = with_session!(&mut inner.device, s => s.start_text(&inner.tokenizer, prompt_ids, &sampler, forced));
+        if let Some(top) = report.logprobs {
+            gen.want_logprobs(top);
+        }
+        if let Some(format) = tool_format {
+            gen.want_tool_calls(format);
+        }
+        if let Some(c) = constraint {
+            gen.constrain(c);
+        }
+        inner.run = Some(Run { gen, sampler, stop, logprobs_sent: 0 });
         self.abort.set(false);
         Ok(())
     }
 
     /// Runs one pass of the generation: resolves to `{ text, done, finishReason,
-    /// promptTokens, completionTokens }` (`text`: what is now safe to show; `finishReason`:
-    /// "stop", "length" or "abort" once `done`). Calls while a step is pending reject with
+    /// promptTokens, reusedTokens, completionTokens, logprobs }` (`text`: what is now safe to
+    /// show; `finishReason`: "stop", "length" (max_tokens, or the context is full) or "abort"
+    /// once `done`, or "tool_calls"; `logprobs`: the step's new tokens as OpenAI's `{ token,
+    /// logprob, bytes, top_logprobs }`, when `start` asked for them; `toolCalls`: `[{ name,
+    /// arguments }]`, the answer's calls once done). Calls while a step is pending reject with
     /// code `busy`.
     // The borrow is held across the GPU read on purpose: one pass at a time; a call arriving
     // meanwhile fails with `busy` instead of interleaving with the pass.
@@ -409,7 +510,9 @@ impl WasmEngine {
                 .map_err(model_error)?;
                 text = with_session!(device, s => s.take(&mut run.gen, next, tokenizer, &mut run.sampler, &run.stop, abort.get())).map_err(engine_error)?;
             }
-            Ok(step_result(&text, &run.gen))
+            let logprobs = logprob_entries(tokenizer, run.gen.logprobs_from(run.logprobs_sent));
+            run.logprobs_sent = run.gen.ids().len();
+            Ok(step_result(&text, &run.gen, logprobs))
         })
     }
 
@@ -457,6 +560,7 @@ impl WasmEngine {
         };
         let mut sampler = Sampler::new(SamplerConfig::greedy(), self.n_vocab).map_err(|e| options_error(&e.to_string()))?;
         let stop = StopConditions { max_tokens: Some(max_tokens as usize), ..StopConditions::default() };
+        session.reset();
         let generation = session.generate_text(&inner.tokenizer, prompt_ids, &mut sampler, &stop, None, |_| Flow::Continue).map_err(engine_error)?;
         Ok(generation.ids)
     }
@@ -488,7 +592,26 @@ async fn gpu_pass(s: &mut Session<GpuBackend>, gen: &TextGen) -> Result<Next, Mo
     Ok(next)
 }
 
-fn step_result(text: &str, gen: &TextGen) -> JsValue {
+/// A token as OpenAI's `logprobs.content` entries show it (and, without `top_logprobs`, its
+/// alternatives).
+#[derive(Serialize)]
+struct LogprobEntry {
+    token: String,
+    logprob: f32,
+    bytes: Vec<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_logprobs: Option<Vec<LogprobEntry>>,
+}
+
+fn logprob_entries(tokenizer: &Tokenizer, lps: &[crate::engine::TokenLogprob]) -> Vec<LogprobEntry> {
+    let entry = |id: u32, logprob: f32, top| {
+        let bytes = tokenizer.token_to_piece(id, true).map(<[u8]>::to_vec).unwrap_or_default();
+        LogprobEntry { token: String::from_utf8_lossy(&bytes).into_owned(), logprob, bytes, top_logprobs: top }
+    };
+    lps.iter().map(|t| entry(t.id, t.logprob, Some(t.top.iter().map(|&(id, lp)| entry(id, lp, None)).collect()))).collect()
+}
+
+fn step_result(text: &str, gen: &TextGen, logprobs: Vec<LogprobEntry>) -> JsValue {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Step<'a> {
@@ -496,9 +619,21 @@ fn step_result(text: &str, gen: &TextGen) -> JsValue {
         done: bool,
         finish_reason: Option<crate::engine::FinishReason>,
         prompt_tokens: usize,
+        reused_tokens: usize,
         completion_tokens: usize,
+        logprobs: Vec<LogprobEntry>,
+        tool_calls: &'a [crate::chat::tools::ToolCall],
     }
-    to_js(&Step { text, done: gen.is_done(), finish_reason: gen.finish_reason(), prompt_tokens: gen.prompt_len(), completion_tokens: gen.ids().len() })
+    to_js(&Step {
+        text,
+        done: gen.is_done(),
+        finish_reason: gen.finish_reason(),
+        prompt_tokens: gen.prompt_len(),
+        reused_tokens: gen.reused(),
+        completion_tokens: gen.ids().len(),
+        logprobs,
+        tool_calls: gen.tool_calls(),
+    })
 }
 
 /// The plan for the CPU after the GPU the plan chose failed.
