@@ -539,7 +539,12 @@ test("a 1B model (synthetic Llama-3.2-1B shapes, Q4_K_M) loads and generates on 
     assert.equal(x.device.fallback, null);
     assert.equal(x.stats.info.device, name);
     assert.ok(x.phases.includes("ready"), `${name}: progress phases ${x.phases}`);
-    assert.deepEqual(x.usage, { prompt_tokens: synth.prompt_ids.length, completion_tokens: synth.ids.length, total_tokens: synth.prompt_ids.length + synth.ids.length });
+    assert.deepEqual(x.usage, {
+      prompt_tokens: synth.prompt_ids.length,
+      completion_tokens: synth.ids.length,
+      total_tokens: synth.prompt_ids.length + synth.ids.length,
+      prompt_tokens_details: { cached_tokens: 0 },
+    });
     assert.ok(x.stats.modelBytes > 750e6, `${name}: the whole 1 B model was loaded (${x.stats.modelBytes} bytes)`);
   }
   // The CPU path (wasm SIMD128) does the native `--kernels simd` arithmetic: the same text.
