@@ -107,7 +107,7 @@ function reportOf(req: GenRequest): Record<string, unknown> {
  * and the replies and tool results up to the next user message); null when only those and
  * the last turn are left.
  */
-export function dropOldestTurn<M extends { role: string }>(messages: M[]): M[] | null {
+function dropOldestTurn<M extends { role: string }>(messages: M[]): M[] | null {
   const users = messages.flatMap((m, i) => (m.role === "user" ? [i] : []));
   // The kept head ends after the first user turn; the last user turn is the question.
   if (users.length < 3) return null;

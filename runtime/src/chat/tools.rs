@@ -53,9 +53,15 @@ impl ToolCallFormat {
     }
 
     /// Where text that is or may become a call begins in `text` (`text.len()`: nothing held).
-    pub fn hold_from(self, text: &str) -> usize {
+    /// `shown`: bytes already handed out, which hold no call (searched from there only: this
+    /// runs for every generated token).
+    pub fn hold_from(self, text: &str, shown: usize) -> usize {
         match self {
-            ToolCallFormat::Hermes => text.find(HERMES_OPEN).unwrap_or_else(|| partial_suffix(text, HERMES_OPEN)),
+            ToolCallFormat::Hermes => {
+                let from = shown.min(text.len());
+                let rest = text.get(from..).unwrap_or_default();
+                from + rest.find(HERMES_OPEN).unwrap_or_else(|| partial_suffix(rest, HERMES_OPEN))
+            }
             ToolCallFormat::Llama3 | ToolCallFormat::Generic => {
                 // A call is the whole answer: hold it from its first non-blank character when
                 // that starts (or may start) a JSON object or the python tag.
@@ -238,14 +244,16 @@ mod tests {
     #[test]
     fn text_that_may_become_a_call_is_held() {
         let h = ToolCallFormat::Hermes;
-        assert_eq!(h.hold_from("Let me check."), 13);
-        assert_eq!(h.hold_from("Let me check.<tool"), 13);
-        assert_eq!(h.hold_from("Let me <tool_call>{\"na"), 7);
-        assert_eq!(h.hold_from("a < b"), 5);
-        assert_eq!(h.hold_from("é<"), "é".len());
+        assert_eq!(h.hold_from("Let me check.", 0), 13);
+        assert_eq!(h.hold_from("Let me check.<tool", 0), 13);
+        assert_eq!(h.hold_from("Let me <tool_call>{\"na", 0), 7);
+        // Searched from what was shown: the same answers.
+        assert_eq!((h.hold_from("Let me <tool_call>{\"na", 3), h.hold_from("Let me check.<tool", 13)), (7, 13));
+        assert_eq!(h.hold_from("a < b", 0), 5);
+        assert_eq!(h.hold_from("é<", 0), "é".len());
         let g = ToolCallFormat::Generic;
-        assert_eq!((g.hold_from(""), g.hold_from("  "), g.hold_from("\n{\"name\""), g.hold_from("<|python")), (0, 2, 1, 0));
-        assert_eq!(g.hold_from("Paris is the capital."), 21);
+        assert_eq!((g.hold_from("", 0), g.hold_from("  ", 0), g.hold_from("\n{\"name\"", 0), g.hold_from("<|python", 0)), (0, 2, 1, 0));
+        assert_eq!(g.hold_from("Paris is the capital.", 0), 21);
     }
 
     #[test]

@@ -75,8 +75,8 @@ pub struct TextGen {
     pending: Vec<u32>,
     /// The next pass is the prompt's.
     prefill: bool,
-    /// Prompt tokens the first pass evaluates (the rest came from the cache).
-    pending_prompt: usize,
+    /// Prompt tokens taken from the cache rather than prefilled.
+    reused: usize,
     /// Where a stop string begins in `text`.
     cut_at: Option<usize>,
     finish: Option<FinishReason>,
@@ -157,7 +157,7 @@ impl TextGen {
 
     /// Prompt tokens taken from the cache rather than prefilled.
     pub fn reused(&self) -> usize {
-        self.prompt_ids.len() - self.pending_prompt
+        self.reused
     }
 
     /// Why it ended, once it has.
@@ -220,7 +220,7 @@ impl<B: Backend> Session<B> {
             on_device: forced.is_empty() && sampler.is_plain_greedy() && self.backend.argmax_on_device(),
             pending: prompt_ids[keep..].to_vec(),
             prefill: true,
-            pending_prompt: prompt_ids.len() - keep,
+            reused: keep,
             cut_at: None,
             finish: None,
             logprobs: None,
@@ -237,7 +237,7 @@ impl<B: Backend> Session<B> {
         let t0 = Instant::now();
         let act = self.pass(&gen.pending, Logits::Last)?;
         let next = if gen.on_device { Next::Id(self.backend.argmax(act)?) } else { Next::Logits(self.backend.read_host(act)?) };
-        self.count_pass(gen.pending.len(), ms_since(t0), gen.prefill);
+        self.count_pass(&gen.pending, ms_since(t0), gen.prefill);
         Ok(next)
     }
 
@@ -304,7 +304,7 @@ impl<B: Backend> Session<B> {
                 return Ok(gen.end(FinishReason::Stop));
             }
             TextScan::Continue { safe_len } => {
-                let safe_len = gen.tools.map_or(safe_len, |f| safe_len.min(f.hold_from(&gen.text)));
+                let safe_len = gen.tools.map_or(safe_len, |f| safe_len.min(f.hold_from(&gen.text, gen.emitted)));
                 if safe_len > gen.emitted {
                     out.push_str(&gen.text[gen.emitted..safe_len]);
                     gen.emitted = safe_len;
@@ -316,7 +316,7 @@ impl<B: Backend> Session<B> {
             return Ok(out);
         }
         // max_tokens, or no position left for the token: the answer is cut ("length").
-        if stop.max_tokens.is_some_and(|m| gen.ids.len() >= m) || self.n_past >= self.options.n_ctx {
+        if stop.max_tokens.is_some_and(|m| gen.ids.len() >= m) || self.n_past() >= self.options.n_ctx {
             out.push_str(&gen.end(FinishReason::Length));
             return Ok(out);
         }

@@ -66,12 +66,8 @@ pub struct Session<B: Backend> {
     pub model: Model<B>,
     cache: B::Cache,
     options: SessionOptions,
-    /// Positions filled in the cache.
-    n_past: usize,
-    /// [n_past]: the token at each filled position (what a new prompt is compared with).
+    /// [positions filled in the cache]: the token at each (what a new prompt is compared with).
     tokens: Vec<u32>,
-    /// The ids of the pass in flight, appended to `tokens` once it is counted.
-    in_flight: Vec<u32>,
     reused: usize,
     peak_past: usize,
     prefill_ms: f64,
@@ -91,9 +87,7 @@ impl<B: Backend> Session<B> {
             model,
             cache,
             options,
-            n_past: 0,
             tokens: Vec::new(),
-            in_flight: Vec::new(),
             reused: 0,
             peak_past: 0,
             prefill_ms: 0.0,
@@ -110,7 +104,7 @@ impl<B: Backend> Session<B> {
 
     /// Positions already in the cache.
     pub fn n_past(&self) -> usize {
-        self.n_past
+        self.tokens.len()
     }
 
     /// Forgets the conversation (the cache is reused, not reallocated).
@@ -121,8 +115,7 @@ impl<B: Backend> Session<B> {
     /// Forgets every position from `n` on: the next pass writes at `n` (the cache's rows there
     /// are replaced as they are written).
     pub fn rewind(&mut self, n: usize) {
-        self.n_past = self.n_past.min(n);
-        self.tokens.truncate(self.n_past);
+        self.tokens.truncate(n);
     }
 
     /// The tokens at the filled positions.
@@ -137,11 +130,11 @@ impl<B: Backend> Session<B> {
     pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
         let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         let common = common.min(prompt.len().saturating_sub(1));
-        self.backend.resumable(&self.cache, common).min(common)
+        self.backend.resumable(&self.cache, common)
     }
 
     pub fn reset_stats(&mut self) {
-        self.peak_past = self.n_past;
+        self.peak_past = self.n_past();
         self.reused = 0;
         self.prefill_ms = 0.0;
         self.prefill_tokens = 0;
@@ -151,8 +144,8 @@ impl<B: Backend> Session<B> {
     }
 
     fn check_room(&self, n: usize) -> Result<(), ModelError> {
-        if self.n_past + n > self.options.n_ctx {
-            return Err(ModelError::ContextFull { pos: self.n_past + n, n_ctx: self.options.n_ctx });
+        if self.n_past() + n > self.options.n_ctx {
+            return Err(ModelError::ContextFull { pos: self.n_past() + n, n_ctx: self.options.n_ctx });
         }
         Ok(())
     }
@@ -171,7 +164,7 @@ impl<B: Backend> Session<B> {
     fn advance<T>(&mut self, ids: &[u32], which: Logits, read: impl FnOnce(&mut B, B::Act) -> Result<T, ModelError>) -> Result<T, ModelError> {
         let logits = self.pass(ids, which)?;
         let out = read(&mut self.backend, logits)?;
-        self.count(ids.len());
+        self.count(ids);
         Ok(out)
     }
 
@@ -183,25 +176,21 @@ impl<B: Backend> Session<B> {
             return Err(ModelError::BadHyperparameter { what: "tokens to evaluate".into(), value: "none".into() });
         }
         self.check_room(ids.len())?;
-        self.in_flight.clear();
-        self.in_flight.extend_from_slice(ids);
-        self.model.forward(&mut self.backend, &mut self.cache, ids, self.n_past, which)
+        self.model.forward(&mut self.backend, &mut self.cache, ids, self.tokens.len(), which)
     }
 
-    fn count(&mut self, n: usize) {
-        self.tokens.truncate(self.n_past);
-        self.tokens.extend(self.in_flight.iter().take(n));
-        self.n_past += n;
-        self.peak_past = self.peak_past.max(self.n_past);
+    fn count(&mut self, ids: &[u32]) {
+        self.tokens.extend_from_slice(ids);
+        self.peak_past = self.peak_past.max(self.n_past());
     }
 
-    /// Counts a [`Session::pass`] of `n` positions whose result was read, timed `ms` (pass and
-    /// read) as a prefill or as a decode step.
-    pub fn count_pass(&mut self, n: usize, ms: f64, prefill: bool) {
-        self.count(n);
+    /// Counts a [`Session::pass`] of `ids` whose result was read, timed `ms` (pass and read)
+    /// as a prefill or as a decode step.
+    pub fn count_pass(&mut self, ids: &[u32], ms: f64, prefill: bool) {
+        self.count(ids);
         if prefill {
             self.prefill_ms += ms;
-            self.prefill_tokens += n;
+            self.prefill_tokens += ids.len();
         } else {
             self.step_ms.push(ms);
         }
@@ -212,7 +201,7 @@ impl<B: Backend> Session<B> {
         let t0 = Instant::now();
         let act = self.pass(ids, Logits::Last)?;
         let out = self.backend.read_host(act)?;
-        self.count_pass(ids.len(), ms_since(t0), true);
+        self.count_pass(ids, ms_since(t0), true);
         Ok(out)
     }
 
@@ -221,7 +210,7 @@ impl<B: Backend> Session<B> {
         let t0 = Instant::now();
         let act = self.pass(&[id], Logits::Last)?;
         let out = self.backend.read_host(act)?;
-        self.count_pass(1, ms_since(t0), false);
+        self.count_pass(&[id], ms_since(t0), false);
         Ok(out)
     }
 
@@ -232,7 +221,7 @@ impl<B: Backend> Session<B> {
         let t0 = Instant::now();
         let act = self.pass(ids, Logits::Last)?;
         let id = self.backend.argmax(act)?;
-        self.count_pass(ids.len(), ms_since(t0), ids.len() > 1);
+        self.count_pass(ids, ms_since(t0), ids.len() > 1);
         Ok(id)
     }
 

@@ -109,7 +109,7 @@ impl RecentRows {
             return n;
         }
         let first_read = self.sink.max((n + 1).saturating_sub(self.recent));
-        let held = self.span.iter().zip(&self.sink_n).all(|(&(lo, hi), &sink_n)| sink_n >= self.sink && hi >= n && (lo <= first_read || first_read >= n));
+        let held = self.span.iter().zip(&self.sink_n).all(|(&(lo, hi), &sink_n)| sink_n >= self.sink && hi >= n && lo <= first_read);
         if held {
             n
         } else {

@@ -404,13 +404,13 @@ impl WasmEngine {
         let json = js_sys::JSON::stringify(&messages).ok().and_then(|s| s.as_string()).unwrap_or_default();
         let messages: Vec<ChatMessage> =
             serde_json::from_str(&json).map_err(|e| options_error(&format!("messages: an array of {{ role, content }} with string content ({e})")))?;
-        let tools: Option<serde_json::Value> = match tools.is_undefined() || tools.is_null() {
-            true => None,
-            false => Some(from_js(&tools, "tools")?),
+        // (undefined / null read as JSON null: no tools)
+        let tools: serde_json::Value = from_js(&tools, "tools")?;
+        let tools = match tools {
+            serde_json::Value::Null => None,
+            serde_json::Value::Array(_) => Some(tools),
+            _ => return Err(options_error("tools must be an array")),
         };
-        if tools.as_ref().is_some_and(|t| !t.is_array()) {
-            return Err(options_error("tools must be an array"));
-        }
         let inner = self.borrow()?;
         let template = inner.template.as_ref().map_err(|e| coded_error("template", e))?;
         template.apply_with_tools(&messages, tools.as_ref(), add_generation_prompt).map_err(|e| coded_error("template", &e.to_string()))
@@ -440,9 +440,9 @@ impl WasmEngine {
     pub fn start(&self, prompt_ids: &[u32], sampling: JsValue, stop: JsValue, forced: &[u32], options: JsValue) -> Result<(), JsValue> {
         let config: SamplerConfig = from_js(&sampling, "sampling")?;
         let stop: StopConditions = from_js(&stop, "stop")?;
-        let report: GenOptions = from_js(&options, "options")?;
-        let grammar = report.grammar.map(GrammarRequest::grammar).transpose()?;
-        if report.logprobs.is_some_and(|n| n > crate::engine::MAX_TOP_LOGPROBS) {
+        let opts: GenOptions = from_js(&options, "options")?;
+        let grammar = opts.grammar.map(GrammarRequest::grammar).transpose()?;
+        if opts.logprobs.is_some_and(|n| n > crate::engine::MAX_TOP_LOGPROBS) {
             return Err(options_error(&format!("top_logprobs must be between 0 and {}", crate::engine::MAX_TOP_LOGPROBS)));
         }
         if prompt_ids.is_empty() {
@@ -455,22 +455,22 @@ impl WasmEngine {
         let mut guard = self.borrow()?;
         let inner = &mut *guard;
         // Everything that may fail comes before the conversation is touched.
-        let tool_format = match report.tool_calls {
+        let tool_format = match opts.tool_calls {
             true => Some(inner.template.as_ref().map_err(|e| coded_error("template", e))?.tool_call_format()),
             false => None,
         };
         let constraint = match grammar {
             Some(grammar) => {
-                if inner.vocabulary.is_none() {
-                    inner.vocabulary = Some(Vocabulary::new(&inner.tokenizer).map_err(constraint_error)?);
-                }
-                let vocab = inner.vocabulary.as_ref().ok_or_else(|| coded_error("internal", "no vocabulary"))?;
+                let vocab = match &mut inner.vocabulary {
+                    Some(v) => v,
+                    slot => slot.insert(Vocabulary::new(&inner.tokenizer).map_err(constraint_error)?),
+                };
                 Some(Constraint::new(vocab, &grammar).map_err(constraint_error)?)
             }
             None => None,
         };
         let mut gen = with_session!(&mut inner.device, s => s.start_text(&inner.tokenizer, prompt_ids, &sampler, forced));
-        if let Some(top) = report.logprobs {
+        if let Some(top) = opts.logprobs {
             gen.want_logprobs(top);
         }
         if let Some(format) = tool_format {
@@ -588,7 +588,7 @@ async fn gpu_pass(s: &mut Session<GpuBackend>, gen: &TextGen) -> Result<Next, Mo
     let t0 = Instant::now();
     let act = s.pass(gen.pending(), Logits::Last)?;
     let next = if gen.argmax_on_device() { Next::Id(s.backend.argmax_async(&act).await?) } else { Next::Logits(s.backend.to_host_async(&act).await?) };
-    s.count_pass(gen.pending().len(), t0.elapsed().as_secs_f64() * 1e3, gen.is_prefill());
+    s.count_pass(gen.pending(), t0.elapsed().as_secs_f64() * 1e3, gen.is_prefill());
     Ok(next)
 }
 
