@@ -119,3 +119,47 @@ fn smollm2_answers_follow_schemas_and_grammars() {
 fn gemma3_answers_follow_schemas_and_grammars() {
     check_model("gemma-3-270m-q4_k_m.gguf");
 }
+
+/// `tool_choice: "required"` and a named function: the answer is held to a call of the tools
+/// in each format (the grammar `required_call_grammar` builds) and parsed back as that call,
+/// with arguments that follow the tool's schema. Greedy and sampled.
+#[test]
+fn required_tool_calls_follow_the_tools() {
+    use webgguf::chat::tools::{required_call_grammar, ToolCallFormat};
+    let mut c = open("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let tools = json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["C", "F"]}}, "required": ["city", "unit"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "now", "description": "The time"}}
+    ]);
+    let prompt = c.template.apply_with_tools(&[ChatMessage::new("user", "What is the weather in Paris?")], Some(&tools), true).expect("template");
+    let prompt = c.tok.tokenize(&prompt, false, true).expect("tokenize");
+    for format in [ToolCallFormat::Generic, ToolCallFormat::Llama3, ToolCallFormat::Hermes] {
+        for (only, temperature, seed) in [(None, 0.0, 0), (None, 1.0, 7), (Some("get_weather"), 1.0, 3), (Some("now"), 0.0, 0)] {
+            let lark = required_call_grammar(format, &tools, only).expect("grammar");
+            let config = SamplerConfig { temperature, seed, ..SamplerConfig::default() };
+            let mut sampler = Sampler::new(config, c.tok.n_vocab()).expect("sampler");
+            let mut gen = c.session.start_text(&c.tok, &prompt, &sampler, &[]);
+            gen.want_tool_calls(format);
+            gen.constrain(Constraint::new(&c.vocab, &Grammar::Lark(lark)).expect("compiles"));
+            let stop = StopConditions { max_tokens: Some(120), ..Default::default() };
+            let g = c.session.run_text(gen, &c.tok, &mut sampler, &stop, None, |_| webgguf::engine::Flow::Continue).expect("generate");
+            let what = format!("{format:?} only={only:?} t={temperature} seed={seed}: {:?} {:?}", g.text, g.tool_calls);
+            println!("{what}");
+            assert_eq!(g.finish_reason, FinishReason::ToolCalls, "{what}");
+            assert!(g.tool_calls.len() == 1 && g.text.is_empty(), "{what}");
+            for call in &g.tool_calls {
+                assert!(only.is_none_or(|n| n == call.name) && ["get_weather", "now"].contains(&call.name.as_str()), "{what}");
+                let args: Value = serde_json::from_str(&call.arguments).unwrap_or_else(|e| panic!("{what}: {e}"));
+                if call.name == "get_weather" {
+                    let ok = args["city"].as_str().is_some_and(|c| c.chars().count() <= 20)
+                        && ["C", "F"].contains(&args["unit"].as_str().unwrap_or(""))
+                        && args.as_object().is_some_and(|o| o.len() == 2);
+                    assert!(ok, "{what}");
+                } else {
+                    assert_eq!(args, json!({}), "{what}");
+                }
+            }
+        }
+    }
+}

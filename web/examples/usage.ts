@@ -103,6 +103,9 @@ export async function main(url: string): Promise<string> {
     messages.push(called.choices[0].message, { role: "tool", tool_call_id: call.id, content: JSON.stringify({ city: JSON.parse(call.function.arguments).city, temp_c: 18 }) });
   }
   console.log(await engine.applyChatTemplate(messages, true, tools));
+  // A call the answer must make: "required" (any tool) or a named function.
+  const forced: ChatCompletion = await engine.chat.completions.create({ messages, tools, tool_choice: { type: "function", function: { name: "get_weather" } } });
+  console.log(forced.choices[0].message.tool_calls?.[0].function.arguments);
 
   const raw: Completion = await engine.completions.create({ prompt: "Once upon a time", max_tokens: 16, temperature: 0, stop: "." });
   const rawStream: Stream<CompletionChunk> = await engine.completions.create({ prompt: "Once", stream: true, signal: controller.signal });

@@ -29,6 +29,9 @@ export interface GenRequest {
   tools?: unknown[];
   /** Find the answer's tool calls. */
   toolCalls?: boolean;
+  /** `tool_choice` "required" or a named function: the answer is held to one call of these
+   * tools (of `name` only). */
+  requiredCall?: { tools: unknown[]; name?: string };
   /** What the answer is held to: a JSON schema or a GBNF grammar. */
   grammar?: { jsonSchema?: Record<string, unknown>; gbnf?: string };
   prompt?: string;
@@ -98,7 +101,7 @@ function yieldToEventLoop(): Promise<void> {
 
 /** What `WasmEngine.start` reports beside the text. */
 function reportOf(req: GenRequest): Record<string, unknown> {
-  return { ...(req.logprobs === undefined ? {} : { logprobs: req.logprobs }), toolCalls: req.toolCalls ?? false, ...(req.grammar ? { grammar: req.grammar } : {}) };
+  return { ...(req.logprobs === undefined ? {} : { logprobs: req.logprobs }), toolCalls: req.toolCalls ?? false, ...(req.requiredCall ? { requiredCall: req.requiredCall } : {}), ...(req.grammar ? { grammar: req.grammar } : {}) };
 }
 
 /**

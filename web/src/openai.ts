@@ -98,7 +98,7 @@ function grammarOf(body: RequestBody): GenRequest["grammar"] {
 }
 
 /** `tools` checked (function tools with names) and whether the answer is parsed for calls. */
-function toolsOf(body: RequestBody): { tools?: unknown[]; toolCalls: boolean } {
+function toolsOf(body: RequestBody): { tools?: unknown[]; toolCalls: boolean; requiredCall?: GenRequest["requiredCall"] } {
   if (body.tools == null) {
     if (body.tool_choice != null && body.tool_choice !== "none" && body.tool_choice !== "auto") bad("tool_choice needs tools");
     return { toolCalls: false };
@@ -110,9 +110,19 @@ function toolsOf(body: RequestBody): { tools?: unknown[]; toolCalls: boolean } {
   });
   if (body.parallel_tool_calls === false) bad("parallel_tool_calls: false is not supported yet (an answer may make several calls)");
   const choice = body.tool_choice ?? "auto";
-  // "required" or a named function would need constrained decoding to hold the model to it.
-  if (choice !== "auto" && choice !== "none") bad(`tool_choice ${JSON.stringify(choice)} is not supported yet ("auto" or "none")`);
-  return { tools: body.tools, toolCalls: choice === "auto" && body.tools.length > 0 };
+  if (choice === "auto" || choice === "none") return { tools: body.tools, toolCalls: choice === "auto" && body.tools.length > 0 };
+  // "required" or a named function: the answer is held to one call (a grammar built from the tools).
+  if (choice === "required") {
+    if (body.tools.length === 0) bad('tool_choice "required" needs at least one tool');
+    return { tools: body.tools, toolCalls: true, requiredCall: { tools: body.tools } };
+  }
+  const named = choice as { type?: unknown; function?: { name?: unknown } };
+  if (!named || typeof named !== "object" || named.type !== "function" || typeof named.function?.name !== "string") {
+    bad('tool_choice must be "auto", "none", "required" or { type: "function", function: { name } }');
+  }
+  const name = named.function!.name as string;
+  if (!body.tools.some((t) => t.function.name === name)) bad(`tool_choice names ${JSON.stringify(name)}, which is not among tools`);
+  return { tools: body.tools, toolCalls: true, requiredCall: { tools: body.tools, name } };
 }
 
 /** A chat message as the runtime's template takes it. */
@@ -192,9 +202,13 @@ export function toGenRequest(body: RequestBody): GenRequest {
   const req: GenRequest = { sampling, stop: { maxTokens: max, stopStrings: stop } };
   const grammar = grammarOf(body);
   if (grammar) req.grammar = grammar;
-  const { tools, toolCalls } = toolsOf(body);
+  const { tools, toolCalls, requiredCall } = toolsOf(body);
   if (tools) req.tools = tools;
   if (toolCalls) req.toolCalls = true;
+  if (requiredCall) {
+    if (grammar) bad("tool_choice \"required\" or a named function cannot be combined with response_format, json_schema or grammar");
+    req.requiredCall = requiredCall;
+  }
   const lps = logprobsOf(body, body.messages !== undefined);
   if (lps !== undefined) req.logprobs = lps;
   if (body.context_overflow !== undefined) {

@@ -253,8 +253,10 @@ export interface ChatCompletionCreateParams extends SamplingParams, ConstraintPa
    * message when the template does not render tools); calls in the answer come back as
    * `tool_calls` with finish_reason "tool_calls". */
   tools?: ChatCompletionTool[];
-  /** "auto" (default) or "none" (the tools are shown, the answer is not parsed for calls). */
-  tool_choice?: "auto" | "none";
+  /** "auto" (default), "none" (the tools are shown, the answer is not parsed for calls),
+   * "required" (the answer is held to one call of the tools) or a named function (one call of
+   * that function). */
+  tool_choice?: "auto" | "none" | "required" | { type: "function"; function: { name: string } };
   /** Overrides the engine's contextOverflow for this request. */
   context_overflow?: ContextOverflow;
   /** Only 1 is supported. */

@@ -189,8 +189,8 @@ test("CPU engine: a second chat turn reuses the cache and answers as a fresh eng
     for await (const c of await engine.chat.completions.create({ ...ask, stream: true })) streamed.push(...(c.choices[0].logprobs?.content ?? []));
     const legacy = await engine.completions.create({ prompt: "Hello", max_tokens: 3, temperature: 0, logprobs: 2 });
     const refused = {};
-    const tools = [{ type: "function", function: { name: "get_weather", description: "The weather in a city", parameters: { type: "object", properties: { city: { type: "string" } } } } }];
-    for (const [field, value] of [["tool_choice", "required"], ["n", 2], ["top_logprobs", 2], ["grammar", 'root ::= "a'], ["response_format", { type: "xml" }]]) {
+    const tools = [{ type: "function", function: { name: "get_weather", description: "The weather in a city", parameters: { type: "object", properties: { city: { type: "string", maxLength: 20 } }, required: ["city"] } } }];
+    for (const [field, value] of [["tool_choice", { type: "function", function: { name: "nope" } }], ["n", 2], ["top_logprobs", 2], ["grammar", 'root ::= "a'], ["response_format", { type: "xml" }]]) {
       refused[field] = await err(() => engine.chat.completions.create({ messages, tools, [field]: value }));
     }
     // Structured output: a JSON schema (nested object, array, enum, numbers, a constant with
@@ -220,6 +220,16 @@ test("CPU engine: a second chat turn reuses the cache and answers as a fresh eng
     const withTools = await engine.chat.completions.create({ messages, tools, max_tokens: 24, temperature: 0 });
     const called = [...messages, { role: "assistant", content: null, tool_calls: [{ id: "call_1", type: "function", function: { name: "get_weather", arguments: '{"city": "Paris"}' } }] }, { role: "tool", tool_call_id: "call_1", content: "18 C, sunny" }];
     const afterCall = await engine.chat.completions.create({ messages: called, tools, max_tokens: 8, temperature: 0 });
+    // tool_choice "required" and a named function hold the answer to one call (streamed too).
+    const both = [...tools, { type: "function", function: { name: "now", description: "The time" } }];
+    const required = await engine.chat.completions.create({ messages, tools: both, tool_choice: "required", max_tokens: 60, temperature: 0 });
+    const named = await engine.chat.completions.create({ messages, tools: both, tool_choice: { type: "function", function: { name: "now" } }, max_tokens: 60, temperature: 1, seed: 3 });
+    const streamedCalls = [];
+    let streamedFinish;
+    for await (const c of await engine.chat.completions.create({ messages, tools: both, tool_choice: "required", max_tokens: 60, temperature: 0, stream: true })) {
+      streamedCalls.push(...(c.choices[0]?.delta?.tool_calls ?? []));
+      streamedFinish = c.choices[0]?.finish_reason ?? streamedFinish;
+    }
     // A 96-position context: a long chat fails or is cut in the middle; an answer fills it.
     const small = await createEngine({ ...opts, contextLength: 96 });
     const long = [{ role: "system", content: "You are brief." }, { role: "user", content: "Hi." }];
@@ -230,7 +240,7 @@ test("CPU engine: a second chat turn reuses the cache and answers as a fresh eng
     const cut2 = await small.chat.completions.create({ messages: next, max_tokens: 8, temperature: 0, context_overflow: "truncate-middle" });
     const fill = await small.completions.create({ prompt: "Once upon a time", max_tokens: 500, temperature: 0, logit_bias: Object.fromEntries((await small.tokenize("<|im_end|><|endoftext|>", { addSpecial: false, parseSpecial: true })).map((id) => [id, -100])) });
     for (const e of [engine, fresh, small]) await e.unload();
-    return { t1: t1.usage, t2, f2, stats, streamed, legacy, refused, structured, streamedJson, yesNo, toolPrompt, withTools, afterCall, tooLong, cut, cut2, fill };
+    return { t1: t1.usage, t2, f2, stats, streamed, legacy, refused, structured, streamedJson, yesNo, toolPrompt, withTools, afterCall, required, named, streamedCalls, streamedFinish, tooLong, cut, cut2, fill };
   }, chatArgs());
   assert.ok(r.t2.usage.prompt_tokens_details.cached_tokens > r.t1.prompt_tokens, JSON.stringify(r.t2.usage));
   assert.equal(r.stats.reused_tokens, r.t2.usage.prompt_tokens_details.cached_tokens);
@@ -270,6 +280,18 @@ test("CPU engine: a second chat turn reuses the cache and answers as a fresh eng
     if (choice.finish_reason === "tool_calls") assert.ok(choice.message.tool_calls.length > 0 && choice.message.tool_calls[0].type === "function");
     else assert.equal(typeof choice.message.content, "string");
   }
+  for (const [c, only] of [[r.required, undefined], [r.named, "now"]]) {
+    const choice = c.choices[0];
+    assert.equal(choice.finish_reason, "tool_calls", JSON.stringify(choice));
+    assert.equal(choice.message.tool_calls.length, 1, JSON.stringify(choice));
+    const f = choice.message.tool_calls[0].function;
+    assert.ok(only === undefined ? ["get_weather", "now"].includes(f.name) : f.name === only, JSON.stringify(f));
+    const args = JSON.parse(f.arguments);
+    if (f.name === "now") assert.deepEqual(args, {});
+    else assert.ok(typeof args.city === "string" && args.city.length <= 20 && Object.keys(args).length === 1, f.arguments);
+  }
+  assert.equal(r.streamedFinish, "tool_calls");
+  assert.deepEqual(r.streamedCalls.map((c) => c.function), r.required.choices[0].message.tool_calls.map((c) => c.function), "streamed call = whole");
   assert.deepEqual([r.tooLong.name, r.tooLong.code], ["ContextLengthError", "context_length"]);
   assert.ok(r.cut.usage.prompt_tokens <= 96 - 8, JSON.stringify(r.cut.usage));
   assert.ok(r.cut2.usage.prompt_tokens_details.cached_tokens > 0, `the next turn after a cut reuses the cache: ${JSON.stringify(r.cut2.usage)}`);

@@ -169,6 +169,57 @@ pub fn generic_system_prompt(tools: &Json) -> String {
     )
 }
 
+/// The key a call's arguments go under in `format` (Llama 3.x templates ask for `parameters`).
+fn arguments_key(format: ToolCallFormat) -> &'static str {
+    match format {
+        ToolCallFormat::Llama3 => "parameters",
+        ToolCallFormat::Hermes | ToolCallFormat::Generic => "arguments",
+    }
+}
+
+/// The grammar (llguidance's Lark) that holds an answer to tool calls written in `format`, for
+/// `tool_choice: "required"` (a call of any of `tools`) or a named function (`only`): each call's
+/// JSON is held to a tool's name and its `parameters` schema, laid out as the JSON answers are
+/// (llama.cpp's common/chat.cpp builds the same kind of grammar). One call: a small model held
+/// to "one or more" may repeat its call until `max_tokens`. An empty `tools`, a tool without a name or an `only` not among them is an error.
+pub fn required_call_grammar(format: ToolCallFormat, tools: &Json, only: Option<&str>) -> Result<String, String> {
+    let key = arguments_key(format);
+    let mut choices = Vec::new();
+    for (i, tool) in tools.as_array().ok_or("tools must be an array")?.iter().enumerate() {
+        let function = tool.get("function").unwrap_or(tool);
+        let name = function.get("name").and_then(Json::as_str).ok_or_else(|| format!("tools[{i}] has no function name"))?;
+        if only.is_some_and(|only| only != name) {
+            continue;
+        }
+        // No `parameters`: the function takes no arguments (OpenAI's reading).
+        let parameters = function
+            .get("parameters")
+            .filter(|p| p.is_object())
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false}));
+        choices.push(serde_json::json!({
+            "type": "object",
+            "properties": {"name": {"const": name}, key: parameters},
+            "required": ["name", key],
+            "additionalProperties": false
+        }));
+    }
+    let mut schema = match (choices.len(), only) {
+        (0, Some(only)) => return Err(format!("tool_choice names {only:?}, which is not among tools")),
+        (0, None) => return Err("tool_choice \"required\" needs at least one tool".into()),
+        (1, _) => choices.pop().unwrap_or_default(),
+        _ => serde_json::json!({ "anyOf": choices }),
+    };
+    if let Some(o) = schema.as_object_mut() {
+        o.insert("x-guidance".into(), crate::constraint::json_layout());
+    }
+    let call = format!("call: %json {schema}");
+    Ok(match format {
+        ToolCallFormat::Hermes => format!("start: \"{HERMES_OPEN}\\n\" call \"\\n{HERMES_CLOSE}\"\n{call}\n"),
+        ToolCallFormat::Llama3 | ToolCallFormat::Generic => format!("start: call\n{call}\n"),
+    })
+}
+
 /// A JSON value as a template value (objects keep their key order).
 pub(super) fn template_value(v: &Json) -> minijinja::Value {
     use minijinja::Value;
@@ -310,5 +361,29 @@ mod tests {
         let tools = serde_json::json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
         let p = generic_system_prompt(&tools);
         assert!(p.contains("\"get_weather\"") && p.contains("\"arguments\""));
+    }
+
+    #[test]
+    fn required_call_grammars_name_the_tools_and_their_schemas() {
+        let tools = serde_json::json!([
+            {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+            {"type": "function", "function": {"name": "now"}}
+        ]);
+        let generic = required_call_grammar(ToolCallFormat::Generic, &tools, None).unwrap();
+        assert!(generic.starts_with("start: call\ncall: %json {\"anyOf\":"), "{generic}");
+        assert!(generic.contains("\"const\":\"get_weather\"") && generic.contains("\"const\":\"now\"") && generic.contains("\"arguments\""));
+        let llama = required_call_grammar(ToolCallFormat::Llama3, &tools, Some("now")).unwrap();
+        assert!(
+            llama.contains("\"parameters\":{\"type\":\"object\",\"properties\":{},\"additionalProperties\":false}")
+                && !llama.contains("get_weather")
+                && !llama.contains("anyOf"),
+            "{llama}"
+        );
+        let hermes = required_call_grammar(ToolCallFormat::Hermes, &tools, Some("get_weather")).unwrap();
+        assert!(hermes.starts_with("start: \"<tool_call>\\n\" call \"\\n</tool_call>\"\ncall: %json {"), "{hermes}");
+        assert!(required_call_grammar(ToolCallFormat::Hermes, &tools, Some("nope")).unwrap_err().contains("\"nope\""));
+        assert!(required_call_grammar(ToolCallFormat::Generic, &serde_json::json!([]), None).is_err());
+        assert!(required_call_grammar(ToolCallFormat::Generic, &serde_json::json!([{"function": {}}]), None).is_err());
+        assert!(required_call_grammar(ToolCallFormat::Generic, &serde_json::json!({}), None).is_err());
     }
 }

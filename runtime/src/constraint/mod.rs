@@ -109,8 +109,13 @@ impl Vocabulary {
 fn fixed_layout(schema: &serde_json::Value) -> Result<serde_json::Value, ConstraintError> {
     let mut schema = schema.clone();
     let obj = schema.as_object_mut().ok_or_else(|| ConstraintError::Grammar("a JSON schema must be an object".into()))?;
-    obj.entry("x-guidance").or_insert_with(|| serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}));
+    obj.entry("x-guidance").or_insert_with(json_layout);
     Ok(schema)
+}
+
+/// llguidance's layout options (`x-guidance`) for JSON as Python's `json.dumps` writes it.
+pub(crate) fn json_layout() -> serde_json::Value {
+    serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
 }
 
 /// One answer's matcher.

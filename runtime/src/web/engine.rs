@@ -9,6 +9,7 @@
 use super::load::{self, LoadReport};
 use super::plan::{has_webgpu, plan_source, PlanRequest, Planned};
 use super::{coded_error, load_error, model_source, to_js};
+use crate::chat::tools::required_call_grammar;
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::constraint::{Constraint, Grammar, Vocabulary};
 use crate::cpu::Kernels;
@@ -64,6 +65,16 @@ struct GenOptions {
     /// The request offered tools: find the answer's calls (in the chat template's format).
     #[serde(default)]
     tool_calls: bool,
+    /// `tool_choice` "required" or a named function: the answer is held to one call.
+    required_call: Option<RequiredCall>,
+}
+
+/// The tools an answer must call one of (`name`: that one only).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RequiredCall {
+    tools: serde_json::Value,
+    name: Option<String>,
 }
 
 /// One of: a JSON schema, a GBNF grammar, llguidance's Lark.
@@ -432,16 +443,21 @@ impl WasmEngine {
     /// `repetitionPenalty`, `presencePenalty`, `frequencyPenalty`, `logitBias`, `seed`, …);
     /// `stop`: `{ maxTokens, stopStrings, stopTokens }`. `forced`: tokens taken first whatever
     /// is sampled (replaying a generation cut off by a lost device; the sampler still draws).
-    /// `options`: `{ logprobs, toolCalls, grammar }`: `logprobs` (alternatives per token, 0 to
-    /// 20): each step then returns its tokens' log-probabilities; `toolCalls: true`: the
-    /// answer's tool calls are found (in the chat template's format) and returned by the last
-    /// step; `grammar`: `{ jsonSchema }`, `{ gbnf }` or `{ lark }`, the answer held to it
-    /// ([`crate::constraint`]; one that does not compile is an `options` error here).
+    /// `options`: `{ logprobs, toolCalls, requiredCall, grammar }`: `logprobs` (alternatives
+    /// per token, 0 to 20): each step then returns its tokens' log-probabilities; `toolCalls:
+    /// true`: the answer's tool calls are found (in the chat template's format) and returned by
+    /// the last step; `requiredCall: { tools, name? }`: the answer is held to one call of
+    /// `tools` (of `name` only), [`required_call_grammar`]; `grammar`: `{ jsonSchema }`,
+    /// `{ gbnf }` or `{ lark }`, the answer held to it ([`crate::constraint`]; one that does
+    /// not compile is an `options` error here).
     pub fn start(&self, prompt_ids: &[u32], sampling: JsValue, stop: JsValue, forced: &[u32], options: JsValue) -> Result<(), JsValue> {
         let config: SamplerConfig = from_js(&sampling, "sampling")?;
         let stop: StopConditions = from_js(&stop, "stop")?;
         let opts: GenOptions = from_js(&options, "options")?;
-        let grammar = opts.grammar.map(GrammarRequest::grammar).transpose()?;
+        let mut grammar = opts.grammar.map(GrammarRequest::grammar).transpose()?;
+        if opts.required_call.is_some() && grammar.is_some() {
+            return Err(options_error("a required tool call cannot also be held to a grammar or schema"));
+        }
         if opts.logprobs.is_some_and(|n| n > crate::engine::MAX_TOP_LOGPROBS) {
             return Err(options_error(&format!("top_logprobs must be between 0 and {}", crate::engine::MAX_TOP_LOGPROBS)));
         }
@@ -455,10 +471,14 @@ impl WasmEngine {
         let mut guard = self.borrow()?;
         let inner = &mut *guard;
         // Everything that may fail comes before the conversation is touched.
-        let tool_format = match opts.tool_calls {
+        let tool_format = match opts.tool_calls || opts.required_call.is_some() {
             true => Some(inner.template.as_ref().map_err(|e| coded_error("template", e))?.tool_call_format()),
             false => None,
         };
+        if let (Some(required), Some(format)) = (&opts.required_call, tool_format) {
+            let lark = required_call_grammar(format, &required.tools, required.name.as_deref()).map_err(|e| options_error(&e))?;
+            grammar = Some(Grammar::Lark(lark));
+        }
         let constraint = match grammar {
             Some(grammar) => {
                 let vocab = match &mut inner.vocabulary {
