@@ -15,7 +15,7 @@ with and without that rotation. One sequence per context, in one batch.
 
 usage (with the Python that has llama_cpp, e.g. target/llama-cpp-python/bin/python):
   pkg-scripts/kv-agreement-llama-cpp.py MODEL.gguf ORACLE.json [--threads N]
-Prints one JSON object: {"model", "positions", "confident_positions", "types": {NAME: {"all", "confident"}}}
+Prints one JSON object: {"model", "date", "machine", "positions", "confident_positions", "types": {NAME: {"all", "confident"}}}
 (vs the f32 cache without flash attention).
 """
 import argparse
@@ -33,7 +33,7 @@ def main():
 
     import llama_cpp
     import numpy as np
-    from llama_cpp_eval import teacher_forced_logits
+    from llama_cpp_eval import provenance, teacher_forced_logits
 
     oracle = json.load(open(args.oracle, encoding="utf-8"))
     seqs = [c["prompt_ids"] + c["greedy_ids"] for c in oracle["cases"]]
@@ -65,7 +65,7 @@ def main():
 
     base = tops(llama_cpp.GGML_TYPE_F32, False)
     confident = [i for i, (_, m) in enumerate(base) if m >= 0.1]
-    result = {"model": args.model, "positions": len(base), "confident_positions": len(confident), "types": {}}
+    result = {"model": args.model, **provenance(), "positions": len(base), "confident_positions": len(confident), "types": {}}
     for name, (t, fa) in types.items():
         got = tops(t, fa, rotate="no rotation" not in name)
         same = [a[0] == b[0] for a, b in zip(base, got)]

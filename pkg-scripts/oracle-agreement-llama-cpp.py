@@ -13,7 +13,7 @@ oracle was made) or token by token (n_batch 1).
 
 usage (with the Python that has llama_cpp, e.g. target/llama-cpp-python/bin/python):
   pkg-scripts/oracle-agreement-llama-cpp.py MODEL.gguf ORACLE.json [--label L]
-Prints one JSON object: {"model", "label", "positions", "confident_positions",
+Prints one JSON object: {"model", "label", "date", "machine", "positions", "confident_positions",
 "runs": {"T threads, batch B": {"all", "confident", "mean_abs_logit_diff"}}}.
 """
 import argparse
@@ -31,13 +31,13 @@ def main():
 
     import llama_cpp
     import numpy as np
-    from llama_cpp_eval import teacher_forced_logits
+    from llama_cpp_eval import provenance, teacher_forced_logits
 
     oracle = json.load(open(args.oracle, encoding="utf-8"))
     cases = oracle["cases"]
     seqs = [c["prompt_ids"] + c["greedy_ids"] for c in cases]
     n_ctx = max(len(s) for s in seqs) + 8
-    result = {"model": os.path.basename(args.model), "label": args.label, "runs": {}}
+    result = {"model": os.path.basename(args.model), "label": args.label, **provenance(), "runs": {}}
     for threads, batch in ((2, n_ctx), (1, n_ctx), (1, 1)):
         llm = llama_cpp.Llama(model_path=args.model, n_ctx=n_ctx, n_batch=batch, n_ubatch=batch,
                               n_threads=threads, n_threads_batch=threads, logits_all=True,

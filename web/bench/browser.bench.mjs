@@ -189,7 +189,7 @@ async function main() {
   const machine = `${cpuModel}, ${CORES} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; ${chromiumVersion}`;
   const gpuRun = runs.find((r) => r.config === "webgguf-webgpu");
   const report = {
-    machine, model: path.basename(MODEL_FILE), prompt_tokens: PROMPT_TOKENS, decode_tokens: DECODE_TOKENS, gpu_decode_tokens: GPU_DECODE_TOKENS,
+    date: new Date().toISOString(), machine, model: path.basename(MODEL_FILE), prompt_tokens: PROMPT_TOKENS, decode_tokens: DECODE_TOKENS, gpu_decode_tokens: GPU_DECODE_TOKENS,
     rounds: ROUNDS, gpu_rounds: GPU_ROUNDS, webgpu_adapter: gpuRun?.engine?.adapter ?? null, baseline_renderer_bytes: baseline,
     summaries: Object.fromEntries([...new Set(runs.map((r) => `${r.config}@${r.maxTokens}`))].map((k) => { const [c, n] = k.split("@"); return [k, summary(c, Number(n))]; })),
     tables,
