@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Turns pkg-scripts/eval-ladder's rows into PREFIX.json, PREFIX.md (tables) and PREFIX.svg
-(perplexity increase and KL divergence against bits per weight; decode tok/s against file
-size). Plain SVG, no plotting library.
+"""Turns pkg-scripts/eval-ladder's rows into PREFIX.json and PREFIX.svg (perplexity increase and
+KL divergence against bits per weight; decode tok/s against file size). Plain SVG, no plotting
+library. The tables in PREFIX.md are rendered from PREFIX.json by pkg-scripts/docs-tables.
   ladder-report.py ROWS.jsonl PREFIX "COMMAND"
 """
 import json, math, os, platform, sys, datetime
@@ -28,41 +28,6 @@ def base(src):
 
 json.dump({"command": command, "date": datetime.date.today().isoformat(), "machine": machine,
            "text": "start of /usr/share/common-licenses/GPL-3", "rows": rows}, open(prefix + ".json", "w"), indent=1)
-
-md = [f"# Quantization ladder\n", f"`{command}` on {machine}, {datetime.date.today().isoformat()}. Text: the start of "
-      "`/usr/share/common-licenses/GPL-3`; KL divergence KL(source ‖ level) in nats per position, "
-      "top-1 = share of positions whose argmax equals the source's; CPU speeds are one run each "
-      "(prefill = windows of 256 positions, decode = 32 greedy tokens); KV bytes for 4096 positions.\n"]
-for src in sources:
-    b = base(src)
-    md.append(f"\n## {label.get(src, src)}\n")
-    md.append("| level | file MB | bits/weight | perplexity | Δ ppl | KL mean | KL max | top-1 | prefill tok/s | decode tok/s | peak RSS MB |")
-    md.append("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in (r for r in rows if r["source"] == src):
-        e = r["eval"]
-        d = (e["ppl"] / b["ppl"] - 1) * 100
-        rss = e.get("peak_rss_bytes")
-        md.append(f"| {r['level']} | {e['file_bytes']/1e6:.1f} | {e['bits_per_weight']:.2f} | {e['ppl']:.3f} | {d:+.2f} % | "
-                  f"{e['kl_mean']:.5f} | {e['kl_max']:.3f} | {e['top1_agreement']*100:.2f} % | {e['prefill_tok_s']:.1f} | "
-                  f"{e['decode_tok_s']:.1f} | {rss/1e6 if rss else float('nan'):.0f} |")
-    gpu_rows = [r for r in rows if r["source"] == src and r.get("gpu_vs_cpu")]
-    if gpu_rows:
-        g0 = gpu_rows[0]["gpu_vs_cpu"]
-        adapter = g0["gpu"]["device"].removeprefix("gpu: ").split(", shader")[0]
-        md.append(f"\nOn the GPU ({adapter}), each level against itself on the CPU over the "
-                  f"first {g0['gpu']['tokens']} tokens in one window (the CPU's log-probabilities as the reference); "
-                  f"decode = {g0['gpu']['decode_tokens']} greedy tokens:\n")
-        md.append("| level | perplexity CPU | perplexity GPU | KL(CPU ‖ GPU) mean | KL max | top-1 vs CPU | GPU prefill tok/s | GPU decode tok/s | CPU prefill tok/s | CPU decode tok/s |")
-        md.append("|---|---|---|---|---|---|---|---|---|---|")
-        for r in gpu_rows:
-            c, g = r["gpu_vs_cpu"]["cpu"], r["gpu_vs_cpu"]["gpu"]
-            md.append(f"| {r['level']} | {c['ppl']:.3f} | {g['ppl']:.3f} | {g['kl_mean']:.2e} | {g['kl_max']:.2e} | "
-                      f"{g['top1_agreement']*100:.2f} % | {g['prefill_tok_s']:.1f} | {g['decode_tok_s']:.1f} | "
-                      f"{c['prefill_tok_s']:.1f} | {c['decode_tok_s']:.1f} |")
-    kv = b["kv_bytes_4k"]
-    md.append(f"\nKV cache at 4096 positions: f16 {kv['f16']/1e6:.1f} MB, q8 {kv['q8']/1e6:.1f} MB, q4 {kv['q4']/1e6:.1f} MB.\n")
-md.append(f"\n![perplexity increase and KL divergence against bits per weight; decode speed against size]({os.path.basename(prefix)}.svg)\n")
-open(prefix + ".md", "w").write("\n".join(md))
 
 # --- SVG: three panels ---
 W, H, PAD = 340, 260, 48
@@ -114,4 +79,4 @@ for i, s in enumerate(sources):
     svg.append(f'<text x="{PAD + 1.5 * W * i}" y="{H + 26}" font-size="11" fill="{colors.get(s, "#333")}">● {label.get(s, s)}</text>')
 svg.append("</svg>")
 open(prefix + ".svg", "w").write("\n".join(svg))
-print(open(prefix + ".md").read())
+print(f"ladder-report: wrote {prefix}.json and {prefix}.svg; pkg-scripts/docs-tables renders the tables into {prefix}.md")
