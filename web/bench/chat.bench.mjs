@@ -10,6 +10,7 @@
 // with `reusePrefix: false`. Per turn: TTFT (stats().ttft_ms: prefill and the first token),
 // prompt tokens, and the tokens taken from the cache (usage.prompt_tokens_details).
 import fs from "node:fs";
+import os from "node:os";
 import { chromium } from "playwright-core";
 import { LAUNCH } from "../test/chromium.mjs";
 
@@ -29,6 +30,7 @@ const words = fs.readFileSync(new URL("../../tests/fixtures/text/GPL-3", import.
 const userMessages = Array.from({ length: TURNS }, (_, i) => `Summarize this part in one line: ${words.slice(i * TURN_WORDS, (i + 1) * TURN_WORDS).join(" ")}`);
 
 const browser = await chromium.launch(LAUNCH);
+const browserVersion = browser.version();
 const page = await (await browser.newContext()).newPage();
 await page.goto(APP + "large.html");
 await page.waitForFunction(() => window.ready === true);
@@ -65,7 +67,8 @@ const table = [
   `TTFT of turn ${TURNS} / turn 1: ${ratio(reuse).toFixed(2)} with reuse, ${ratio(no_reuse).toFixed(2)} without; answers identical: ${same}.`,
 ].join("\n");
 console.log(table);
-fs.writeFileSync(OUT, JSON.stringify({ date: new Date().toISOString(), model: MODEL, turns: TURNS, turn_words: TURN_WORDS, answer_tokens: ANSWER_TOKENS, same_answers: same, ratio_reuse: ratio(reuse), ratio_no_reuse: ratio(no_reuse), reuse, no_reuse, table }, null, 2) + "\n");
+const machine = `${os.cpus()[0]?.model ?? "unknown CPU"}, ${os.cpus().length} cores, Chromium ${browserVersion}`;
+fs.writeFileSync(OUT, JSON.stringify({ date: new Date().toISOString(), machine, model: MODEL, turns: TURNS, turn_words: TURN_WORDS, answer_tokens: ANSWER_TOKENS, same_answers: same, ratio_reuse: ratio(reuse), ratio_no_reuse: ratio(no_reuse), reuse, no_reuse, table }, null, 2) + "\n");
 if (!same) {
   console.error("bench-chat: the runs with and without reuse answered differently");
   process.exit(1);

@@ -51,9 +51,65 @@ pub struct AttnScratch {
     q_recent: QuantizedActs,
     /// [n_heads · head_dim_k]: its values.
     q_deq: Vec<f32>,
+    /// An f16 cache's rows of one layer widened once for a batch of queries
+    /// ([`AttnScratch::widen_batch_rows`]).
+    batch_rows: Option<BatchRows>,
     /// The path of [`Kernels::Avx2`] (`avx2::attention`).
     #[cfg(target_arch = "x86_64")]
     x86: super::avx2::AttnAcc,
+}
+
+/// Positions `[lo, hi)` of one layer's f16 K and V rows, widened to f32.
+#[derive(Default)]
+struct BatchRows {
+    layer: usize,
+    lo: usize,
+    hi: usize,
+    /// [hi - lo][n_kv_heads][head_dim_k]
+    k: Vec<f32>,
+    /// [hi - lo][n_kv_heads][head_dim_v]
+    v: Vec<f32>,
+}
+
+impl AttnScratch {
+    /// Widens positions `[lo, hi)` of `layer`'s rows to f32 once for the batch of queries that
+    /// read them next: each query of a batch would otherwise widen every row it reads again (on
+    /// a long chat's prefill that was most of the time). Only an f16 cache read by groups of
+    /// heads is widened at all (see the module docs); the attention is bit for bit the same.
+    /// The rows stay in use until [`AttnScratch::forget_batch_rows`].
+    pub fn widen_batch_rows(&mut self, kernels: Kernels, cache: &KvCache, layer: usize, n_heads: usize, lo: usize, hi: usize) {
+        let n_kv = cache.n_kv_heads();
+        // (the x86 path reads f16 rows itself)
+        #[cfg(target_arch = "x86_64")]
+        let x86 = kernels.quantized().runs_avx2();
+        #[cfg(not(target_arch = "x86_64"))]
+        let x86 = false;
+        if x86 || cache.ty() != KvType::F16 || n_heads / n_kv <= 1 || lo >= hi {
+            self.batch_rows = None;
+            return;
+        }
+        let (dk, dv) = (cache.head_dim_k(), cache.head_dim_v());
+        let widen_row = widen_fn(kernels.quantized());
+        let mut rows = self.batch_rows.take().unwrap_or_default();
+        rows.k.resize((hi - lo) * n_kv * dk, 0.0);
+        rows.v.resize((hi - lo) * n_kv * dv, 0.0);
+        for p in lo..hi {
+            for g in 0..n_kv {
+                let i = (p - lo) * n_kv + g;
+                widen_row(cache.k_row(layer, p, g), &mut rows.k[i * dk..(i + 1) * dk]);
+                widen_row(cache.v_row(layer, p, g), &mut rows.v[i * dv..(i + 1) * dv]);
+            }
+        }
+        (rows.layer, rows.lo, rows.hi) = (layer, lo, hi);
+        self.batch_rows = Some(rows);
+    }
+
+    /// Ends the use of [`AttnScratch::widen_batch_rows`]' rows (the cache changes next).
+    pub fn forget_batch_rows(&mut self) {
+        if let Some(rows) = &mut self.batch_rows {
+            rows.hi = rows.lo;
+        }
+    }
 }
 
 /// Causal attention of one query position over cached positions `[start, end)` of `layer`
@@ -146,7 +202,9 @@ pub fn attention(
             unreachable!("f32 activations take any length")
         }
     }
-    let AttnScratch { q: qa, q_recent, scores, row: wide, sums, .. } = scratch;
+    let AttnScratch { q: qa, q_recent, scores, row: wide, sums, batch_rows, .. } = scratch;
+    // rows widened for the whole batch, when they cover this query's
+    let pre = batch_rows.as_ref().filter(|r| widen && r.layer == layer && r.lo <= start && end <= r.hi);
     // [group][n]: the scores, then the softmax numerators, of the group's heads
     scores.clear();
     scores.resize(group * n, 0.0);
@@ -166,7 +224,10 @@ pub fn attention(
                 continue;
             }
             let mut k = cache.k_row(layer, p, g);
-            if widen {
+            if let Some(r) = pre {
+                let i = (p - r.lo) * n_kv + g;
+                k = bytemuck::cast_slice(&r.k[i * dk..(i + 1) * dk]);
+            } else if widen {
                 widen_row(k, &mut wide[..dk]);
                 k = bytemuck::cast_slice(&wide[..dk]);
             }
@@ -207,7 +268,10 @@ pub fn attention(
                 continue;
             }
             let mut v = cache.v_row(layer, p, g);
-            if widen {
+            if let Some(r) = pre {
+                let i = (p - r.lo) * n_kv + g;
+                v = bytemuck::cast_slice(&r.v[i * dv..(i + 1) * dv]);
+            } else if widen {
                 widen_row(v, &mut wide[..dv]);
                 v = bytemuck::cast_slice(&wide[..dv]);
             }

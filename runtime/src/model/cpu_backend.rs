@@ -265,6 +265,9 @@ impl Backend for CpuBackend {
         cache.write_batch(layer, pos0, &k.data, &v.data)?;
         let width = cfg.n_heads * cfg.head_dim_v;
         let mut out = vec![0f32; n * width];
+        if n > 1 {
+            self.attn.widen_batch_rows(self.kernels, cache, layer, cfg.n_heads, cfg.attn_start(layer, pos0), pos0 + n);
+        }
         for t in 0..n {
             let pos = pos0 + t;
             let qr = &q.data[t * q.width..(t + 1) * q.width];
@@ -284,6 +287,7 @@ impl Backend for CpuBackend {
                 &mut self.attn,
             );
         }
+        self.attn.forget_batch_rows();
         Ok(CpuAct { data: out, n_tokens: n, width })
     }
 

@@ -377,7 +377,9 @@ fn attention_with_copies_is_the_same_batched_or_not() {
 
 /// An f16 cache gives bit for bit what an f32 cache holding the same (f16-representable) values
 /// gives: with several heads per KV head its rows are widened once and the f32 kernels run;
-/// with one, the f16 kernels read them in place.
+/// with one, the f16 kernels read them in place. Rows widened once for a batch
+/// (`widen_batch_rows`, where they cover the query's range; a range they do not cover, another
+/// layer, or after `forget_batch_rows`: widened per query) give the same bits.
 #[test]
 fn attention_f16_cache_equals_f32_cache_of_same_values() {
     for &kernels in Kernels::available() {
@@ -402,6 +404,23 @@ fn attention_f16_cache_equals_f32_cache_of_same_values() {
                 check_finite(&o16, "f16 cache");
                 for (i, (a, b)) in o16.iter().zip(&o32).enumerate() {
                     assert_eq!(a.to_bits(), b.to_bits(), "{} {n_heads}/{nkv} {start}..{end}: output {i}: f16 cache {a}, f32 cache {b}", kernels.name());
+                }
+                for (lo, hi, forget) in [(0usize, 23usize, false), (start, end, false), (3, 20, false), (0, 23, true)] {
+                    let mut ob = vec![f32::NAN; n_heads * dv];
+                    s.widen_batch_rows(kernels, &c16, 0, n_heads, lo, hi);
+                    if forget {
+                        s.forget_batch_rows();
+                    }
+                    attention(kernels, &c16, 0, &q, n_heads, start, end, 0.125, cap, BATCH, &mut ob, &mut s);
+                    s.forget_batch_rows();
+                    for (i, (a, b)) in ob.iter().zip(&o32).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "{} {n_heads}/{nkv} {start}..{end}, batch rows {lo}..{hi} (forgotten: {forget}): output {i}: {a} vs {b}",
+                            kernels.name()
+                        );
+                    }
                 }
             }
         }
