@@ -248,7 +248,12 @@ fn bench_attention() {
             let mut out = vec![0f32; n_heads * hd];
             let mut s = AttnScratch::default();
             let mut line = format!("attention {n_heads}/{nkv} x{hd} over {n} {ty:?}:");
-            for &kernels in Kernels::available() {
+            // each family, then (f16) with the rows widened once for a batch, as a prefill reads them
+            for (&kernels, batch_rows) in Kernels::available().iter().map(|k| (k, false)).chain(Kernels::available().iter().map(|k| (k, true))) {
+                if batch_rows && ty != KvType::F16 {
+                    continue;
+                }
+                s.widen_batch_rows(kernels, &c, 0, n_heads, if batch_rows { 0 } else { n }, n);
                 let mut best = f64::INFINITY;
                 for _ in 0..3 {
                     let t0 = now_ms();
@@ -259,7 +264,8 @@ fn bench_attention() {
                     }
                     best = best.min((now_ms() - t0) / f64::from(iters));
                 }
-                line += &format!("  {} {:7.1} us", kernels.name(), best * 1e3);
+                s.forget_batch_rows();
+                line += &format!("  {}{} {:7.1} us", kernels.name(), if batch_rows { " (batch rows)" } else { "" }, best * 1e3);
             }
             report(&line);
         }
