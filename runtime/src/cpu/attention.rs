@@ -212,6 +212,9 @@ pub fn attention(
     sums.clear();
     sums.resize(group, 0.0);
     for g in 0..n_kv {
+        // the group's query rows and score shifts, taken once for all positions
+        let q_rows: Vec<_> = (0..group).map(|j| qa.row(g * group + j)).collect();
+        let group_shifts = shifts.get(g * group..(g + 1) * group);
         for (i, p) in (start..end).enumerate() {
             if let (true, Some(k)) = (copied(p), cache.recent_k_row(layer, p, g)) {
                 for j in 0..group {
@@ -231,10 +234,10 @@ pub fn attention(
                 widen_row(k, &mut wide[..dk]);
                 k = bytemuck::cast_slice(&wide[..dk]);
             }
-            for j in 0..group {
-                let s = dot(k, &qa.row(g * group + j));
-                scores[j * n + i] = match shifts.get(g * group + j) {
-                    Some(shift) => (s + shift) * scale,
+            for (j, q_row) in q_rows.iter().enumerate() {
+                let s = dot(k, q_row);
+                scores[j * n + i] = match group_shifts {
+                    Some(shifts) => (s + shifts[j]) * scale,
                     None => s * scale,
                 };
             }
